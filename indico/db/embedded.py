@@ -1,0 +1,191 @@
+"""The embedded MongoDB-compatible server (nx-27017) that indico runs itself.
+
+When no ``INDICO_MONGODB_URI`` is configured, :class:`EmbeddedServer` starts
+``nx-27017`` as a child process bound to 127.0.0.1 on a free port, with its
+SQLite files under ``<data dir>/db`` (one file per logical database, via
+``--data-dir``) and its pid, port and log files beside them.
+
+A second indico process on the same data directory (the price importer in
+another terminal, say) finds the running server through ``server.json`` and
+attaches to it instead of starting another; only the process that started the
+server stops it. A pid or state file left by a crash is detected (the process
+is gone or does not answer) and removed, so it never blocks a restart.
+
+Run as ``python -m indico.db.embedded ARGS`` this module is the child process:
+nx-27017's own entry point with its per-command INFO logging turned down.
+"""
+
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+from pymongo import MongoClient
+from pymongo.errors import PyMongoError
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "server.json"
+
+
+def _free_port(address="127.0.0.1"):
+    """Return a TCP port that is free on ``address`` right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((address, 0))
+        return sock.getsockname()[1]
+
+
+def _pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _answers(uri, timeout):
+    """True when a MongoDB server at ``uri`` answers a ping within ``timeout`` s."""
+    client = MongoClient(uri, serverSelectionTimeoutMS=int(timeout * 1000),
+                         connectTimeoutMS=int(timeout * 1000))
+    try:
+        client.admin.command("ping")
+        return True
+    except PyMongoError:
+        return False
+    finally:
+        client.close()
+
+
+class EmbeddedServer:
+    """Start, find, and stop the nx-27017 server for one data directory.
+
+    Args:
+        data_dir: indico's data directory; the server's files go under ``db/``.
+        start_timeout: seconds to wait for the server to answer a ping.
+        port: the port to listen on; a free one if None.
+    """
+
+    def __init__(self, data_dir, start_timeout=20.0, port=None):
+        self.directory = os.path.join(os.path.abspath(data_dir), "db")
+        self.start_timeout = start_timeout
+        self.port = port
+        self.process = None
+        self.uri = None
+        self.owned = False
+
+    @property
+    def state_path(self):
+        return os.path.join(self.directory, STATE_FILE)
+
+    @property
+    def pid_path(self):
+        return os.path.join(self.directory, "nx-27017.pid")
+
+    def _running(self):
+        """Return the URI of a live server for this directory, or None.
+
+        Removes state and pid files that a crashed server left behind.
+        """
+        try:
+            with open(self.state_path) as handle:
+                state = json.load(handle)
+            pid, uri = int(state["pid"]), str(state["uri"])
+        except (OSError, ValueError, KeyError, TypeError):
+            state = None
+        if state and _pid_alive(pid) and _answers(uri, 2.0):
+            return uri
+        for path in (self.state_path, self.pid_path):
+            try:
+                os.remove(path)
+                log.warning("removed stale file %s", path)
+            except FileNotFoundError:
+                pass
+        return None
+
+    def start(self):
+        """Attach to this directory's running server, or start one.
+
+        Returns:
+            the ``mongodb://`` URI of the server.
+
+        Raises:
+            RuntimeError: the server did not answer within ``start_timeout``.
+        """
+        os.makedirs(self.directory, exist_ok=True)
+        uri = self._running()
+        if uri:
+            log.info("attached to the embedded database at %s", uri)
+            self.uri = uri
+            return uri
+        port = self.port or _free_port()
+        uri = f"mongodb://127.0.0.1:{port}/"
+        command = [
+            sys.executable, "-m", "indico.db.embedded",
+            "--host", "127.0.0.1", "--port", str(port),
+            "--data-dir", self.directory,
+            "--pid-file", self.pid_path,
+            "--log-file", os.path.join(self.directory, "nx-27017.log"),
+        ]
+        # A session of its own: Ctrl-C in a terminal reaches indico, which then
+        # stops the server in order, instead of killing both at once.
+        self.process = subprocess.Popen(
+            command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL, start_new_session=True,
+        )
+        deadline = time.monotonic() + self.start_timeout
+        while not _answers(uri, 0.5):
+            if self.process.poll() is not None:
+                raise RuntimeError(
+                    f"the embedded database exited with code {self.process.returncode}; "
+                    f"see {os.path.join(self.directory, 'nx-27017.log')}"
+                )
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(
+                    f"the embedded database did not answer within {self.start_timeout} s "
+                    "(INDICO_EMBEDDED_START_TIMEOUT)"
+                )
+            time.sleep(0.05)
+        with open(self.state_path, "w") as handle:
+            json.dump({"pid": self.process.pid, "uri": uri}, handle)
+        self.uri, self.owned = uri, True
+        log.info("started the embedded database at %s (pid %d)", uri, self.process.pid)
+        return uri
+
+    def stop(self, timeout=10.0):
+        """Stop the server if this object started it; a no-op otherwise."""
+        if not self.owned or self.process is None:
+            return
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        try:
+            os.remove(self.state_path)
+        except FileNotFoundError:
+            pass
+        self.owned = False
+        log.info("stopped the embedded database")
+
+
+def _serve():  # pragma: no cover - runs in the child process
+    """Child-process entry point: nx-27017 with quiet logging."""
+    from nx_27017.nx_27017 import main
+
+    # nx-27017 logs every command at INFO; keep warnings and errors only.
+    logging.getLogger("nx_27017").setLevel(logging.WARNING)
+    sys.argv = ["nx-27017", *sys.argv[1:]]
+    main()
+
+
+if __name__ == "__main__":
+    _serve()

@@ -1,0 +1,57 @@
+"""The ``rate_limits`` collection: fixed-window counters shared by every process.
+
+Stored shape: ``_id`` (the counter's key, e.g. ``login:account:<email>``),
+``count``, ``expires`` (end of the window; TTL-indexed). A counter whose
+window has passed counts as zero even before the TTL monitor removes it.
+"""
+
+import datetime
+
+from pymongo import ASCENDING, ReturnDocument
+from pymongo.errors import DuplicateKeyError
+
+from indico.db.util import journaled, now
+
+
+async def create_indexes(db):
+    await db.rate_limits.create_index([("expires", ASCENDING)], expireAfterSeconds=0,
+                                      name="expires_ttl")
+
+
+async def get_counter(db, key):
+    """Return ``(count, expires)`` of the live window for ``key``; (0, None) if none."""
+    document = await db.rate_limits.find_one({"_id": key, "expires": {"$gt": now()}})
+    return (document["count"], document["expires"]) if document else (0, None)
+
+
+async def increment(db, key, window):
+    """Add one to ``key``'s counter, opening a window of ``window`` s if none is live.
+
+    Returns:
+        ``(count, expires)`` after the increment.
+    """
+    collection = journaled(db, "rate_limits")
+    for _ in range(3):
+        moment = now()
+        document = await collection.find_one_and_update(
+            {"_id": key, "expires": {"$gt": moment}}, {"$inc": {"count": 1}},
+            return_document=ReturnDocument.AFTER,
+        )
+        if document:
+            return document["count"], document["expires"]
+        expires = moment + datetime.timedelta(seconds=window)
+        # No live window: reuse an expired counter's document, or create one.
+        renewed = await collection.update_one(
+            {"_id": key, "expires": {"$lte": moment}}, {"$set": {"count": 1, "expires": expires}})
+        if renewed.modified_count:
+            return 1, expires
+        try:
+            await collection.insert_one({"_id": key, "count": 1, "expires": expires})
+            return 1, expires
+        except DuplicateKeyError:
+            continue  # another process opened the window first: count in it
+    raise RuntimeError(f"rate limit counter {key!r} kept changing under us")
+
+
+async def reset(db, key):
+    await journaled(db, "rate_limits").delete_one({"_id": key})

@@ -1,0 +1,53 @@
+"""The ``users`` collection: one document per account, unique by email.
+
+Stored shape: ``_id`` (ObjectId), ``email`` (normalized), ``name``,
+``password_hash`` (Argon2id), ``preferences`` (dict), ``created``,
+``updated``. Only ``indico.services`` reads the hash; responses are built
+from the public shape in ``indico.routes.models``.
+"""
+
+from bson import ObjectId
+from pymongo import ASCENDING, ReturnDocument
+
+from indico.db.util import journaled, now, object_id
+
+
+async def create_indexes(db):
+    await db.users.create_index([("email", ASCENDING)], unique=True, name="email_unique")
+
+
+async def create_user(db, email, password_hash, name):
+    """Insert a user; raises DuplicateKeyError when the email is taken."""
+    created = now()
+    document = {
+        "_id": ObjectId(), "email": email, "name": name, "password_hash": password_hash,
+        "preferences": {}, "created": created, "updated": created,
+    }
+    await journaled(db, "users").insert_one(document)
+    return document
+
+
+async def get_user(db, user_id):
+    """Return the user with id ``user_id`` (ObjectId or string), or None."""
+    oid = object_id(user_id)
+    return None if oid is None else await db.users.find_one({"_id": oid})
+
+
+async def get_user_by_email(db, email):
+    return await db.users.find_one({"email": email})
+
+
+async def update_user(db, user_id, fields):
+    """Set ``fields`` (already validated) and return the updated user, or None.
+
+    Raises DuplicateKeyError when a new email is taken.
+    """
+    return await journaled(db, "users").find_one_and_update(
+        {"_id": user_id}, {"$set": {**fields, "updated": now()}},
+        return_document=ReturnDocument.AFTER,
+    )
+
+
+async def delete_user(db, user_id):
+    result = await journaled(db, "users").delete_one({"_id": user_id})
+    return result.deleted_count

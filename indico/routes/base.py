@@ -1,0 +1,422 @@
+"""The base handlers: the response envelope, errors, CORS, and action dispatch.
+
+``BaseHandler`` is the one place that turns exceptions into responses
+(:meth:`BaseHandler.write_error`): an :class:`~indico.error.IndicoError`
+becomes its status and public message, anything else a generic 500 whose
+traceback goes to the log only.
+
+``ActionHandler`` serves ``POST /<resource>/<action>``. Actions are the
+methods decorated with :func:`action`; they are collected into a per-class
+registry when the class is defined, and dispatch looks the requested name up in
+that registry only. Tornado's own methods (``finish``, ``redirect``,
+``render``, ...) and private names are never reachable, whatever the request
+says.
+"""
+
+import dataclasses
+import json
+import logging
+import re
+import time
+import uuid
+
+import pydantic
+import tornado.web
+
+from indico import error
+from indico.utils.logs import request_id_var
+
+log = logging.getLogger(__name__)
+
+HTTP_ERROR_TYPES = {
+    400: error.BadRequest,
+    401: error.Unauthorized,
+    403: error.Forbidden,
+    404: error.NotFound,
+    405: error.MethodNotAllowed,
+    413: error.PayloadTooLarge,
+    415: error.UnsupportedMediaType,
+}
+REQUEST_ID_PATTERN = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+BEARER_PATTERN = re.compile(r"^Bearer ([A-Za-z0-9_-]{16,128})$")
+
+
+class EmptyRequest(pydantic.BaseModel):
+    """The body of an action that takes no arguments: ``{}``."""
+
+    model_config = pydantic.ConfigDict(extra="forbid")
+
+
+@dataclasses.dataclass(frozen=True)
+class Action:
+    """One registered action: what the dispatcher and the OpenAPI document need."""
+
+    name: str
+    function: object
+    request: type
+    response: type | None
+    auth: bool
+    status: int
+    summary: str
+    description: str
+
+
+def action(name=None, *, request=EmptyRequest, response=None, auth=True, status=200):
+    """Register a handler method as an action reachable at ``/<resource>/<name>``.
+
+    The method is called as ``await method(self, body)`` with ``body`` a
+    validated ``request`` model instance, after authentication when ``auth``
+    is true (``self.user`` then holds the caller). It returns the payload of
+    the ``data`` field (a dict or a pydantic model), which is checked against
+    ``response`` when given.
+
+    Args:
+        name: the action's URL name; the method's name if None.
+        request: the pydantic model of the body.
+        response: the pydantic model of the payload (documentation and checking).
+        auth: whether a valid bearer token is required.
+        status: the HTTP status of a success.
+    """
+    def register(function):
+        doc = (function.__doc__ or "").strip()
+        summary, _, description = doc.partition("\n")
+        function.indico_action = Action(
+            name or function.__name__, function, request, response, auth, status,
+            summary.strip(), description.strip(),
+        )
+        return function
+    return register
+
+
+class BaseHandler(tornado.web.RequestHandler):
+    """Shared behaviour of every indico handler.
+
+    Dependencies arrive through :meth:`initialize` from the route table:
+    ``config`` (the Config), ``db`` (the database handle) and ``services``
+    (the service objects built by ``make_app``).
+    """
+
+    def initialize(self, config, db, services, **_):
+        """Run for each request with the route's keyword arguments."""
+        self.config = config
+        self.db = db
+        self.services = services
+        self.user = None
+        self.started = time.monotonic()
+
+    def prepare(self):
+        """Run before the method: request id, CORS and security headers."""
+        supplied = self.request.headers.get("X-Request-ID", "")
+        self.request_id = supplied if REQUEST_ID_PATTERN.match(supplied) else uuid.uuid4().hex
+        request_id_var.set(self.request_id)
+        self.set_header("X-Request-ID", self.request_id)
+        self.application.settings["in_flight"].add(self)
+        self.set_cors_headers()
+
+    def on_finish(self):
+        """Run after the response is sent: the request no longer counts as in flight."""
+        self.application.settings["in_flight"].discard(self)
+
+    def on_connection_close(self):
+        self.application.settings["in_flight"].discard(self)
+
+    def set_default_headers(self):
+        """Headers of every response, errors included."""
+        self.clear_header("Server")
+        self.set_header("Content-Type", "application/json; charset=UTF-8")
+        self.set_header("X-Content-Type-Options", "nosniff")
+        self.set_header("Cache-Control", "no-store")
+
+    @property
+    def allowed_origin(self):
+        """The request's Origin when it is a configured CORS origin, else None."""
+        origin = self.request.headers.get("Origin")
+        return origin if origin in self.config.cors_origins else None
+
+    def set_cors_headers(self):
+        if self.config.cors_origins:
+            self.set_header("Vary", "Origin")
+        origin = self.allowed_origin
+        if origin:
+            self.set_header("Access-Control-Allow-Origin", origin)
+            self.set_header("Access-Control-Expose-Headers", "X-Request-ID, Retry-After")
+
+    def options(self, *args):
+        """Answer a CORS preflight for a configured origin; 403 for another."""
+        if self.request.headers.get("Origin") is None:
+            self.set_header("Allow", self.allow_header)
+            self.set_status(204)
+            return
+        if not self.allowed_origin:
+            raise error.Forbidden("this origin is not allowed (INDICO_CORS_ORIGINS)")
+        self.set_header("Access-Control-Allow-Methods", self.allow_header)
+        self.set_header("Access-Control-Allow-Headers", "Authorization, Content-Type, X-Request-ID")
+        self.set_header("Access-Control-Max-Age", "600")
+        self.set_status(204)
+
+    allow_header = "GET, OPTIONS"
+
+    def client_address(self):
+        """The client's IP address; ``X-Real-IP`` only from a trusted proxy."""
+        peer = self.request.remote_ip
+        if peer in self.config.trusted_proxies:
+            forwarded = self.request.headers.get("X-Real-IP", "").strip()
+            if forwarded:
+                return forwarded
+        return peer
+
+    def bearer_token(self):
+        """Return the bearer token of the request, or raise Unauthorized."""
+        header = self.request.headers.get("Authorization")
+        if not header:
+            raise error.Unauthorized("missing Authorization: Bearer <token> header")
+        match = BEARER_PATTERN.match(header)
+        if not match:
+            raise error.Unauthorized("malformed Authorization header; expected 'Bearer <token>'")
+        return match.group(1)
+
+    def write_json(self, status, data):
+        """Write the success envelope."""
+        self.set_status(status)
+        self.finish({"status": status, "data": data})
+
+    def write_error(self, status_code, **kwargs):
+        """Turn the exception being handled into the error envelope.
+
+        Runs from ``send_error`` when a method raised. IndicoError: its status
+        and public message; tornado's HTTPError: its status; anything else: a
+        generic 500 (the traceback was logged by :meth:`log_exception`).
+        """
+        exception = kwargs.get("exc_info", (None, None, None))[1]
+        # send_error() cleared the headers set in prepare(); set them again.
+        if self.request_id != "-":
+            self.set_header("X-Request-ID", self.request_id)
+        self.set_cors_headers()
+        if isinstance(exception, error.IndicoError):
+            body = exception.to_dict()
+            status_code = exception.status
+            retry_after = getattr(exception, "retry_after", None)
+            if retry_after is not None:
+                self.set_header("Retry-After", str(int(retry_after)))
+        elif status_code < 500:
+            kind = HTTP_ERROR_TYPES.get(status_code, error.BadRequest)
+            reason = getattr(exception, "log_message", None) or self._reason
+            if status_code == 405:
+                reason = f"method {self.request.method} is not allowed here"
+            body = {"type": kind.__name__, "message": reason}
+        else:
+            body = {
+                "type": "InternalError",
+                "message": f"internal server error (request id {self.request_id})",
+            }
+        if status_code == 405:
+            self.set_header("Allow", self.allow_header)
+        self.set_status(status_code)
+        self.finish({"status": status_code, "error": body})
+
+    def log_exception(self, typ, value, tb):
+        """Log unexpected exceptions with their traceback; client errors briefly."""
+        if isinstance(value, error.IndicoError):
+            log.info("%s %s -> %d %s", self.request.method, self.request.path,
+                     value.status, value.message)
+        elif isinstance(value, tornado.web.HTTPError) and value.status_code < 500:
+            log.info("%s %s -> %d", self.request.method, self.request.path, value.status_code)
+        else:
+            log.error("unhandled error in %s %s", self.request.method, self.request.path,
+                      exc_info=(typ, value, tb))
+
+    # request_id exists before prepare() runs, for errors raised earlier (405).
+    request_id = "-"
+
+
+class NotFoundHandler(BaseHandler):
+    """Any path no route matches: a JSON 404 for every method."""
+
+    def prepare(self):
+        super().prepare()
+        if self.request.method != "OPTIONS":
+            raise error.NotFound(f"no route {self.request.path}")
+
+
+def _iter_actions(namespace):
+    for value in namespace.values():
+        spec = getattr(value, "indico_action", None)
+        if isinstance(spec, Action):
+            yield spec
+
+
+@tornado.web.stream_request_body
+class ActionHandler(BaseHandler):
+    """Serves ``POST /<resource>/<action>`` for the actions registered on a subclass.
+
+    Subclasses set ``resource`` (the first path segment) and decorate methods
+    with :func:`action`. The body is streamed so that an oversized one is
+    refused early with a JSON 413 instead of a dropped connection.
+    """
+
+    resource = None
+    actions = {}
+    allow_header = "POST, OPTIONS"
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        for method in cls.SUPPORTED_METHODS:
+            if hasattr(vars(cls).get(method.lower()), "indico_action"):
+                raise TypeError(
+                    f"{cls.__name__}.{method.lower()} would shadow tornado's HTTP method; "
+                    "name the function otherwise and pass the action name to @action"
+                )
+        registry = {}
+        for klass in reversed(cls.__mro__):
+            registry.update({spec.name: spec for spec in _iter_actions(vars(klass))})
+        cls.actions = registry
+
+    def prepare(self):
+        """Run when the headers arrive: refuse an announced oversized body early."""
+        super().prepare()
+        self.chunks = []
+        self.received = 0
+        self.too_large = False
+        length = self.request.headers.get("Content-Length")
+        if length is not None and length.isdigit() and int(length) > self.config.body_limit:
+            raise error.PayloadTooLarge(
+                f"request body is {int(length)} bytes; the limit is {self.config.body_limit}"
+            )
+
+    def data_received(self, chunk):
+        """Collect body chunks up to the limit; past it, keep only the count."""
+        self.received += len(chunk)
+        if self.received > self.config.body_limit:
+            self.too_large = True
+            self.chunks = []
+        else:
+            self.chunks.append(chunk)
+
+    def lookup(self, name):
+        """Return the registered Action called ``name``, or raise NotFound."""
+        spec = self.actions.get(name)
+        if spec is None:
+            raise error.NotFound(f"no action {self.resource}/{name}")
+        return spec
+
+    def wrong_method(self, name, *args):
+        """Unknown action: 404; known action with a method other than POST: 405."""
+        self.lookup(name)
+        raise tornado.web.HTTPError(405)
+
+    get = put = patch = delete = head = wrong_method
+
+    async def post(self, name):
+        spec = self.lookup(name)
+        if self.too_large:
+            raise error.PayloadTooLarge(
+                f"request body is over the limit of {self.config.body_limit} bytes"
+            )
+        if spec.auth:
+            self.user = await self.services.auth.authenticate(self.bearer_token())
+        body = self.parse_body(spec.request)
+        result = await spec.function(self, body)
+        if isinstance(result, pydantic.BaseModel):
+            result = result.model_dump(mode="json")
+        elif spec.response is not None:
+            result = spec.response.model_validate(result).model_dump(mode="json")
+        status = getattr(self, "status_override", None) or spec.status
+        self.write_json(status, result)
+
+    def parse_body(self, model):
+        """Decode, parse and validate the JSON body with ``model``.
+
+        Raises:
+            UnsupportedMediaType: a body that is not sent as application/json.
+            BadRequest: invalid UTF-8 or JSON, too deep, or not an object.
+            ValidationError: the object does not fit ``model``; names the field.
+        """
+        raw = b"".join(self.chunks)
+        if raw.strip():
+            content_type = self.request.headers.get("Content-Type", "")
+            media_type = content_type.split(";")[0].strip().lower()
+            if media_type != "application/json":
+                raise error.UnsupportedMediaType(
+                    f"send the body as Content-Type: application/json, not {media_type or 'nothing'!r}"
+                )
+            document = parse_json(raw, self.config.json_max_depth)
+        else:
+            document = {}
+        if not isinstance(document, dict):
+            raise error.BadRequest(
+                f"the body must be a JSON object, not {type(document).__name__}"
+            )
+        return validate(model, document)
+
+
+def _reject_constant(name):
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def parse_json(raw, max_depth):
+    """Parse JSON bytes strictly: UTF-8 only, no NaN/Infinity, bounded nesting.
+
+    Raises:
+        BadRequest: with a message that says what is wrong and where.
+    """
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise error.BadRequest(f"the body is not valid UTF-8 (byte {exc.start})") from None
+    depth = deepest = 0
+    in_string = escaped = False
+    # A linear scan before parsing: json.loads would recurse on deep input.
+    for char in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+            if deepest > max_depth:
+                raise error.BadRequest(f"JSON nested deeper than {max_depth} levels")
+        elif char in "]}":
+            depth -= 1
+    try:
+        return json.loads(text, parse_constant=_reject_constant)
+    except ValueError as exc:
+        message = getattr(exc, "msg", None) or str(exc)
+        where = f" at line {exc.lineno} column {exc.colno}" if hasattr(exc, "lineno") else ""
+        raise error.BadRequest(f"the body is not valid JSON: {message}{where}") from None
+
+
+def _field_name(location):
+    return ".".join(str(part) for part in location) or "body"
+
+
+def validate(model, document):
+    """Validate ``document`` with ``model``; on failure name every bad field.
+
+    Raises:
+        ValidationError: message of the first problem, ``field`` and ``errors``.
+    """
+    try:
+        return model.model_validate(document)
+    except pydantic.ValidationError as exc:
+        problems = [
+            {"field": _field_name(item["loc"]), "message": _problem(item)}
+            for item in exc.errors(include_url=False, include_input=False)
+        ]
+        first = problems[0]
+        raise error.ValidationError(
+            f"{first['field']}: {first['message']}", field=first["field"], errors=problems
+        ) from None
+
+
+def _problem(item):
+    if item["type"] == "extra_forbidden":
+        return "unknown field; it is not accepted here"
+    if item["type"] == "missing":
+        return "required field is missing"
+    return item["msg"]

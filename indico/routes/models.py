@@ -1,0 +1,77 @@
+"""Pydantic models shared by several resources: field types and the public user shape.
+
+Input, output and stored shapes are separate: ``UserPublic`` is built field
+by field from a stored user, so a password hash or an internal field can never
+reach a response.
+"""
+
+import datetime
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, EmailStr, Field, StringConstraints
+
+
+def _normalize_email(value):
+    return value.strip().lower()
+
+
+Email = Annotated[EmailStr, AfterValidator(_normalize_email)]
+Password = Annotated[str, StringConstraints(min_length=8, max_length=1024)]
+Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
+
+
+class Request(BaseModel):
+    """Base of every request body: unknown fields are refused."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class Preferences(Request):
+    """A user's small settings object."""
+
+    default_objective: Literal[
+        "max_sharpe", "min_volatility", "efficient_return", "efficient_risk",
+        "buy_and_hold_sharpe", "risk_parity", "equal_weight",
+    ] | None = None
+    risk_free_rate: float | None = Field(None, ge=0, le=1)
+    currency: Annotated[str, StringConstraints(pattern=r"^[A-Z]{3}$")] | None = None
+
+
+class UserPublic(BaseModel):
+    """What a client may see of a user."""
+
+    id: str
+    email: str
+    name: str | None
+    created: datetime.datetime
+    preferences: Preferences
+
+    @classmethod
+    def from_document(cls, document):
+        """Build the public shape from a stored user document."""
+        return cls(
+            id=str(document["_id"]), email=document["email"], name=document.get("name"),
+            created=document["created"],
+            preferences=Preferences(**document.get("preferences") or {}),
+        )
+
+
+class UserResponse(BaseModel):
+    user: UserPublic
+
+
+class SessionResponse(BaseModel):
+    """A new session: the user, the bearer token (shown once) and its expiry."""
+
+    user: UserPublic
+    token: str
+    expires: datetime.datetime
+
+    @classmethod
+    def from_session(cls, session):
+        return cls(user=UserPublic.from_document(session["user"]),
+                   token=session["token"], expires=session["expires"])
+
+
+class Empty(BaseModel):
+    """An empty payload."""

@@ -1,0 +1,118 @@
+"""The OpenAPI 3.1 document, generated from the registered actions and their models.
+
+Nothing here is written by hand per action: each ``ActionHandler`` subclass
+lists its actions, and each action names its request and response models, so
+the document cannot drift from the code.
+"""
+
+from pydantic.json_schema import models_json_schema
+
+ERROR_STATUSES = {
+    400: "malformed body or invalid field (the message names the field)",
+    401: "missing, malformed, expired or revoked bearer token",
+    404: "unknown action, or an object the caller does not own",
+    405: "method other than POST",
+    413: "body over the configured limit",
+    415: "body not sent as application/json",
+    422: "well-formed but cannot be carried out (the message says why)",
+    429: "rate limit or quota exceeded; see Retry-After",
+}
+
+ERROR_SCHEMA = {
+    "type": "object",
+    "required": ["status", "error"],
+    "properties": {
+        "status": {"type": "integer"},
+        "error": {
+            "type": "object",
+            "required": ["type", "message"],
+            "properties": {
+                "type": {"type": "string"},
+                "message": {"type": "string"},
+                "field": {"type": "string"},
+            },
+        },
+    },
+}
+
+
+def _envelope(status, data_schema):
+    return {
+        "type": "object",
+        "required": ["status", "data"],
+        "properties": {"status": {"const": status}, "data": data_schema},
+    }
+
+
+def _json(schema, description):
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def build_openapi(handlers, version, extra_paths=None):
+    """Return the OpenAPI 3.1 document for ``handlers`` (ActionHandler subclasses).
+
+    Args:
+        handlers: the ActionHandler subclasses served by the application.
+        version: the service version for ``info.version``.
+        extra_paths: path items for the plain GET routes.
+    """
+    specs = [(handler.resource, spec) for handler in handlers for spec in handler.actions.values()]
+    models = []
+    for _, spec in specs:
+        models.append((spec.request, "validation"))
+        if spec.response is not None:
+            models.append((spec.response, "serialization"))
+    keys, schema = models_json_schema(models, ref_template="#/components/schemas/{model}")
+    components = dict(schema.get("$defs", {}))
+    components["Error"] = ERROR_SCHEMA
+    error_ref = {"$ref": "#/components/schemas/Error"}
+
+    paths = dict(extra_paths or {})
+    for resource, spec in sorted(specs, key=lambda item: (item[0], item[1].name)):
+        responses = {
+            str(spec.status): _json(
+                _envelope(spec.status, keys[(spec.response, "serialization")]
+                          if spec.response is not None else {"type": "object"}),
+                spec.summary or "success",
+            )
+        }
+        if resource == "portfolio" and spec.name == "optimize":
+            responses["202"] = _json(_envelope(202, {"type": "object"}),
+                                     "accepted; the job runs in the background")
+        for status, text in ERROR_STATUSES.items():
+            if status == 401 and not spec.auth:
+                continue
+            responses[str(status)] = _json(error_ref, text)
+        operation = {
+            "operationId": f"{resource}_{spec.name}",
+            "tags": [resource],
+            "summary": spec.summary,
+            "description": spec.description,
+            "requestBody": {
+                "required": False,
+                "content": {"application/json": {
+                    "schema": keys[(spec.request, "validation")],
+                }},
+            },
+            "responses": responses,
+        }
+        operation["security"] = [{"bearer": []}] if spec.auth else []
+        paths[f"/{resource}/{spec.name}"] = {"post": operation}
+
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "indico",
+            "version": version,
+            "description": "Sign up, optimize stock portfolios, keep the results.",
+        },
+        "paths": paths,
+        "components": {
+            "schemas": components,
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer",
+                           "description": "the token from auth/signup or auth/login"},
+            },
+        },
+    }
+

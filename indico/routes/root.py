@@ -1,0 +1,94 @@
+"""The plain GET routes: the banner, the health check, the OpenAPI document, the docs page."""
+
+import asyncio
+import os
+
+import swagger_ui
+import tornado.web
+from pymongo.errors import PyMongoError
+
+from indico import __version__, error
+from indico.routes.base import BaseHandler
+
+SWAGGER_STATIC = os.path.join(os.path.dirname(swagger_ui.__file__), "static")
+
+DOCS_PAGE = """<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>indico API</title>
+<link rel="stylesheet" href="/docs/static/swagger-ui.css">
+</head>
+<body>
+<div id="docs"></div>
+<script src="/docs/static/swagger-ui-bundle.js"></script>
+<script src="/docs/static/docs-init.js"></script>
+</body>
+</html>
+"""
+
+DOCS_INIT = """window.ui = SwaggerUIBundle({url: "/openapi.json", dom_id: "#docs"});\n"""
+
+
+class RootHandler(BaseHandler):
+    """``GET /``: the service banner (the seed's "Success!" check)."""
+
+    def get(self):
+        self.write_json(200, {"service": "indico", "version": __version__,
+                              "message": "Success!"})
+
+
+class HealthHandler(BaseHandler):
+    """``GET /healthCheck``: 200 when the database answers a ping, else 503."""
+
+    async def get(self):
+        try:
+            await asyncio.wait_for(self.db.command("ping"), self.config.db_timeout)
+        except (PyMongoError, TimeoutError, OSError) as exc:
+            raise error.ServiceUnavailable(
+                f"the database does not answer ({type(exc).__name__})"
+            ) from exc
+        self.write_json(200, {"database": "ok"})
+
+
+class OpenAPIHandler(BaseHandler):
+    """``GET /openapi.json``: the OpenAPI 3.1 document built by ``make_app``."""
+
+    def get(self):
+        self.finish(self.application.settings["openapi"])
+
+
+class DocsHandler(BaseHandler):
+    """``GET /docs``: Swagger UI (shipped by the swagger-ui-py package) for /openapi.json."""
+
+    def get(self):
+        self.set_header("Content-Type", "text/html; charset=UTF-8")
+        self.set_header(
+            "Content-Security-Policy",
+            "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'",
+        )
+        self.finish(DOCS_PAGE)
+
+
+class DocsInitHandler(BaseHandler):
+    """The script that starts Swagger UI; a file of ours, so the CSP can forbid inline code."""
+
+    def get(self):
+        self.set_header("Content-Type", "application/javascript; charset=UTF-8")
+        self.finish(DOCS_INIT)
+
+
+class DocsStaticHandler(tornado.web.StaticFileHandler):
+    """Swagger UI's assets from the installed package."""
+
+
+ROUTES = [
+    (r"/", RootHandler),
+    (r"/healthCheck", HealthHandler),
+    (r"/openapi\.json", OpenAPIHandler),
+    (r"/docs/?", DocsHandler),
+    (r"/docs/static/docs-init\.js", DocsInitHandler),
+]
+STATIC_ROUTES = [
+    (r"/docs/static/(.*)", DocsStaticHandler, {"path": SWAGGER_STATIC}),
+]

@@ -1,0 +1,71 @@
+"""``/user/<action>``: the caller's own account."""
+
+from pydantic import model_validator
+
+from indico import error
+from indico.routes.base import ActionHandler, action
+from indico.routes.models import (
+    Email, Empty, Name, Password, Preferences, Request, UserPublic, UserResponse,
+)
+
+
+class UserFields(Request):
+    """The fields a user may change; any other key is refused with 400."""
+
+    name: Name | None = None
+    email: Email | None = None
+    preferences: Preferences | None = None
+
+    @model_validator(mode="after")
+    def _not_empty(self):
+        if not self.model_fields_set:
+            raise ValueError("give at least one of: name, email, preferences")
+        return self
+
+
+class UpdateRequest(Request):
+    update_user: UserFields
+
+
+class PasswordRequest(Request):
+    current_password: Password
+    new_password: Password
+
+
+class DeleteRequest(Request):
+    password: Password
+
+
+class UserHandler(ActionHandler):
+    """The caller's profile, password and account."""
+
+    resource = "user"
+
+    @action("get", response=UserResponse)
+    async def get_user(self, body):
+        """Return the caller's public profile."""
+        return UserResponse(user=UserPublic.from_document(self.user))
+
+    @action(request=UpdateRequest, response=UserResponse)
+    async def update(self, body):
+        """Change name, email (must stay unique: 409) or preferences."""
+        fields = body.update_user.model_dump(exclude_unset=True)
+        if fields.get("name", "") is None or fields.get("email", "") is None:
+            raise error.ValidationError("name and email cannot be null", field="update_user")
+        if "preferences" in fields:
+            fields["preferences"] = body.update_user.preferences.model_dump(exclude_none=True)
+        updated = await self.services.users.update(self.user, fields)
+        return UserResponse(user=UserPublic.from_document(updated))
+
+    @action(request=PasswordRequest, response=Empty)
+    async def password(self, body):
+        """Change the password; every other session of the user is revoked."""
+        await self.services.users.change_password(
+            self.user, body.current_password, body.new_password, self.bearer_token())
+        return {}
+
+    @action("delete", request=DeleteRequest, response=Empty)
+    async def delete_user(self, body):
+        """Delete the account, its sessions and its saved results (password required)."""
+        await self.services.users.delete(self.user, body.password)
+        return {}

@@ -1,0 +1,98 @@
+"""The server process: ``python -m indico.server [--port=8001] [--address=...] [--debug]``.
+
+``main`` reads the configuration, starts (or attaches to) the embedded
+database when no MongoDB URI is set, creates the indexes, serves HTTP, and on
+SIGTERM or SIGINT stops accepting, lets in-flight requests finish (bounded by
+``INDICO_SHUTDOWN_GRACE``), stops the embedded database and exits 0.
+"""
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+import time
+
+from config import Config
+from indico import __version__
+from indico.app import make_app
+from indico.db import create_client, ensure_indexes
+from indico.db.embedded import EmbeddedServer
+from indico.error import ConfigError
+from indico.utils.logs import setup_logging
+
+log = logging.getLogger(__name__)
+
+# Announced bodies over the configured limit get a JSON 413 from the handler,
+# so the server itself must accept the announcement; streamed bodies are
+# discarded past the limit.
+SERVER_MAX_BODY = 64 * 1024 * 1024
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(prog="indico", description="Serve the indico API.")
+    parser.add_argument("--port", type=int, help="port to listen on (INDICO_PORT)")
+    parser.add_argument("--address", help="address to bind (INDICO_ADDRESS)")
+    parser.add_argument("--debug", action="store_true", default=None,
+                        help="tornado debug mode: autoreload (INDICO_DEBUG)")
+    return parser.parse_args(argv)
+
+
+async def open_database(config):
+    """Return ``(client, db, embedded)``: the client, the database, the server started here."""
+    embedded = None
+    uri = config.mongodb_uri
+    if not uri:
+        embedded = EmbeddedServer(config.data_path, config.embedded_start_timeout)
+        uri = await asyncio.get_running_loop().run_in_executor(None, embedded.start)
+    client = create_client(uri, config.db_timeout)
+    return client, client[config.database], embedded
+
+
+async def wait_for_requests(app, grace):
+    """Wait until no request is in flight, for at most ``grace`` seconds."""
+    deadline = time.monotonic() + grace
+    while app.settings["in_flight"] and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+
+
+async def serve(config):
+    """Run the server until SIGTERM or SIGINT."""
+    client, db, embedded = await open_database(config)
+    try:
+        await ensure_indexes(db)
+        app = make_app(config, db)
+        server = app.listen(config.port, config.address, max_body_size=SERVER_MAX_BODY,
+                            idle_connection_timeout=60, body_timeout=30)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        log.info("indico %s listening on http://%s:%d", __version__, config.address, config.port)
+        await stop.wait()
+        log.info("shutting down: no new connections, waiting for in-flight requests")
+        server.stop()
+        await wait_for_requests(app, config.shutdown_grace)
+        await asyncio.wait_for(server.close_all_connections(), 2.0)
+        app.settings["cpu_executor"].shutdown(wait=False, cancel_futures=True)
+    finally:
+        await client.close()
+        if embedded:
+            embedded.stop()
+    log.info("stopped")
+
+
+def main(argv=None):
+    """Console entry point ``indico-server``."""
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        config = Config.from_environ(port=args.port, address=args.address, debug=args.debug)
+    except ConfigError as exc:
+        sys.exit(f"indico: configuration error: {exc}")
+    setup_logging(config.log_level)
+    asyncio.run(serve(config))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

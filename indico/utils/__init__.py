@@ -1,0 +1,1 @@
+"""Small helpers importable by every layer (logging, time)."""

@@ -1,0 +1,62 @@
+"""Structured logging: one JSON object per line, with the request id.
+
+``setup_logging`` installs the formatter on the root logger once, in
+``main()``; modules only call ``logging.getLogger(__name__)``. The request id
+travels in a context variable, so log lines written anywhere while a request
+is served carry it without being passed around.
+"""
+
+import contextvars
+import json
+import logging
+import time
+
+request_id_var = contextvars.ContextVar("request_id", default="-")
+access_log = logging.getLogger("indico.access")
+
+
+class JsonFormatter(logging.Formatter):
+    """Format a record as a JSON object: time, level, logger, message, request id."""
+
+    def format(self, record):
+        entry = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+            "request_id": getattr(record, "request_id", None) or request_id_var.get(),
+        }
+        entry.update(getattr(record, "fields", {}))
+        if record.exc_info:
+            entry["traceback"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)
+
+
+def setup_logging(level="INFO"):
+    """Send every logger's records to stderr as JSON lines at ``level``."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    # Tornado's own access log is replaced by log_request below.
+    logging.getLogger("tornado.access").setLevel(logging.WARNING)
+
+
+def log_request(handler):
+    """Tornado ``log_function``: one access line per request, with latency."""
+    status = handler.get_status()
+    latency_ms = 1000.0 * handler.request.request_time()
+    level = logging.INFO if status < 500 else logging.ERROR
+    access_log.log(level, "%s %s %d", handler.request.method, handler.request.path, status,
+                   extra={
+                       "request_id": getattr(handler, "request_id", "-"),
+                       "fields": {
+                           "method": handler.request.method,
+                           "path": handler.request.path,
+                           "status": status,
+                           "latency_ms": round(latency_ms, 2),
+                           "remote": handler.request.remote_ip,
+                       },
+                   })

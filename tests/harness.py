@@ -1,0 +1,134 @@
+"""The test harness: one embedded database server per test run, one database per test.
+
+With ``INDICO_MONGODB_URI`` set, tests use that server instead. Each
+``ServerTest`` builds the real application on a database of its own and drops
+that database afterwards; requests go over HTTP through Tornado's client.
+"""
+
+import atexit
+import concurrent.futures
+import json
+import os
+import shutil
+import tempfile
+import uuid
+
+from tornado.testing import AsyncHTTPTestCase
+
+from config import Config
+from indico.app import make_app
+from indico.db import create_client, ensure_indexes
+from indico.db.embedded import EmbeddedServer
+
+_server = {}
+# Cheapest Argon2 parameters: only tests use them (the default is OWASP's).
+TEST_SETTINGS = {"argon2_memory_kib": 8, "argon2_time_cost": 1, "argon2_parallelism": 1,
+                 "load_sample_prices": False}
+CPU_EXECUTOR = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="test-cpu")
+
+
+def database_uri():
+    """The URI of the test run's server, started on first use."""
+    uri = os.environ.get("INDICO_MONGODB_URI")
+    if uri:
+        return uri
+    if "uri" not in _server:
+        directory = tempfile.mkdtemp(prefix="indico-test-db-")
+        server = EmbeddedServer(directory)
+        _server["uri"] = server.start()
+
+        def stop():
+            server.stop()
+            shutil.rmtree(directory, ignore_errors=True)
+        atexit.register(stop)
+    return _server["uri"]
+
+
+def test_config(**overrides):
+    """A Config for tests: the test server, cheap hashing, no sample prices."""
+    settings = {**TEST_SETTINGS, "mongodb_uri": database_uri(), **overrides}
+    return Config.from_environ({}, **settings)
+
+
+class ServerTest(AsyncHTTPTestCase):
+    """The real application on a database of its own, spoken to over HTTP.
+
+    Subclasses may set ``settings`` (Config overrides) for the whole class.
+    """
+
+    settings = {}
+
+    def setUp(self):
+        self.db_name = f"test_{uuid.uuid4().hex[:20]}"
+        self.data_dir = tempfile.mkdtemp(prefix="indico-test-data-")
+        self.config = test_config(database=self.db_name, data_dir=self.data_dir, **self.settings)
+        super().setUp()
+
+    def get_app(self):
+        self.client = create_client(self.config.mongodb_uri, timeout=5)
+        self.db = self.client[self.db_name]
+        self.io_loop.run_sync(lambda: ensure_indexes(self.db))
+        return self.make_app()
+
+    def make_app(self):
+        """Build the application; subclasses may pass more dependencies."""
+        return make_app(self.config, self.db, cpu_executor=CPU_EXECUTOR)
+
+    def tearDown(self):
+        async def drop():
+            await self.client.drop_database(self.db_name)
+            await self.client.close()
+        self.io_loop.run_sync(drop)
+        super().tearDown()
+        shutil.rmtree(self.data_dir, ignore_errors=True)
+
+    def request(self, method, path, body=None, token=None, headers=None):
+        """Send a request; return ``(status, parsed JSON body or None, response)``."""
+        headers = dict(headers or {})
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        if body is not None and not isinstance(body, (bytes, str)):
+            body = json.dumps(body)
+            headers.setdefault("Content-Type", "application/json")
+        response = self.fetch(path, method=method, body=body, headers=headers,
+                              allow_nonstandard_methods=True, raise_error=False)
+        try:
+            parsed = json.loads(response.body) if response.body else None
+        except ValueError:
+            parsed = None
+        return response.code, parsed, response
+
+    def post(self, route, data=None, token=None, headers=None):
+        """POST ``data`` (a dict, or raw bytes/str) as JSON; return ``(status, body)``."""
+        status, body, _ = self.request("POST", route, {} if data is None else data,
+                                       token, headers)
+        return status, body
+
+    def find(self, collection, query=None):
+        """Return every document of ``collection`` matching ``query`` (for assertions)."""
+        async def read():
+            return await self.db[collection].find(query or {}).to_list()
+        return self.io_loop.run_sync(read)
+
+    def snapshot(self, *collections):
+        """The content of ``collections``, to check that a request changed nothing."""
+        return {name: sorted(self.find(name), key=lambda doc: str(doc["_id"]))
+                for name in collections}
+
+    def assertError(self, status_and_body, status, error_type, message_part=None):
+        """Assert an error envelope: status, type and (part of) the message."""
+        status_code, body = status_and_body
+        self.assertEqual(status_code, status, body)
+        self.assertEqual(body["status"], status)
+        self.assertEqual(body["error"]["type"], error_type, body)
+        if message_part is not None:
+            self.assertIn(message_part, body["error"]["message"])
+        self.assertNotIn("Traceback", json.dumps(body))
+        return body["error"]
+
+    def signup(self, email="ada@example.com", password="correct horse", name="Ada"):
+        """Create an account; return its token."""
+        status, body = self.post("/auth/signup", {"email": email, "password": password,
+                                                  "name": name})
+        self.assertEqual(status, 201, body)
+        return body["data"]["token"]
