@@ -39,6 +39,13 @@ def _free_port(address="127.0.0.1"):
         return sock.getsockname()[1]
 
 
+def _port_in_use(port, address="127.0.0.1"):
+    """True when something already listens on ``address:port``."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex((address, port)) == 0
+
+
 def _pid_alive(pid):
     try:
         os.kill(pid, 0)
@@ -124,6 +131,10 @@ class EmbeddedServer:
             self.uri = uri
             return uri
         port = self.port or _free_port()
+        if _port_in_use(port):
+            # A ping would be answered by whatever listens there, not by our server.
+            raise RuntimeError(f"port {port} is already in use; the embedded database "
+                               "cannot listen there")
         uri = f"mongodb://127.0.0.1:{port}/"
         command = [
             sys.executable, "-m", "indico.db.embedded",

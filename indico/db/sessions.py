@@ -1,7 +1,8 @@
 """The ``sessions`` collection: one document per bearer token.
 
 Stored shape: ``_id`` (SHA-256 hex of the token: the token itself is never
-stored), ``user_id``, ``created``, ``expires``. A TTL index removes expired
+stored), ``user_id`` (the user's id as a hex string: nx-27017 cannot match
+ObjectId values outside ``_id``), ``created``, ``expires``. A TTL index removes expired
 sessions; lookups also filter on ``expires`` so a session is dead the moment
 it expires, whenever the TTL monitor runs.
 """

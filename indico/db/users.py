@@ -7,7 +7,7 @@ from the public shape in ``indico.routes.models``.
 """
 
 from bson import ObjectId
-from pymongo import ASCENDING, ReturnDocument
+from pymongo import ASCENDING
 
 from indico.db.util import journaled, now, object_id
 
@@ -42,10 +42,11 @@ async def update_user(db, user_id, fields):
 
     Raises DuplicateKeyError when a new email is taken.
     """
-    return await journaled(db, "users").find_one_and_update(
-        {"_id": user_id}, {"$set": {**fields, "updated": now()}},
-        return_document=ReturnDocument.AFTER,
-    )
+    # update_one, not find_one_and_update: nx-27017 answers a unique-index
+    # violation in findAndModify with null instead of error 11000.
+    result = await journaled(db, "users").update_one(
+        {"_id": user_id}, {"$set": {**fields, "updated": now()}})
+    return await db.users.find_one({"_id": user_id}) if result.matched_count else None
 
 
 async def delete_user(db, user_id):

@@ -43,7 +43,7 @@ class AuthService:
     async def _new_session(self, user):
         token = secrets.token_urlsafe(32)
         expires = now() + datetime.timedelta(seconds=self.config.session_ttl)
-        await sessions.create_session(self.db, token_hash(token), user["_id"], expires)
+        await sessions.create_session(self.db, token_hash(token), str(user["_id"]), expires)
         return {"user": user, "token": token, "expires": expires}
 
     async def signup(self, email, password, name, address):

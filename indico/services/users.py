@@ -42,11 +42,11 @@ class UsersService:
         await self._check_password(user, current_password, "current_password")
         new_hash = await self.passwords.hash(new_password)
         await users.update_user(self.db, user["_id"], {"password_hash": new_hash})
-        await sessions.delete_user_sessions(self.db, user["_id"], keep=token_hash(token))
+        await sessions.delete_user_sessions(self.db, str(user["_id"]), keep=token_hash(token))
 
     async def delete(self, user, password):
         """Delete the user, their sessions and their results."""
         await self._check_password(user, password, "password")
-        await jobs.delete_owner_jobs(self.db, user["_id"])
-        await sessions.delete_user_sessions(self.db, user["_id"])
+        await jobs.delete_owner_jobs(self.db, str(user["_id"]))
+        await sessions.delete_user_sessions(self.db, str(user["_id"]))
         await users.delete_user(self.db, user["_id"])

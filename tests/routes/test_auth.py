@@ -1,0 +1,234 @@
+"""auth/signup, login, logout, check: sessions, injection, brute force (OWASP API2, API4)."""
+
+import datetime
+import hashlib
+import json
+
+from tornado.httpclient import HTTPRequest
+
+from indico.db.util import now
+from tests.harness import ServerTest
+
+PASSWORD = "correct horse"
+
+
+class SignupTest(ServerTest):
+
+    def test_signup_returns_user_token_and_expiry(self):
+        status, body = self.post("/auth/signup", {"email": "  Ada@Example.COM ",
+                                                  "password": PASSWORD, "name": " Ada "})
+        self.assertEqual(status, 201)
+        self.assertEqual(body["status"], 201)
+        data = body["data"]
+        self.assertEqual(set(data), {"user", "token", "expires"})
+        self.assertEqual(set(data["user"]), {"id", "email", "name", "created", "preferences"})
+        self.assertEqual(data["user"]["email"], "ada@example.com")
+        self.assertEqual(data["user"]["name"], "Ada")
+        self.assertGreaterEqual(len(data["token"]), 43)  # 32 random bytes, base64url
+        expires = datetime.datetime.fromisoformat(data["expires"])
+        self.assertAlmostEqual((expires - now()).total_seconds(), 7 * 24 * 3600, delta=60)
+
+    def test_only_the_token_hash_and_an_argon2id_hash_are_stored(self):
+        token = self.signup(password=PASSWORD)
+        [session] = self.find("sessions")
+        self.assertEqual(session["_id"], hashlib.sha256(token.encode()).hexdigest())
+        self.assertNotIn(token, json.dumps(session, default=str))
+        [user] = self.find("users")
+        self.assertTrue(user["password_hash"].startswith("$argon2id$"))
+        self.assertNotIn(PASSWORD, json.dumps(user, default=str))
+
+    def test_duplicate_email_is_409_whatever_the_case(self):
+        self.signup(email="ada@example.com")
+        before = self.snapshot("users", "sessions")
+        error = self.assertError(
+            self.post("/auth/signup", {"email": "ADA@example.com", "password": PASSWORD}),
+            409, "Conflict", "exists")
+        self.assertEqual(error["field"], "email")
+        self.assertEqual(self.snapshot("users", "sessions"), before)
+
+    def test_password_rules(self):
+        for password, part in (("short", "at least 8"), ("x" * 1025, "at most 1024")):
+            with self.subTest(length=len(password)):
+                error = self.assertError(
+                    self.post("/auth/signup", {"email": "a@example.com", "password": password}),
+                    400, "ValidationError", part)
+                self.assertEqual(error["field"], "password")
+        self.assertEqual(self.find("users"), [])
+        status, _ = self.post("/auth/signup", {"email": "a@example.com", "password": "x" * 1024})
+        self.assertEqual(status, 201)
+
+    def test_bad_emails_and_types(self):
+        for body, field in (({"email": "not-an-email", "password": PASSWORD}, "email"),
+                            ({"email": {"$gt": ""}, "password": PASSWORD}, "email"),
+                            ({"email": "a@example.com", "password": ["x"]}, "password"),
+                            ({"email": "a@example.com", "password": PASSWORD, "name": ""}, "name"),
+                            ({"email": "a@example.com", "password": PASSWORD, "role": "admin"},
+                             "role")):
+            with self.subTest(body=body):
+                error = self.assertError(self.post("/auth/signup", body), 400, "ValidationError")
+                self.assertEqual(error["field"], field)
+        self.assertEqual(self.snapshot("users", "sessions"), {"users": [], "sessions": []})
+
+
+class LoginTest(ServerTest):
+
+    settings = {"login_max_failures": 3, "login_address_max_failures": 6}
+
+    def setUp(self):
+        super().setUp()
+        self.signup(email="ada@example.com", password=PASSWORD)
+
+    def login(self, email="ada@example.com", password=PASSWORD, headers=None):
+        return self.post("/auth/login", {"email": email, "password": password}, headers=headers)
+
+    def test_login_opens_a_new_session(self):
+        status, body = self.login(email=" ADA@example.com")
+        self.assertEqual(status, 200)
+        self.assertEqual(body["data"]["user"]["email"], "ada@example.com")
+        self.assertEqual(len(self.find("sessions")), 2)
+        status, body = self.post("/auth/check", token=body["data"]["token"])
+        self.assertEqual((status, body["data"]["user"]["email"]), (200, "ada@example.com"))
+
+    def test_unknown_email_and_wrong_password_are_the_same_401(self):
+        wrong = self.assertError(self.login(password="wrong password"), 401, "Unauthorized")
+        unknown = self.assertError(self.login(email="bob@example.com"), 401, "Unauthorized")
+        self.assertEqual(wrong, unknown)
+        self.assertEqual(wrong["message"], "email or password is wrong")
+
+    def test_operator_injection_is_a_400_never_a_match(self):
+        before = self.snapshot("sessions")
+        for body, field in (({"email": {"$gt": ""}, "password": PASSWORD}, "email"),
+                            ({"email": "ada@example.com", "password": {"$ne": None}}, "password"),
+                            ({"email": {"$regex": ".*"}, "password": {"$gt": ""}}, "email"),
+                            ({"email": ["ada@example.com"], "password": PASSWORD}, "email")):
+            with self.subTest(body=body):
+                error = self.assertError(self.post("/auth/login", body), 400, "ValidationError")
+                self.assertEqual(error["field"], field)
+        self.assertEqual(self.snapshot("sessions"), before)
+
+    def test_failures_per_account_give_429_with_retry_after_even_for_the_right_password(self):
+        for _ in range(3):
+            self.assertError(self.login(password="wrong password"), 401, "Unauthorized")
+        before = self.snapshot("sessions")
+        status, body, response = self.request(
+            "POST", "/auth/login", {"email": "ada@example.com", "password": PASSWORD})
+        self.assertEqual(status, 429)
+        self.assertEqual(body["error"]["type"], "TooManyRequests")
+        self.assertIn("too many failed logins", body["error"]["message"])
+        retry_after = int(response.headers["Retry-After"])
+        self.assertTrue(1 <= retry_after <= self.config.login_window + 1, retry_after)
+        self.assertEqual(body["error"]["retry_after"], retry_after)
+        self.assertEqual(self.snapshot("sessions"), before)
+
+    def test_a_success_resets_the_account_counter(self):
+        for _ in range(2):
+            self.login(password="wrong password")
+        self.assertEqual(self.login()[0], 200)
+        for _ in range(2):
+            self.login(password="wrong password")
+        self.assertEqual(self.login()[0], 200)
+
+    def test_failures_per_address_cover_many_accounts(self):
+        for number in range(6):
+            self.assertError(self.login(email=f"user{number}@example.com"), 401, "Unauthorized")
+        self.assertError(self.login(), 429, "TooManyRequests")
+
+    def test_x_real_ip_is_ignored_from_an_untrusted_peer(self):
+        for number in range(6):
+            self.login(email=f"user{number}@example.com", headers={"X-Real-IP": f"10.0.0.{number}"})
+        self.assertError(self.login(headers={"X-Real-IP": "10.9.9.9"}), 429, "TooManyRequests")
+
+
+class TrustedProxyTest(ServerTest):
+
+    settings = {"trusted_proxies": ["127.0.0.1"], "login_address_max_failures": 2,
+                "login_max_failures": 10}
+
+    def test_x_real_ip_from_a_trusted_proxy_is_the_client_address(self):
+        self.signup(email="ada@example.com", password=PASSWORD)
+        for _ in range(2):
+            self.post("/auth/login", {"email": "ada@example.com", "password": "wrong one"},
+                      headers={"X-Real-IP": "203.0.113.7"})
+        self.assertError(self.post("/auth/login", {"email": "ada@example.com",
+                                                   "password": PASSWORD},
+                                   headers={"X-Real-IP": "203.0.113.7"}), 429, "TooManyRequests")
+        status, _ = self.post("/auth/login", {"email": "ada@example.com", "password": PASSWORD},
+                              headers={"X-Real-IP": "198.51.100.1"})
+        self.assertEqual(status, 200)
+        [counter] = [doc for doc in self.find("rate_limits") if doc["_id"].startswith("login:address:")]
+        self.assertEqual(counter["_id"], "login:address:203.0.113.7")
+
+
+class SignupLimitTest(ServerTest):
+
+    settings = {"signup_max_per_address": 2}
+
+    def test_signup_is_rate_limited_per_address(self):
+        self.signup(email="a@example.com")
+        self.signup(email="b@example.com")
+        status, body, response = self.request(
+            "POST", "/auth/signup", {"email": "c@example.com", "password": PASSWORD})
+        self.assertEqual(status, 429)
+        self.assertIn("too many sign-ups", body["error"]["message"])
+        self.assertIn("Retry-After", response.headers)
+        self.assertEqual(len(self.find("users")), 2)
+
+
+class SessionTest(ServerTest):
+
+    def test_logout_revokes_at_once(self):
+        token = self.signup()
+        self.assertEqual(self.post("/auth/check", token=token)[0], 200)
+        status, body = self.post("/auth/logout", token=token)
+        self.assertEqual((status, body), (200, {"status": 200, "data": {}}))
+        self.assertError(self.post("/auth/check", token=token), 401, "Unauthorized",
+                         "invalid, expired or revoked")
+        self.assertEqual(self.find("sessions"), [])
+
+    def test_every_authenticated_action_refuses_bad_tokens(self):
+        token = self.signup()
+        self.io_loop.run_sync(lambda: self.db.sessions.update_many(
+            {}, {"$set": {"expires": now() - datetime.timedelta(seconds=1)}}))
+        cases = {
+            "expired": {"Authorization": f"Bearer {token}"},
+            "missing": {},
+            "malformed": {"Authorization": f"Token {token}"},
+            "not base64url": {"Authorization": "Bearer " + "!" * 43},
+            "unknown": {"Authorization": "Bearer " + "A" * 43},
+            "empty": {"Authorization": "Bearer "},
+        }
+        actions = ["/auth/logout", "/auth/check", "/user/get", "/user/update", "/user/password",
+                   "/user/delete"]
+        for name, headers in cases.items():
+            for route in actions:
+                with self.subTest(case=name, route=route):
+                    self.assertError(self.post(route, {}, headers=headers), 401, "Unauthorized")
+
+    def test_authentication_happens_before_validation(self):
+        error = self.assertError(self.post("/user/update", {"role": "admin"}), 401,
+                                 "Unauthorized")
+        self.assertIn("Authorization", error["message"])
+
+
+
+class SlowHashTest(ServerTest):
+
+    # Costly parameters, so that a hash takes long enough to overlap another request.
+    settings = {"argon2_time_cost": 30, "argon2_memory_kib": 65536}
+
+    def test_cpu_work_does_not_block_the_ioloop(self):
+        """A slow hash runs in the executor: another request is served meanwhile."""
+        order = []
+
+        async def both():
+            signup = self.http_client.fetch(HTTPRequest(
+                self.get_url("/auth/signup"), method="POST",
+                headers={"Content-Type": "application/json"},
+                body=json.dumps({"email": "slow@example.com", "password": PASSWORD})))
+            signup.add_done_callback(lambda _: order.append("signup"))
+            banner = self.http_client.fetch(self.get_url("/"))
+            banner.add_done_callback(lambda _: order.append("banner"))
+            await signup
+            await banner
+        self.io_loop.run_sync(both, timeout=60)
+        self.assertEqual(order, ["banner", "signup"])

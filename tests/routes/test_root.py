@@ -1,0 +1,102 @@
+"""The plain GET routes: banner, health check, OpenAPI document, docs page."""
+
+import json
+import shutil
+import tempfile
+import time
+
+from indico import __version__
+from indico.app import make_app
+from indico.db import create_client
+from indico.db.embedded import EmbeddedServer, _free_port
+from tests.harness import CPU_EXECUTOR, ServerTest, test_config
+
+
+class RootTest(ServerTest):
+
+    def test_banner(self):
+        status, body, _ = self.request("GET", "/")
+        self.assertEqual(status, 200)
+        self.assertEqual(body, {"status": 200, "data": {
+            "service": "indico", "version": __version__, "message": "Success!"}})
+
+    def test_health_check(self):
+        status, body, _ = self.request("GET", "/healthCheck")
+        self.assertEqual((status, body), (200, {"status": 200, "data": {"database": "ok"}}))
+
+    def test_openapi_document(self):
+        status, document, _ = self.request("GET", "/openapi.json")
+        self.assertEqual(status, 200)
+        self.assertEqual(document["openapi"], "3.1.0")
+        self.assertEqual(document["info"]["version"], __version__)
+        for path in ("/auth/signup", "/auth/login", "/auth/logout", "/auth/check",
+                     "/user/get", "/user/update", "/user/password", "/user/delete"):
+            self.assertIn(path, document["paths"])
+            self.assertEqual(list(document["paths"][path]), ["post"])
+        self.assertEqual(document["paths"]["/auth/login"]["post"]["security"], [])
+        self.assertEqual(document["paths"]["/user/get"]["post"]["security"], [{"bearer": []}])
+        self.assertEqual(document["components"]["securitySchemes"]["bearer"]["scheme"], "bearer")
+        signup = document["paths"]["/auth/signup"]["post"]
+        self.assertIn("201", signup["responses"])
+        schema_ref = signup["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+        schema = document["components"]["schemas"][schema_ref.rsplit("/", 1)[1]]
+        self.assertEqual(set(schema["required"]), {"email", "password"})
+        self.assertIs(schema["additionalProperties"], False)
+        user_public = document["components"]["schemas"]["UserPublic"]
+        self.assertNotIn("password_hash", user_public["properties"])
+
+    def test_docs_page(self):
+        status, _, response = self.request("GET", "/docs")
+        self.assertEqual(status, 200)
+        self.assertTrue(response.headers["Content-Type"].startswith("text/html"))
+        self.assertIn(b"swagger-ui-bundle.js", response.body)
+        self.assertIn("script-src", response.headers["Content-Security-Policy"].replace(
+            "default-src", "script-src"))
+        status, _, response = self.request("GET", "/docs/static/swagger-ui-bundle.js")
+        self.assertEqual(status, 200)
+        self.assertGreater(len(response.body), 100000)
+        status, _, response = self.request("GET", "/docs/static/docs-init.js")
+        self.assertIn(b"/openapi.json", response.body)
+
+    def test_docs_static_cannot_escape(self):
+        status, _, response = self.request("GET", "/docs/static/../../../config.py")
+        self.assertIn(status, (403, 404))
+        self.assertNotIn(b"mongodb_uri", response.body)
+
+
+class HealthWithoutDatabaseTest(ServerTest):
+    """A database of our own that goes away and comes back."""
+
+    def setUp(self):
+        self.own_dir = tempfile.mkdtemp(prefix="indico-health-")
+        self.own_port = _free_port()
+        self.own_server = EmbeddedServer(self.own_dir, port=self.own_port)
+        self.own_server.start()
+        super().setUp()
+
+    def tearDown(self):
+        self.io_loop.run_sync(self.own_client.close)
+        self.own_server.stop()
+        super().tearDown()
+        shutil.rmtree(self.own_dir, ignore_errors=True)
+
+    def make_app(self):
+        config = test_config(mongodb_uri=self.own_server.uri, db_timeout=1.0,
+                             database=self.db_name)
+        self.own_client = create_client(config.mongodb_uri, timeout=1.0)
+        return make_app(config, self.own_client[self.db_name], cpu_executor=CPU_EXECUTOR)
+
+    def test_503_when_the_database_is_down_then_recovery(self):
+        self.assertEqual(self.request("GET", "/healthCheck")[0], 200)
+        self.own_server.stop()
+        status, body, _ = self.request("GET", "/healthCheck")
+        self.assertEqual(status, 503)
+        self.assertEqual(body["error"]["type"], "ServiceUnavailable")
+        self.assertIn("database does not answer", body["error"]["message"])
+        self.own_server.start()
+        deadline = time.monotonic() + 10
+        while self.request("GET", "/healthCheck")[0] != 200:
+            self.assertLess(time.monotonic(), deadline, "health did not recover")
+            time.sleep(0.2)
+        status, body, _ = self.request("GET", "/healthCheck")
+        self.assertEqual(json.dumps(body), json.dumps({"status": 200, "data": {"database": "ok"}}))

@@ -1,0 +1,160 @@
+"""user/get, update, password, delete: the public shape, the allowlist (OWASP API3)."""
+
+import datetime
+
+from bson import ObjectId
+
+from indico.db.util import now
+from tests.harness import ServerTest
+
+PASSWORD = "correct horse"
+
+
+class UserTest(ServerTest):
+
+    def setUp(self):
+        super().setUp()
+        self.token = self.signup(email="ada@example.com", password=PASSWORD, name="Ada")
+
+    def test_get_shows_the_public_shape_only(self):
+        status, body = self.post("/user/get", token=self.token)
+        self.assertEqual(status, 200)
+        user = body["data"]["user"]
+        self.assertEqual(set(user), {"id", "email", "name", "created", "preferences"})
+        [stored] = self.find("users")
+        self.assertEqual(user["id"], str(stored["_id"]))
+        self.assertEqual(user["preferences"], {"default_objective": None,
+                                               "risk_free_rate": None, "currency": None})
+        self.assertNotIn("argon2", str(body))
+
+    def test_update_allowed_fields(self):
+        status, body = self.post("/user/update", {"update_user": {
+            "name": "Ada Lovelace", "email": "Countess@Example.com",
+            "preferences": {"default_objective": "min_volatility", "currency": "EUR"}}},
+            token=self.token)
+        self.assertEqual(status, 200, body)
+        user = body["data"]["user"]
+        self.assertEqual((user["name"], user["email"]), ("Ada Lovelace", "countess@example.com"))
+        self.assertEqual(user["preferences"]["default_objective"], "min_volatility")
+        [stored] = self.find("users")
+        self.assertEqual(stored["preferences"], {"default_objective": "min_volatility",
+                                                 "currency": "EUR"})
+        status, body = self.post("/auth/login", {"email": "countess@example.com",
+                                                 "password": PASSWORD})
+        self.assertEqual(status, 200)
+
+    def test_mass_assignment_is_refused_and_nothing_changes(self):
+        user_id = str(self.find("users")[0]["_id"])
+        attempts = [
+            ({"update_user": {"role": "admin"}}, "update_user.role"),
+            ({"update_user": {"_id": str(ObjectId())}}, "update_user._id"),
+            ({"update_user": {"id": user_id}}, "update_user.id"),
+            ({"update_user": {"password_hash": "$argon2id$x"}}, "update_user.password_hash"),
+            ({"update_user": {"$set": {"role": "admin"}}}, "update_user.$set"),
+            ({"update_user": {"name": "ok", "preferences.theme": "x"}},
+             "update_user.preferences.theme"),
+            ({"update_user": {"created": "2000-01-01"}}, "update_user.created"),
+            ({"update_user": {"preferences": {"admin": True}}}, "update_user.preferences.admin"),
+            ({"update_user": {"name": {"$gt": ""}}}, "update_user.name"),
+            ({"update_user": {}}, "update_user"),
+            ({"update_user": {"name": None}}, "update_user"),
+            ({"update_user": "name=x"}, "update_user"),
+            ({"name": "top level"}, "update_user"),
+            ({"update_user": {"preferences": {"risk_free_rate": 5}}},
+             "update_user.preferences.risk_free_rate"),
+        ]
+        before = self.snapshot("users", "sessions")
+        for body, field in attempts:
+            with self.subTest(body=body):
+                error = self.assertError(self.post("/user/update", body, token=self.token),
+                                         400, "ValidationError")
+                self.assertEqual(error["field"], field)
+        self.assertEqual(self.snapshot("users", "sessions"), before)
+
+    def test_email_taken_by_another_user_is_409(self):
+        self.signup(email="bob@example.com")
+        before = self.snapshot("users")
+        error = self.assertError(self.post("/user/update", {"update_user": {
+            "email": "BOB@example.com", "name": "Bob?"}}, token=self.token), 409, "Conflict")
+        self.assertEqual(error["field"], "email")
+        self.assertEqual(self.snapshot("users"), before)
+
+    def test_password_change_revokes_other_sessions(self):
+        status, body = self.post("/auth/login", {"email": "ada@example.com", "password": PASSWORD})
+        other = body["data"]["token"]
+        status, body = self.post("/user/password", {"current_password": PASSWORD,
+                                                    "new_password": "battery staple"},
+                                 token=self.token)
+        self.assertEqual((status, body), (200, {"status": 200, "data": {}}))
+        self.assertEqual(self.post("/auth/check", token=self.token)[0], 200)
+        self.assertError(self.post("/auth/check", token=other), 401, "Unauthorized")
+        self.assertError(self.post("/auth/login", {"email": "ada@example.com",
+                                                   "password": PASSWORD}), 401, "Unauthorized")
+        self.assertEqual(self.post("/auth/login", {"email": "ada@example.com",
+                                                   "password": "battery staple"})[0], 200)
+
+    def test_password_change_needs_the_current_password(self):
+        before = self.snapshot("users", "sessions")
+        error = self.assertError(self.post("/user/password", {
+            "current_password": "wrong password", "new_password": "battery staple"},
+            token=self.token), 403, "Forbidden", "password is wrong")
+        self.assertEqual(error["field"], "current_password")
+        self.assertError(self.post("/user/password", {
+            "current_password": PASSWORD, "new_password": "short"}, token=self.token),
+            400, "ValidationError", "new_password")
+        self.assertEqual(self.snapshot("users", "sessions"), before)
+
+    def test_delete_needs_the_password_then_removes_everything(self):
+        user_id = str(self.find("users")[0]["_id"])
+        self.io_loop.run_sync(lambda: self.db.jobs.insert_many([
+            {"owner": user_id, "created": now(), "status": "done"},
+            {"owner": str(ObjectId()), "created": now(), "status": "done"}]))
+        before = self.snapshot("users", "sessions", "jobs")
+        self.assertError(self.post("/user/delete", {"password": "wrong password"},
+                                   token=self.token), 403, "Forbidden")
+        self.assertError(self.post("/user/delete", {}, token=self.token), 400, "ValidationError",
+                         "password")
+        self.assertEqual(self.snapshot("users", "sessions", "jobs"), before)
+        status, body = self.post("/user/delete", {"password": PASSWORD}, token=self.token)
+        self.assertEqual((status, body), (200, {"status": 200, "data": {}}))
+        self.assertEqual(self.find("users"), [])
+        self.assertEqual(self.find("sessions"), [])
+        self.assertEqual([job["owner"] == user_id for job in self.find("jobs")], [False])
+        self.assertError(self.post("/user/get", token=self.token), 401, "Unauthorized")
+
+    def test_session_of_a_deleted_user_is_dead(self):
+        self.io_loop.run_sync(lambda: self.db.users.delete_many({}))
+        self.assertError(self.post("/user/get", token=self.token), 401, "Unauthorized")
+
+    def test_rehash_on_login_when_parameters_change(self):
+        import argon2
+        old = argon2.PasswordHasher(time_cost=1, memory_cost=16, parallelism=1)
+        self.io_loop.run_sync(lambda: self.db.users.update_one(
+            {}, {"$set": {"password_hash": old.hash(PASSWORD)}}))
+        self.assertEqual(self.post("/auth/login", {"email": "ada@example.com",
+                                                   "password": PASSWORD})[0], 200)
+        [stored] = self.find("users")
+        self.assertIn("m=8,t=1,p=1", stored["password_hash"])
+        self.assertEqual(self.post("/auth/login", {"email": "ada@example.com",
+                                                   "password": PASSWORD})[0], 200)
+
+
+class RateLimitWindowTest(ServerTest):
+
+    settings = {"login_max_failures": 1, "login_window": 1}
+
+    def test_owner_is_not_locked_out_for_long(self):
+        import time
+        self.signup(email="ada@example.com", password=PASSWORD)
+        self.post("/auth/login", {"email": "ada@example.com", "password": "wrong password"})
+        self.assertError(self.post("/auth/login", {"email": "ada@example.com",
+                                                   "password": PASSWORD}), 429, "TooManyRequests")
+        time.sleep(1.1)
+        self.assertEqual(self.post("/auth/login", {"email": "ada@example.com",
+                                                   "password": PASSWORD})[0], 200)
+        # The expired window's document is reused for the next failure.
+        self.post("/auth/login", {"email": "ada@example.com", "password": "wrong password"})
+        [counter] = [doc for doc in self.find("rate_limits")
+                     if doc["_id"] == "login:account:ada@example.com"]
+        self.assertEqual(counter["count"], 1)
+        self.assertGreater(counter["expires"], now() - datetime.timedelta(seconds=1))
