@@ -1,11 +1,13 @@
 """``/auth/<action>``: sign-up, login, logout, token check."""
 
-from pydantic import StringConstraints
 from typing import Annotated
+
+from pydantic import StringConstraints
 
 from indico.routes.base import ActionHandler, action
 from indico.routes.models import (
-    Email, Empty, Name, Password, Request, SessionResponse, UserPublic, UserResponse,
+    Email, Empty, LoginEmail, Name, Password, Request, SessionResponse, UserPublic,
+    UserResponse,
 )
 
 
@@ -16,7 +18,7 @@ class SignupRequest(Request):
 
 
 class LoginRequest(Request):
-    email: Email
+    email: LoginEmail
     # Any non-empty string up to the maximum: old passwords may predate today's rules.
     password: Annotated[str, StringConstraints(min_length=1, max_length=1024)]
 
@@ -26,14 +28,15 @@ class AuthHandler(ActionHandler):
 
     resource = "auth"
 
-    @action(request=SignupRequest, response=SessionResponse, auth=False, status=201)
+    @action(request=SignupRequest, response=SessionResponse, auth=False, status=201,
+            errors=(409, 429))
     async def signup(self, body):
         """Create an account and return its first session token."""
         session = await self.services.auth.signup(
             body.email, body.password, body.name, self.client_address())
         return SessionResponse.from_session(session)
 
-    @action(request=LoginRequest, response=SessionResponse, auth=False)
+    @action(request=LoginRequest, response=SessionResponse, auth=False, errors=(401, 429))
     async def login(self, body):
         """Exchange email and password for a bearer token.
 

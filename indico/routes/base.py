@@ -57,11 +57,13 @@ class Action:
     response: type | None
     auth: bool
     status: int
+    errors: tuple
     summary: str
     description: str
 
 
-def action(name=None, *, request=EmptyRequest, response=None, auth=True, status=200):
+def action(name=None, *, request=EmptyRequest, response=None, auth=True, status=200,
+           errors=()):
     """Register a handler method as an action reachable at ``/<resource>/<name>``.
 
     The method is called as ``await method(self, body)`` with ``body`` a
@@ -76,13 +78,15 @@ def action(name=None, *, request=EmptyRequest, response=None, auth=True, status=
         response: the pydantic model of the payload (documentation and checking).
         auth: whether a valid bearer token is required.
         status: the HTTP status of a success.
+        errors: the statuses of the action's own errors (409, 422, ...), for the
+            OpenAPI document; the common ones are documented for every action.
     """
     def register(function):
         doc = (function.__doc__ or "").strip()
         summary, _, description = doc.partition("\n")
         function.indico_action = Action(
             name or function.__name__, function, request, response, auth, status,
-            summary.strip(), description.strip(),
+            tuple(errors), summary.strip(), description.strip(),
         )
         return function
     return register

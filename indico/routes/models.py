@@ -8,14 +8,29 @@ reach a response.
 import datetime
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, EmailStr, Field, StringConstraints
+import email_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
 
-def _normalize_email(value):
+def _email(value):
+    """Check the syntax of an address (no DNS) and normalize it: trimmed, lower-case.
+
+    Reserved domains (``.test``, ``.local``) are accepted: indico sends no mail,
+    and private deployments use them.
+    """
+    try:
+        email_validator.validate_email(value.strip(), check_deliverability=False,
+                                       globally_deliverable=False, test_environment=True)
+    except email_validator.EmailNotValidError as exc:
+        raise ValueError(f"not a valid email address: {exc}") from None
     return value.strip().lower()
 
 
-Email = Annotated[EmailStr, AfterValidator(_normalize_email)]
+Email = Annotated[str, StringConstraints(max_length=320), AfterValidator(_email),
+                  Field(json_schema_extra={"format": "email"})]
+# Login only normalizes: whatever was typed, an unknown address is the same 401.
+LoginEmail = Annotated[str, StringConstraints(strip_whitespace=True, to_lower=True,
+                                              min_length=1, max_length=320)]
 Password = Annotated[str, StringConstraints(min_length=8, max_length=1024)]
 Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
 

@@ -7,11 +7,14 @@ the document cannot drift from the code.
 
 from pydantic.json_schema import models_json_schema
 
+COMMON_ERRORS = (400, 404, 405, 413, 415)
 ERROR_STATUSES = {
     400: "malformed body or invalid field (the message names the field)",
-    401: "missing, malformed, expired or revoked bearer token",
+    401: "missing, malformed, expired or revoked bearer token, or wrong credentials",
+    403: "the password given to confirm the action is wrong",
     404: "unknown action, or an object the caller does not own",
     405: "method other than POST",
+    409: "conflicts with existing data (an email in use)",
     413: "body over the configured limit",
     415: "body not sent as application/json",
     422: "well-formed but cannot be carried out (the message says why)",
@@ -79,17 +82,16 @@ def build_openapi(handlers, version, extra_paths=None):
         if resource == "portfolio" and spec.name == "optimize":
             responses["202"] = _json(_envelope(202, {"type": "object"}),
                                      "accepted; the job runs in the background")
-        for status, text in ERROR_STATUSES.items():
-            if status == 401 and not spec.auth:
-                continue
-            responses[str(status)] = _json(error_ref, text)
+        statuses = set(COMMON_ERRORS) | set(spec.errors) | ({401} if spec.auth else set())
+        for status in sorted(statuses):
+            responses[str(status)] = _json(error_ref, ERROR_STATUSES[status])
         operation = {
             "operationId": f"{resource}_{spec.name}",
             "tags": [resource],
             "summary": spec.summary,
             "description": spec.description,
             "requestBody": {
-                "required": False,
+                "required": bool(spec.request.model_json_schema().get("required")),
                 "content": {"application/json": {
                     "schema": keys[(spec.request, "validation")],
                 }},

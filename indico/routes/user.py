@@ -1,8 +1,7 @@
 """``/user/<action>``: the caller's own account."""
 
-from pydantic import model_validator
+from pydantic import ConfigDict, model_validator
 
-from indico import error
 from indico.routes.base import ActionHandler, action
 from indico.routes.models import (
     Email, Empty, Name, Password, Preferences, Request, UserPublic, UserResponse,
@@ -12,9 +11,12 @@ from indico.routes.models import (
 class UserFields(Request):
     """The fields a user may change; any other key is refused with 400."""
 
-    name: Name | None = None
-    email: Email | None = None
-    preferences: Preferences | None = None
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"minProperties": 1})
+
+    # Defaults of None that the types refuse as input: null is not a value here.
+    name: Name = None
+    email: Email = None
+    preferences: Preferences = None
 
     @model_validator(mode="after")
     def _not_empty(self):
@@ -46,25 +48,23 @@ class UserHandler(ActionHandler):
         """Return the caller's public profile."""
         return UserResponse(user=UserPublic.from_document(self.user))
 
-    @action(request=UpdateRequest, response=UserResponse)
+    @action(request=UpdateRequest, response=UserResponse, errors=(409,))
     async def update(self, body):
         """Change name, email (must stay unique: 409) or preferences."""
         fields = body.update_user.model_dump(exclude_unset=True)
-        if fields.get("name", "") is None or fields.get("email", "") is None:
-            raise error.ValidationError("name and email cannot be null", field="update_user")
         if "preferences" in fields:
             fields["preferences"] = body.update_user.preferences.model_dump(exclude_none=True)
         updated = await self.services.users.update(self.user, fields)
         return UserResponse(user=UserPublic.from_document(updated))
 
-    @action(request=PasswordRequest, response=Empty)
+    @action(request=PasswordRequest, response=Empty, errors=(403,))
     async def password(self, body):
         """Change the password; every other session of the user is revoked."""
         await self.services.users.change_password(
             self.user, body.current_password, body.new_password, self.bearer_token())
         return {}
 
-    @action("delete", request=DeleteRequest, response=Empty)
+    @action("delete", request=DeleteRequest, response=Empty, errors=(403,))
     async def delete_user(self, body):
         """Delete the account, its sessions and its saved results (password required)."""
         await self.services.users.delete(self.user, body.password)
