@@ -40,11 +40,10 @@ async def increment(db, key, window):
         if document:
             return document["count"], document["expires"]
         expires = moment + datetime.timedelta(seconds=window)
-        # No live window: reuse an expired counter's document, or create one.
-        renewed = await collection.update_one(
-            {"_id": key, "expires": {"$lte": moment}}, {"$set": {"count": 1, "expires": expires}})
-        if renewed.modified_count:
-            return 1, expires
+        # No live window: drop an expired counter, then open a new one. (A
+        # delete and an insert, not a $set: nx-27017 stores dates written by
+        # $set as strings, which would break the expiry comparisons.)
+        await collection.delete_one({"_id": key, "expires": {"$lte": moment}})
         try:
             await collection.insert_one({"_id": key, "count": 1, "expires": expires})
             return 1, expires

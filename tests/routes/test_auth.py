@@ -187,8 +187,13 @@ class SessionTest(ServerTest):
 
     def test_every_authenticated_action_refuses_bad_tokens(self):
         token = self.signup()
-        self.io_loop.run_sync(lambda: self.db.sessions.update_many(
-            {}, {"$set": {"expires": now() - datetime.timedelta(seconds=1)}}))
+        [session] = self.find("sessions")
+        session["expires"] = now() - datetime.timedelta(seconds=1)
+
+        async def expire():
+            await self.db.sessions.delete_many({})
+            await self.db.sessions.insert_one(session)
+        self.io_loop.run_sync(expire)
         cases = {
             "expired": {"Authorization": f"Bearer {token}"},
             "missing": {},
