@@ -2,7 +2,9 @@
 
 Stored shape: ``_id`` (SHA-256 hex of the token: the token itself is never
 stored), ``user_id`` (the user's id as a hex string: nx-27017 cannot match
-ObjectId values outside ``_id``), ``created``, ``expires``. A TTL index removes expired
+ObjectId values outside ``_id``), ``user`` (a snapshot of the user without the
+password hash, so that authenticating a request is one read; rewritten when
+the user changes), ``created``, ``expires``. A TTL index removes expired
 sessions; lookups also filter on ``expires`` so a session is dead the moment
 it expires, whenever the TTL monitor runs.
 """
@@ -18,8 +20,20 @@ async def create_indexes(db):
     await db.sessions.create_index([("user_id", ASCENDING)], name="user")
 
 
-async def create_session(db, token_hash, user_id, expires):
-    document = {"_id": token_hash, "user_id": user_id, "created": now(), "expires": expires}
+def user_snapshot(user):
+    """The part of a user document that sessions carry: no hash, times as ISO text.
+
+    (Text, because nx-27017 turns dates written by ``$set`` into strings of
+    another format.)
+    """
+    return {"_id": str(user["_id"]), "email": user["email"], "name": user.get("name"),
+            "created": user["created"].isoformat(), "preferences": user.get("preferences") or {}}
+
+
+async def create_session(db, token_hash, user, expires):
+    """Store a session of ``user`` (a user document) under ``token_hash``."""
+    document = {"_id": token_hash, "user_id": str(user["_id"]), "user": user_snapshot(user),
+                "created": now(), "expires": expires}
     await journaled(db, "sessions").insert_one(document)
     return document
 
@@ -27,6 +41,12 @@ async def create_session(db, token_hash, user_id, expires):
 async def get_session(db, token_hash):
     """Return the unexpired session with this token hash, or None."""
     return await db.sessions.find_one({"_id": token_hash, "expires": {"$gt": now()}})
+
+
+async def update_user_sessions(db, user):
+    """Rewrite the user snapshot of every session of ``user`` after a change."""
+    await journaled(db, "sessions").update_many({"user_id": str(user["_id"])},
+                                               {"$set": {"user": user_snapshot(user)}})
 
 
 async def delete_session(db, token_hash):

@@ -43,7 +43,7 @@ class AuthService:
     async def _new_session(self, user):
         token = secrets.token_urlsafe(32)
         expires = now() + datetime.timedelta(seconds=self.config.session_ttl)
-        await sessions.create_session(self.db, token_hash(token), str(user["_id"]), expires)
+        await sessions.create_session(self.db, token_hash(token), user, expires)
         return {"user": user, "token": token, "expires": expires}
 
     async def signup(self, email, password, name, address):
@@ -104,13 +104,15 @@ class AuthService:
         await sessions.delete_session(self.db, token_hash(token))
 
     async def authenticate(self, token):
-        """Return the user of a valid, unexpired, unrevoked ``token``.
+        """Return the user snapshot of a valid, unexpired, unrevoked ``token``.
+
+        One read: the session carries the user (without the password hash;
+        ``_id`` as a string), and is deleted with the user.
 
         Raises:
             Unauthorized: otherwise.
         """
         session = await sessions.get_session(self.db, token_hash(token))
-        user = session and await users.get_user(self.db, session["user_id"])
-        if not user:
+        if not session:
             raise error.Unauthorized("the token is invalid, expired or revoked")
-        return user
+        return session["user"]

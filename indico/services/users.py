@@ -1,5 +1,6 @@
 """Users: profile updates, password changes, account deletion."""
 
+from bson import ObjectId
 from pymongo.errors import DuplicateKeyError
 
 from indico import error
@@ -22,31 +23,40 @@ class UsersService:
     async def update(self, user, fields):
         """Apply already-validated ``fields`` (name, email, preferences) to ``user``.
 
+        Args:
+            user: the caller (a session's user snapshot).
+
         Raises:
             Conflict: the new email belongs to another account.
         """
         try:
-            updated = await users.update_user(self.db, user["_id"], fields)
+            updated = await users.update_user(self.db, ObjectId(user["_id"]), fields)
         except DuplicateKeyError:
             raise error.Conflict("an account with this email exists", field="email") from None
         if updated is None:
             raise error.Unauthorized("the account no longer exists")
+        await sessions.update_user_sessions(self.db, updated)
         return updated
 
     async def _check_password(self, user, password, field):
-        if not await self.passwords.verify(user["password_hash"], password):
+        """Return the stored user when ``password`` is theirs; raise Forbidden otherwise."""
+        stored = await users.get_user(self.db, user["_id"])
+        if stored is None:
+            raise error.Unauthorized("the account no longer exists")
+        if not await self.passwords.verify(stored["password_hash"], password):
             raise error.Forbidden("the password is wrong", field=field)
+        return stored
 
     async def change_password(self, user, current_password, new_password, token):
         """Set a new password and revoke every session but the caller's."""
-        await self._check_password(user, current_password, "current_password")
+        stored = await self._check_password(user, current_password, "current_password")
         new_hash = await self.passwords.hash(new_password)
-        await users.update_user(self.db, user["_id"], {"password_hash": new_hash})
+        await users.update_user(self.db, stored["_id"], {"password_hash": new_hash})
         await sessions.delete_user_sessions(self.db, str(user["_id"]), keep=token_hash(token))
 
     async def delete(self, user, password):
         """Delete the user, their sessions and their results."""
-        await self._check_password(user, password, "password")
-        await jobs.delete_owner_jobs(self.db, str(user["_id"]))
-        await sessions.delete_user_sessions(self.db, str(user["_id"]))
-        await users.delete_user(self.db, user["_id"])
+        stored = await self._check_password(user, password, "password")
+        await jobs.delete_owner_jobs(self.db, str(stored["_id"]))
+        await sessions.delete_user_sessions(self.db, str(stored["_id"]))
+        await users.delete_user(self.db, stored["_id"])

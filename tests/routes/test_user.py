@@ -123,9 +123,26 @@ class UserTest(ServerTest):
         self.assertEqual([job["owner"] == user_id for job in self.find("jobs")], [False])
         self.assertError(self.post("/user/get", token=self.token), 401, "Unauthorized")
 
-    def test_session_of_a_deleted_user_is_dead(self):
+    def test_actions_that_read_the_account_see_it_gone(self):
+        # Deleted behind indico's back (user/delete also deletes the sessions).
         self.io_loop.run_sync(lambda: self.db.users.delete_many({}))
-        self.assertError(self.post("/user/get", token=self.token), 401, "Unauthorized")
+        self.assertError(self.post("/user/password", {"current_password": PASSWORD,
+                                                      "new_password": "battery staple"},
+                                   token=self.token), 401, "Unauthorized", "no longer exists")
+        self.assertError(self.post("/user/update", {"update_user": {"name": "x"}},
+                                   token=self.token), 401, "Unauthorized", "no longer exists")
+
+    def test_profile_changes_reach_every_session(self):
+        status, body = self.post("/auth/login", {"email": "ada@example.com", "password": PASSWORD})
+        other = body["data"]["token"]
+        self.post("/user/update", {"update_user": {"name": "Countess"}}, token=self.token)
+        status, body = self.post("/auth/check", token=other)
+        self.assertEqual(body["data"]["user"]["name"], "Countess")
+        [stored] = self.find("users")
+        for session in self.find("sessions"):
+            self.assertNotIn("password_hash", session["user"])
+            self.assertEqual(session["user"]["name"], "Countess")
+            self.assertEqual(session["user_id"], str(stored["_id"]))
 
     def test_rehash_on_login_when_parameters_change(self):
         import argon2

@@ -1,0 +1,76 @@
+"""The jobs collection: atomic claims, leases, completion only by the lease holder, paging."""
+
+import asyncio
+import time
+
+from indico.db import jobs
+from tests.harness import ServerTest
+
+PARAMS = {"symbols": ["AAPL", "MSFT"], "objective": "max_sharpe"}
+
+
+class JobsTest(ServerTest):
+
+    def run_async(self, coroutine_function, *args, **kwargs):
+        return self.io_loop.run_sync(lambda: coroutine_function(self.db, *args, **kwargs))
+
+    def test_claim_is_atomic_between_racing_workers(self):
+        for _ in range(3):
+            self.run_async(jobs.create_job, "owner", PARAMS)
+
+        async def race():
+            return await asyncio.gather(*[jobs.claim_job(self.db, f"w{n}", 30) for n in range(6)])
+        claimed = [job for job in self.io_loop.run_sync(race) if job]
+        self.assertEqual(len({job["_id"] for job in claimed}), len(claimed))
+        stored = self.find("jobs")
+        running = [job for job in stored if job["status"] == "running"]
+        self.assertEqual(len(running), len(claimed))
+        self.assertTrue(all(job["attempts"] == 1 for job in running))
+
+    def test_oldest_queued_job_first_then_nothing(self):
+        first = self.run_async(jobs.create_job, "owner", PARAMS)
+        self.run_async(jobs.create_job, "owner", PARAMS)
+        claimed = self.run_async(jobs.claim_job, "w1", 30)
+        self.assertEqual(claimed["_id"], first["_id"])
+        self.assertEqual([event["event"] for event in claimed["events"]], ["queued", "running"])
+        self.run_async(jobs.claim_job, "w1", 30)
+        self.assertIsNone(self.run_async(jobs.claim_job, "w1", 30))
+
+    def test_expired_lease_is_claimed_again_and_the_old_worker_cannot_complete(self):
+        job = self.run_async(jobs.create_job, "owner", PARAMS, worker="dead", lease=0.05)
+        self.assertIsNone(self.run_async(jobs.claim_job, "w2", 30))  # lease still live
+        time.sleep(0.1)
+        taken = self.run_async(jobs.claim_job, "w2", 30)
+        self.assertEqual((taken["_id"], taken["lease_owner"], taken["attempts"]),
+                         (job["_id"], "w2", 2))
+        self.assertFalse(self.run_async(jobs.renew_lease, job["_id"], "dead", 30))
+        late = self.run_async(jobs.complete_job, job, "dead", jobs.DONE,
+                              jobs.new_event(jobs.DONE), result={"x": 1})
+        self.assertIsNone(late)
+        done = self.run_async(jobs.complete_job, taken, "w2", jobs.DONE,
+                              jobs.new_event(jobs.DONE), result={"x": 2})
+        self.assertEqual(done["status"], "done")
+        [stored] = self.find("jobs")
+        self.assertEqual((stored["status"], stored["result"]), ("done", {"x": 2}))
+        self.assertEqual([event["event"] for event in stored["events"]],
+                         ["queued", "running", "running", "done"])
+
+    def test_renewal_keeps_the_job(self):
+        job = self.run_async(jobs.create_job, "owner", PARAMS, worker="w1", lease=0.2)
+        self.assertTrue(self.run_async(jobs.renew_lease, job["_id"], "w1", 30))
+        time.sleep(0.25)
+        self.assertIsNone(self.run_async(jobs.claim_job, "w2", 30))
+
+    def test_paging_newest_first_is_owner_scoped(self):
+        created = [self.run_async(jobs.create_job, owner, PARAMS)
+                   for owner in ("a", "b", "a", "a", "b", "a")]
+        mine = [job["_id"] for job in reversed(created) if job["owner"] == "a"]
+        first = self.run_async(jobs.list_jobs, "a", 2)
+        self.assertEqual([job["_id"] for job in first], mine[:2])
+        after = (first[-1]["created"], first[-1]["_id"])
+        second = self.run_async(jobs.list_jobs, "a", 5, after)
+        self.assertEqual([job["_id"] for job in second], mine[2:])
+        self.assertEqual(self.run_async(jobs.count_active_jobs, "a"), 4)
+        self.assertEqual(self.run_async(jobs.get_job, "b", mine[0]), None)
+        self.assertEqual(self.run_async(jobs.delete_job, "b", mine[0]), 0)
+        self.assertEqual(self.run_async(jobs.delete_job, "a", mine[0]), 1)
