@@ -1,12 +1,159 @@
-"""The ``jobs`` collection: one document per optimization (queued -> running -> done | failed)."""
+"""The ``jobs`` collection: one document per optimization (queued -> running -> done | failed).
 
-from pymongo import ASCENDING, DESCENDING
+Stored shape: ``_id`` (24 hex characters, a string), ``owner`` (the user's id
+as a string), ``status``, ``params`` (the normalized request), ``events``
+(a list of ``{"id", "event", "at"}``, one per transition, read by the event
+pollers of every process), ``result`` (when done), ``error`` (when failed),
+``created`` (a date, set once), ``updated`` and ``lease_expires`` (epoch
+seconds), ``lease_owner`` (the worker holding the job), ``attempts``.
 
-from indico.db.util import journaled
+Times that change are numbers, and lists are written whole with ``$set``:
+nx-27017 stores dates written by ``$set`` as strings and documents written by
+``$push`` as JSON strings. Owner-scoped queries with ``$or`` use an explicit
+``$and``, because nx-27017 drops the sibling conditions of a top-level ``$or``.
+"""
+
+import time
+import uuid
+
+from bson import ObjectId
+from pymongo import ASCENDING, DESCENDING, ReturnDocument
+
+from indico.db.util import journaled, now
+
+QUEUED, RUNNING, DONE, FAILED = "queued", "running", "done", "failed"
+ACTIVE = (QUEUED, RUNNING)
 
 
 async def create_indexes(db):
-    await db.jobs.create_index([("owner", ASCENDING), ("created", DESCENDING)], name="owner_created")
+    await db.jobs.create_index([("owner", ASCENDING), ("created", DESCENDING)],
+                               name="owner_created")
+    await db.jobs.create_index([("status", ASCENDING), ("lease_expires", ASCENDING)],
+                               name="status_lease")
+    await db.jobs.create_index([("owner", ASCENDING), ("updated", ASCENDING)],
+                               name="owner_updated")
+
+
+def new_event(event, **details):
+    """An entry of a job's ``events`` list."""
+    return {"id": uuid.uuid4().hex, "event": event, "at": time.time(), **details}
+
+
+async def create_job(db, owner, params, worker=None, lease=None):
+    """Insert a job, queued; or already running under ``worker`` when it is given.
+
+    Returns:
+        the stored document.
+    """
+    moment = time.time()
+    events = [new_event(QUEUED)]
+    document = {
+        "_id": str(ObjectId()), "owner": owner, "params": params, "status": QUEUED,
+        "created": now(), "updated": moment, "attempts": 0, "lease_owner": None,
+        "lease_expires": 0.0,
+    }
+    if worker is not None:
+        events.append(new_event(RUNNING))
+        document.update(status=RUNNING, lease_owner=worker, lease_expires=moment + lease,
+                        attempts=1)
+    document["events"] = events
+    await journaled(db, "jobs").insert_one(document)
+    return document
+
+
+async def claim_job(db, worker, lease):
+    """Atomically take the oldest queued job, or a running one whose lease expired.
+
+    Returns:
+        the claimed job (status running, ``lease_owner`` = ``worker``), or None.
+    """
+    moment = time.time()
+    collection = journaled(db, "jobs")
+    for query in ({"status": QUEUED},
+                  {"status": RUNNING, "lease_expires": {"$lt": moment}}):
+        candidate = await db.jobs.find_one(query, sort=[("created", ASCENDING)])
+        if candidate is None:
+            continue
+        events = candidate["events"] + [new_event(RUNNING)]
+        # The filter repeats what made it claimable: two workers racing for
+        # the same job cannot both match.
+        claimed = await collection.find_one_and_update(
+            {"_id": candidate["_id"], "status": candidate["status"],
+             "lease_expires": candidate["lease_expires"]},
+            {"$set": {"status": RUNNING, "lease_owner": worker, "lease_expires": moment + lease,
+                      "updated": moment, "events": events},
+             "$inc": {"attempts": 1}},
+            return_document=ReturnDocument.AFTER,
+        )
+        if claimed is not None:
+            return claimed
+    return None
+
+
+async def renew_lease(db, job_id, worker, lease):
+    """Extend ``worker``'s lease on a running job; False if the job is no longer its own."""
+    result = await db.jobs.update_one(
+        {"_id": job_id, "status": RUNNING, "lease_owner": worker},
+        {"$set": {"lease_expires": time.time() + lease}})
+    return bool(result.matched_count)
+
+
+async def complete_job(db, job, worker, status, event, **fields):
+    """Mark ``job`` done or failed with ``fields`` (``result`` or ``error``), if still ``worker``'s.
+
+    Returns:
+        the updated document, or None when another worker took the job over
+        (or it was deleted) meanwhile.
+    """
+    events = job["events"] + [event]
+    result = await journaled(db, "jobs").update_one(
+        {"_id": job["_id"], "status": RUNNING, "lease_owner": worker},
+        {"$set": {"status": status, "updated": time.time(), "events": events,
+                  "lease_owner": None, "lease_expires": 0.0, **fields}})
+    if not result.matched_count:
+        return None
+    return {**job, "status": status, "events": events, **fields}
+
+
+async def get_job(db, owner, job_id):
+    """Return ``owner``'s job ``job_id``, or None (also for someone else's job)."""
+    return await db.jobs.find_one({"_id": job_id, "owner": owner})
+
+
+async def list_jobs(db, owner, limit, after=None):
+    """Return up to ``limit`` of ``owner``'s jobs, newest first.
+
+    Args:
+        after: ``(created, id)`` of the last job of the previous page, or None.
+    """
+    query = {"owner": owner}
+    if after is not None:
+        created, job_id = after
+        query = {"$and": [query, {"$or": [
+            {"created": {"$lt": created}},
+            {"created": created, "_id": {"$lt": job_id}},
+        ]}]}
+    cursor = db.jobs.find(query, {"events": 0}).sort([("created", DESCENDING), ("_id", DESCENDING)])
+    return await cursor.limit(limit).to_list()
+
+
+async def count_active_jobs(db, owner):
+    """How many of ``owner``'s jobs are queued or running."""
+    return await db.jobs.count_documents({"owner": owner, "status": {"$in": list(ACTIVE)}})
+
+
+async def list_changed_jobs(db, owners, since):
+    """Jobs of ``owners`` updated at or after ``since`` (epoch seconds), with their events."""
+    return await db.jobs.find(
+        {"owner": {"$in": list(owners)}, "updated": {"$gte": since}},
+        {"owner": 1, "events": 1, "status": 1, "result": 1, "error": 1, "updated": 1},
+    ).to_list()
+
+
+async def delete_job(db, owner, job_id):
+    """Delete ``owner``'s job ``job_id``; returns how many were deleted (0 or 1)."""
+    result = await journaled(db, "jobs").delete_one({"_id": job_id, "owner": owner})
+    return result.deleted_count
 
 
 async def delete_owner_jobs(db, owner):
