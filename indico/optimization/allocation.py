@@ -1,0 +1,97 @@
+"""Discrete allocation: whole shares that best match target weights.
+
+Method: a mixed-integer linear program (scipy's ``milp``, i.e. HiGHS) that picks
+whole share counts ``x`` minimising the total absolute money deviation from the
+targets, ``Σ |p_i x_i - w_i V|``, subject to spending at most ``V`` (so the leftover
+cash is never negative). The absolute values are linearised with one auxiliary
+variable per asset. The solve has a time limit; when it ends without a proven
+optimum its best feasible point is used, and when it has none (or its status is an
+error) a greedy rounding takes over: floor every target, then repeatedly buy one
+share of the asset furthest below its target while that reduces the deviation and
+cash allows.
+"""
+
+import enum
+
+import numpy as np
+from scipy.optimize import Bounds, LinearConstraint, milp
+
+#: Seconds HiGHS may spend before its best point (or the greedy fallback) is used.
+MILP_TIME_LIMIT = 2.0
+
+
+class AllocationMethod(str, enum.Enum):
+    """How the share counts were obtained."""
+
+    MILP = "milp"
+    MILP_TIME_LIMIT = "milp_time_limit"
+    GREEDY = "greedy"
+
+
+def allocate_shares(weights, latest_prices, total):
+    """Whole shares for ``total`` that best match ``weights`` at ``latest_prices``.
+
+    Args:
+        weights: target weights, shape (n,), summing to 1.
+        latest_prices: price per share on the last date, shape (n,), positive.
+        total: amount to invest, > 0.
+
+    Returns:
+        ``(shares, leftover, method)``: int array of shape (n,), the cash left
+        (>= 0) and an :class:`AllocationMethod`.
+    """
+    targets = weights * total
+    n = weights.size
+    max_shares = np.floor(total / latest_prices)
+    # Variables: [x (n shares), d (n absolute deviations)].
+    cost = np.concatenate((np.zeros(n), np.ones(n)))
+    identity = np.eye(n)
+    scaled = np.diag(latest_prices)
+    constraints = [
+        # p x - d <= target and -p x - d <= -target  <=>  d >= |p x - target|
+        LinearConstraint(np.hstack((scaled, -identity)), -np.inf, targets),
+        LinearConstraint(np.hstack((-scaled, -identity)), -np.inf, -targets),
+        LinearConstraint(np.concatenate((latest_prices, np.zeros(n)))[None, :], -np.inf, total),
+    ]
+    integrality = np.concatenate((np.ones(n), np.zeros(n)))
+    bounds = Bounds(np.zeros(2 * n), np.concatenate((max_shares, np.full(n, np.inf))))
+    result = milp(
+        cost,
+        constraints=constraints,
+        integrality=integrality,
+        bounds=bounds,
+        options={"time_limit": MILP_TIME_LIMIT},
+    )
+    # Status 0: optimal; 1: a limit was reached (x holds the best point, if any).
+    if result.status in (0, 1) and result.x is not None:
+        shares = np.round(result.x[:n]).astype(np.int64)
+        spent = float(latest_prices @ shares)
+        if np.all(shares >= 0) and spent <= total * (1 + 1e-12):
+            method = AllocationMethod.MILP if result.status == 0 else AllocationMethod.MILP_TIME_LIMIT
+            return shares, max(total - spent, 0.0), method
+    shares = greedy_shares(weights, latest_prices, total)
+    return shares, max(total - float(latest_prices @ shares), 0.0), AllocationMethod.GREEDY
+
+
+def greedy_shares(weights, latest_prices, total):
+    """Greedy rounding of the targets (the fallback of :func:`allocate_shares`).
+
+    Args:
+        weights, latest_prices: arrays of shape (n,).
+        total: amount to invest.
+
+    Returns:
+        int array of shape (n,).
+    """
+    targets = weights * total
+    shares = np.floor(targets / latest_prices).astype(np.int64)
+    cash = total - float(latest_prices @ shares)
+    while True:
+        deficit = targets - latest_prices * shares
+        # Buying one more share helps when it brings the holding closer to target.
+        helpful = (latest_prices <= cash) & (deficit > latest_prices / 2)
+        if not helpful.any():
+            return shares
+        candidate = int(np.argmax(np.where(helpful, deficit, -np.inf)))
+        shares[candidate] += 1
+        cash -= latest_prices[candidate]

@@ -1,0 +1,500 @@
+"""The engine's entry point: :func:`optimize` and its result.
+
+``optimize`` validates the inputs once, converts the price frame to numpy once,
+dispatches to one objective (all share the signature ``(data, context) -> weights``,
+see ``_OBJECTIVES``), then computes statistics, the buy-and-hold path, the chart
+series and the discrete allocation. Everything it returns is plain data, so results
+cross process boundaries (``ProcessPoolExecutor``) and serialise to JSON.
+"""
+
+import dataclasses
+import enum
+import math
+import os
+
+import numpy as np
+
+from indico.error import OptimizationError
+from indico.optimization import (
+    allocation,
+    buy_and_hold,
+    frontier,
+    performance,
+    risk_parity,
+    simplex,
+)
+from indico.optimization.data import align_benchmark, parse_bounds, prepare_prices
+
+#: BLAS threads per worker process; see :func:`configure_worker` and
+#: docs/PERFORMANCE.md. The matrices here are small (n <= a few hundred), so
+#: threading inside BLAS costs more in synchronisation than it gains, and the
+#: process pool already uses every core.
+WORKER_BLAS_THREADS = 1
+
+#: Weights closer than this to a bound are snapped onto it when cleaning.
+WEIGHT_CLEAN_TOLERANCE = 1e-9
+
+#: Decimal places of the weights in :meth:`OptimizationResult.to_dict`.
+WEIGHT_DECIMALS = 10
+
+
+class Objective(str, enum.Enum):
+    """What the optimizer maximises or minimises."""
+
+    MAX_SHARPE = "max_sharpe"
+    MIN_VOLATILITY = "min_volatility"
+    EFFICIENT_RETURN = "efficient_return"
+    EFFICIENT_RISK = "efficient_risk"
+    BUY_AND_HOLD_SHARPE = "buy_and_hold_sharpe"
+    RISK_PARITY = "risk_parity"
+    EQUAL_WEIGHT = "equal_weight"
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizationResult:
+    """Weights, statistics, share allocation and chart series of one optimization.
+
+    Attributes:
+        objective: the :class:`Objective` solved.
+        symbols: tuple of n symbols, in input order.
+        weights: float array of shape (n,), within bounds, summing to 1 (1e-9).
+        stats: ``expected_return``, ``volatility``, ``sharpe`` of the weights
+            (annualised, from the sample moments).
+        portfolio: statistics of the buy-and-hold path (see
+            :func:`indico.optimization.performance.path_statistics`).
+        benchmark: the same for the benchmark index, or None.
+        shares: int array of shape (n,), or None without an initial investment.
+        leftover: cash left after buying ``shares``, or None.
+        allocation_method: how shares were found (``milp``, ``milp_time_limit``,
+            ``greedy``), or None.
+        series_dates: datetime64 array of shape (k,), k <= 500.
+        series_portfolio: portfolio value at those dates, shape (k,): in money when
+            an initial investment is given, else starting at 1.0.
+        series_benchmark: the benchmark on the same scale, shape (k,), or None.
+    """
+
+    objective: Objective
+    symbols: tuple
+    weights: np.ndarray
+    stats: dict
+    portfolio: dict
+    benchmark: dict | None
+    shares: np.ndarray | None
+    leftover: float | None
+    allocation_method: str | None
+    series_dates: np.ndarray
+    series_portfolio: np.ndarray
+    series_benchmark: np.ndarray | None
+
+    @property
+    def allocations(self):
+        """Weights by symbol (every input symbol, zero weights included)."""
+        return {s: float(w) for s, w in zip(self.symbols, self.weights)}
+
+    def to_dict(self):
+        """Return a JSON-serialisable dict (plain floats, ints and strings; no NaN).
+
+        Returns:
+            ``{"objective", "allocations", "shares", "leftover", "stats",
+            "performance": {"portfolio", "benchmark", "series": {"dates",
+            "portfolio", "benchmark"}}, "allocation_method"}``. ``shares`` is ``{}``
+            and ``leftover`` None without an initial investment.
+        """
+        rounded = np.round(self.weights, WEIGHT_DECIMALS)
+        dates = np.datetime_as_string(self.series_dates, unit="D").tolist()
+        return {
+            "objective": self.objective.value,
+            "allocations": {s: float(w) + 0.0 for s, w in zip(self.symbols, rounded)},
+            "shares": (
+                {} if self.shares is None
+                else {s: int(k) for s, k in zip(self.symbols, self.shares)}
+            ),
+            "leftover": None if self.leftover is None else _plain(self.leftover),
+            "allocation_method": self.allocation_method,
+            "stats": dict(self.stats),
+            "performance": {
+                "portfolio": dict(self.portfolio),
+                "benchmark": None if self.benchmark is None else dict(self.benchmark),
+                "series": {
+                    "dates": dates,
+                    "portfolio": [_plain(v) for v in self.series_portfolio.tolist()],
+                    "benchmark": (
+                        None if self.series_benchmark is None
+                        else [_plain(v) for v in self.series_benchmark.tolist()]
+                    ),
+                },
+            },
+        }
+
+
+def _plain(value):
+    return value if math.isfinite(value) else None
+
+
+@dataclasses.dataclass(frozen=True)
+class _Context:
+    """Parameters every objective receives (validated)."""
+
+    lower: np.ndarray
+    upper: np.ndarray
+    risk_free_rate: float
+    target_return: float | None
+    target_volatility: float | None
+
+
+def optimize(
+    prices,
+    objective="max_sharpe",
+    *,
+    risk_free_rate=0.0,
+    weight_bounds=(0.0, 1.0),
+    target_return=None,
+    target_volatility=None,
+    initial_investment=None,
+    benchmark=None,
+):
+    """Optimise a portfolio of the symbols in ``prices``.
+
+    Args:
+        prices: aligned adjusted closes, DataFrame of shape (T, n): DatetimeIndex,
+            one float column per symbol (inner-joined by the caller).
+        objective: an :class:`Objective` or its value.
+        risk_free_rate: annual risk-free rate (0.02 is 2 %).
+        weight_bounds: ``(low, high)`` for every asset within [0, 1], or a mapping
+            ``{symbol: (low, high)}`` (others get ``(0, 1)``).
+        target_return: annual expected return, required by ``efficient_return``.
+        target_volatility: annual volatility, required by ``efficient_risk``.
+        initial_investment: money to invest (> 0) for shares, leftover and final
+            values; None skips the allocation.
+        benchmark: index levels (pandas Series by date) for comparison, or None.
+
+    Returns:
+        :class:`OptimizationResult`.
+
+    Raises:
+        OptimizationError: invalid input, infeasible bounds, unreachable targets,
+            no asset beating the risk-free rate for ``max_sharpe``, or a solver
+            failure; the message says what to change.
+    """
+    objective = _parse_objective(objective)
+    risk_free_rate = _finite_number(risk_free_rate, "riskFreeRate")
+    if initial_investment is not None:
+        initial_investment = _finite_number(initial_investment, "initialInvestment")
+        if initial_investment <= 0:
+            raise OptimizationError("initialInvestment must be greater than 0.")
+    data = prepare_prices(prices)
+    lower, upper = parse_bounds(weight_bounds, data.symbols)
+    frontier.check_bounds(lower, upper)
+    context = _Context(
+        lower=lower,
+        upper=upper,
+        risk_free_rate=risk_free_rate,
+        target_return=_optional_target(target_return, "targetReturn", objective,
+                                       Objective.EFFICIENT_RETURN),
+        target_volatility=_optional_target(target_volatility, "targetVolatility", objective,
+                                           Objective.EFFICIENT_RISK),
+    )
+    benchmark_values = align_benchmark(benchmark, data)
+    weights = _clean_weights(_OBJECTIVES[objective](data, context), lower, upper)
+    return _build_result(objective, data, weights, context, initial_investment, benchmark_values)
+
+
+def configure_worker():
+    """Prepare a worker process for optimization (a ProcessPoolExecutor initializer).
+
+    Limits BLAS/OpenMP threads to :data:`WORKER_BLAS_THREADS` in this process, both
+    for libraries already loaded (via threadpoolctl) and, through the environment,
+    for any loaded later.
+
+    Returns:
+        None.
+    """
+    value = str(WORKER_BLAS_THREADS)
+    for variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[variable] = value
+    # Imported here: only worker processes need it, and it scans loaded libraries.
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=WORKER_BLAS_THREADS)
+
+
+# --- objectives: (data, context) -> weights of shape (n,) ---------------------------
+
+
+def _max_sharpe(data, context):
+    rf = context.risk_free_rate
+    best = frontier.extreme_return_portfolio(data.mu, context.lower, context.upper)
+    best_return = float(data.mu @ best)
+    if best_return <= rf + 1e-12 * max(1.0, abs(rf)):
+        raise OptimizationError(
+            f"max_sharpe needs a portfolio whose expected return exceeds riskFreeRate "
+            f"({rf:.4%}); the best reachable within weightBounds is {best_return:.4%}. "
+            "Use objective min_volatility, or a lower riskFreeRate.",
+            best_expected_return=best_return,
+        )
+    if _single_portfolio(context):
+        return best
+    return _tangency(data, context)
+
+
+def _tangency(data, context):
+    """Global maximum-Sharpe weights (the caller checked that one beats rf)."""
+    rf = context.risk_free_rate
+    solver = frontier.Frontier(
+        data.mu, data.solver_covariance(), context.lower, context.upper
+    )
+    guess = [0.0]
+
+    def rule(q0, q2, r0):
+        # On a working set the Sharpe ratio peaks at t = q0 / (r0 - rf); when the
+        # working set's line has no peak, aim further along the frontier.
+        if r0 - rf > 0:
+            guess[0] = q0 / (r0 - rf)
+        elif q2 > 0:
+            guess[0] = max(2.0 * guess[0], math.sqrt(q0 / q2))
+        else:
+            return None
+        return guess[0]
+
+    found = solver.solve_by_rule(rule)
+    if found is not None:
+        segment, t = found
+        return segment.weights(t)
+    segment, t = solver.walk(
+        root=lambda s: s.q0 / (s.r0 - rf) if s.r0 > rf else np.inf,
+        below=lambda s, t: t * (s.expected_return(t) - rf) - s.variance(t) < 0,
+    )
+    return segment.w0 if math.isinf(t) else segment.weights(t)
+
+
+def _min_volatility(data, context):
+    if _single_portfolio(context):
+        return frontier.extreme_return_portfolio(data.mu, context.lower, context.upper)
+    return _min_volatility_segment(data, context)[0].w0
+
+
+def _min_volatility_segment(data, context):
+    solver = frontier.Frontier(
+        data.mu, data.solver_covariance(), context.lower, context.upper
+    )
+    found = solver.solve_by_rule(lambda q0, q2, r0: 0.0)
+    segment = found[0] if found is not None else solver.solve(0.0)
+    return segment, solver
+
+
+def _efficient_return(data, context):
+    target = context.target_return
+    lowest = frontier.extreme_return_portfolio(data.mu, context.lower, context.upper, False)
+    highest = frontier.extreme_return_portfolio(data.mu, context.lower, context.upper)
+    low, high = float(data.mu @ lowest), float(data.mu @ highest)
+    tol = 1e-9 * max(1.0, abs(high))
+    if not low - tol <= target <= high + tol:
+        raise OptimizationError(
+            f"targetReturn {target:.4%} is outside what these assets can reach within "
+            f"weightBounds: between {low:.4%} and {high:.4%} a year.",
+            reachable=[low, high],
+        )
+    if _single_portfolio(context):
+        return highest
+    segment, solver = _min_volatility_segment(data, context)
+    if target <= segment.r0:
+        # The minimum-volatility portfolio already returns at least the target.
+        return segment.w0
+    if target >= high - tol:
+        target = high
+    found = solver.solve_by_rule(
+        lambda q0, q2, r0: max((target - r0) / q2, 0.0) if q2 > 0 else None
+    )
+    if found is not None and abs(found[0].expected_return(found[1]) - target) <= tol:
+        return found[0].weights(found[1])
+    segment, t = solver.walk(
+        root=lambda s: (target - s.r0) / s.q2 if s.q2 > 0 else np.inf,
+        below=lambda s, t: s.expected_return(t) < target,
+        segment=segment,
+    )
+    return segment.w0 if math.isinf(t) else segment.weights(t)
+
+
+def _efficient_risk(data, context):
+    target = context.target_volatility
+    if _single_portfolio(context):
+        only = frontier.extreme_return_portfolio(data.mu, context.lower, context.upper)
+        volatility = math.sqrt(float(only @ data.cov @ only))
+        if target < volatility * (1 - 1e-9):
+            raise OptimizationError(
+                f"targetVolatility {target:.4%} is below the only portfolio weightBounds "
+                f"allow ({volatility:.4%}).",
+                reachable=[volatility, volatility],
+            )
+        return only
+    segment, solver = _min_volatility_segment(data, context)
+    lowest = math.sqrt(max(segment.q0, 0.0))
+    highest_weights = frontier.extreme_return_portfolio(data.mu, context.lower, context.upper)
+    highest = math.sqrt(float(highest_weights @ data.cov @ highest_weights))
+    if target < lowest * (1 - 1e-9):
+        raise OptimizationError(
+            f"targetVolatility {target:.4%} is below the lowest volatility these assets "
+            f"can reach within weightBounds ({lowest:.4%}). Choose at least {lowest:.4%}; "
+            f"targets of {highest:.4%} or more give the maximum-return portfolio.",
+            reachable=[lowest, highest],
+        )
+    variance = target * target
+    if target < highest:
+        found = solver.solve_by_rule(
+            lambda q0, q2, r0: math.sqrt(max(variance - q0, 0.0) / q2) if q2 > 0 else None
+        )
+        if found is not None and abs(found[0].variance(found[1]) - variance) <= 1e-9 * variance:
+            return found[0].weights(found[1])
+    segment, t = solver.walk(
+        root=lambda s: math.sqrt((variance - s.q0) / s.q2)
+        if s.q2 > 0 and variance >= s.q0 else np.inf,
+        below=lambda s, t: s.variance(t) < variance,
+        segment=segment,
+    )
+    return segment.w0 if math.isinf(t) else segment.weights(t)
+
+
+def _buy_and_hold_sharpe(data, context):
+    if _single_portfolio(context):
+        return frontier.extreme_return_portfolio(data.mu, context.lower, context.upper)
+    tangency = None
+    best = frontier.extreme_return_portfolio(data.mu, context.lower, context.upper)
+    if float(data.mu @ best) > context.risk_free_rate:
+        tangency = _tangency(data, context)
+    weights, _ = buy_and_hold.global_maximum(
+        data.prices, context.lower, context.upper, context.risk_free_rate, tangency
+    )
+    if weights is None:
+        raise OptimizationError(
+            "buy_and_hold_sharpe found no portfolio with varying value; choose another "
+            "date range."
+        )
+    return weights
+
+
+def _risk_parity(data, context):
+    return risk_parity.bounded_risk_parity(
+        data.solver_covariance(), context.lower, context.upper
+    )
+
+
+def _equal_weight(data, context):
+    n = len(data.symbols)
+    equal = np.full(n, 1.0 / n)
+    if np.all(equal >= context.lower) and np.all(equal <= context.upper):
+        return equal
+    # Per-symbol bounds exclude 1/n: take the nearest portfolio they allow.
+    return simplex.project_to_bounded_simplex(equal, context.lower, context.upper)
+
+
+_OBJECTIVES = {
+    Objective.MAX_SHARPE: _max_sharpe,
+    Objective.MIN_VOLATILITY: _min_volatility,
+    Objective.EFFICIENT_RETURN: _efficient_return,
+    Objective.EFFICIENT_RISK: _efficient_risk,
+    Objective.BUY_AND_HOLD_SHARPE: _buy_and_hold_sharpe,
+    Objective.RISK_PARITY: _risk_parity,
+    Objective.EQUAL_WEIGHT: _equal_weight,
+}
+
+
+# --- helpers ------------------------------------------------------------------------
+
+
+def _single_portfolio(context):
+    """True when the bounds leave exactly one portfolio (they sum to 1 exactly)."""
+    return abs(context.lower.sum() - 1.0) <= 1e-12 or abs(context.upper.sum() - 1.0) <= 1e-12
+
+
+def _parse_objective(objective):
+    try:
+        return Objective(objective)
+    except ValueError as e:
+        valid = ", ".join(o.value for o in Objective)
+        raise OptimizationError(f"Unknown objective {objective!r}; use one of: {valid}.") from e
+
+
+def _finite_number(value, name):
+    try:
+        number = float(value)
+    except (TypeError, ValueError) as e:
+        raise OptimizationError(f"{name} must be a number.") from e
+    if not math.isfinite(number):
+        raise OptimizationError(f"{name} must be a finite number.")
+    return number
+
+
+def _optional_target(value, name, objective, needed_by):
+    if value is None:
+        if objective is needed_by:
+            raise OptimizationError(f"{needed_by.value} needs {name} (annual, e.g. 0.15).")
+        return None
+    return _finite_number(value, name)
+
+
+def _clean_weights(weights, lower, upper):
+    """Snap near-bound weights onto their bounds and restore the budget exactly.
+
+    Solvers leave values like -1e-17 or 0.30000000000000004; those are moved onto
+    the bound, and the rounding residue of the sum is spread over assets strictly
+    inside their bounds, so the weights sum to 1 within 1e-12 and stay in bounds.
+
+    Args:
+        weights, lower, upper: arrays of shape (n,).
+
+    Returns:
+        array of shape (n,).
+
+    Raises:
+        OptimizationError: when the weights are not finite or not feasible (a
+            solver failure that must not reach a client as a result).
+    """
+    if not np.all(np.isfinite(weights)):
+        raise OptimizationError("The solver returned invalid weights; try another objective.")
+    weights = np.where(np.abs(weights - lower) <= WEIGHT_CLEAN_TOLERANCE, lower, weights)
+    weights = np.where(np.abs(weights - upper) <= WEIGHT_CLEAN_TOLERANCE, upper, weights)
+    weights = np.clip(weights, lower, upper)
+    weights = simplex.fix_budget(weights, lower, upper)
+    if abs(weights.sum() - 1.0) > 1e-9 or np.any(weights < lower - 1e-12) or np.any(
+        weights > upper + 1e-12
+    ):
+        raise OptimizationError(
+            "The solver returned weights outside the constraints; try another objective."
+        )
+    return weights
+
+
+def _build_result(objective, data, weights, context, initial_investment, benchmark_values):
+    normalised = data.prices / data.prices[0]
+    path = normalised @ weights
+    scale = 1.0 if initial_investment is None else initial_investment
+    portfolio = performance.path_statistics(path, context.risk_free_rate, initial_investment)
+    benchmark_stats = None
+    benchmark_series = None
+    indices = performance.series_indices(path.size)
+    if benchmark_values is not None:
+        benchmark_path = benchmark_values / benchmark_values[0]
+        benchmark_stats = performance.path_statistics(
+            benchmark_path, context.risk_free_rate, initial_investment
+        )
+        benchmark_series = scale * benchmark_path[indices]
+    shares = leftover = method = None
+    if initial_investment is not None:
+        shares, leftover, method = allocation.allocate_shares(
+            weights, data.prices[-1], initial_investment
+        )
+        method = method.value
+    return OptimizationResult(
+        objective=objective,
+        symbols=data.symbols,
+        weights=weights,
+        stats=performance.weight_statistics(weights, data.mu, data.cov, context.risk_free_rate),
+        portfolio=portfolio,
+        benchmark=benchmark_stats,
+        shares=shares,
+        leftover=leftover,
+        allocation_method=method,
+        series_dates=data.dates[indices],
+        series_portfolio=scale * path[indices],
+        series_benchmark=benchmark_series,
+    )

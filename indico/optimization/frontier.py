@@ -1,0 +1,472 @@
+"""Exact mean-variance optimization over the long-only, bounded simplex.
+
+Every mean-variance objective of the engine (``min_volatility``, ``max_sharpe``,
+``efficient_return``, ``efficient_risk``) is a point of the efficient frontier
+
+    w(t) = argmin_w  1/2 w'Σw - t μ'w   s.t.  1'w = 1,  lower <= w <= upper,
+
+for some risk tolerance ``t >= 0``. This module solves that parametric quadratic
+program exactly with a primal active-set method (Nocedal & Wright, *Numerical
+Optimization*, 2nd ed., Algorithm 16.3), specialised to simple bounds plus the
+budget constraint, and walks along ``t``:
+
+* for a fixed working set (free assets F, the others held at a bound) the solution
+  is affine in ``t``: ``w(t) = w0 + t w1``, valid on an interval ``[t_lo, t_hi]``
+  (a *segment* of Markowitz's critical line);
+* on a segment ``w0'Σw1 = 0`` and ``w1'Σw1 = μ'w1 =: q2``, so return, variance and
+  the Sharpe stationarity condition have closed forms:
+  ``r(t) = r0 + t q2``, ``σ²(t) = q0 + t² q2`` and the Sharpe ratio
+  ``(r(t) - rf) / σ(t)`` is maximal at ``t* = q0 / (r0 - rf)``;
+* the target (maximum Sharpe, a return, a volatility) is monotone in ``t``, so a
+  safeguarded Newton/bisection walk over segments, warm-starting the active set,
+  lands on the segment that contains it, where the closed form is exact.
+
+For speed the engine first tries a primal-dual active-set iteration (Hintermüller,
+Ito & Kunisch, SIAM J. Optim. 13(3), 2002) that changes many bounds at once and picks
+``t`` from the closed form of the current working set; it usually ends in 2-6 linear
+solves. It is accepted only when its working set is primal and dual feasible at its
+``t`` (which is the optimality certificate); otherwise the guaranteed primal active-set
+walk above takes over from a feasible vertex.
+
+The maximum-Sharpe point found this way is the global optimum: the problem is a
+quasi-convex fractional program whose optimum lies on the frontier (the same point
+as Cornuejols & Tütüncü's convex reformulation), and the KKT conditions are
+verified on exit. Pure numpy; dense linear algebra on the free block only.
+"""
+
+import dataclasses
+
+import numpy as np
+
+from indico.error import OptimizationError
+
+#: Relative tolerance for primal feasibility and for the sign of multipliers.
+FEASIBILITY_TOLERANCE = 1e-11
+
+#: Safeguard on the number of active-set iterations per solve (each iteration
+#: adds or removes one bound; a cold start needs at most about ``n`` of each).
+MAX_ACTIVE_SET_ITERATIONS_PER_ASSET = 20
+
+
+@dataclasses.dataclass(frozen=True)
+class Segment:
+    """One piece of the critical line: the optimum for every ``t`` in ``[t_lo, t_hi]``.
+
+    Attributes:
+        t_lo, t_hi: the interval of risk tolerance on which the working set is optimal
+            (``t_hi`` may be ``inf``).
+        w0, w1: arrays of shape (n,); the optimum is ``w0 + t * w1``.
+        q0: ``w0'Σw0``; the variance at ``t`` is ``q0 + t**2 * q2``.
+        q2: ``w1'Σw1 == μ'w1`` (>= 0).
+        r0: ``μ'w0``; the expected return at ``t`` is ``r0 + t * q2``.
+    """
+
+    t_lo: float
+    t_hi: float
+    w0: np.ndarray
+    w1: np.ndarray
+    q0: float
+    q2: float
+    r0: float
+
+    def weights(self, t):
+        """Return the optimal weights at ``t`` (shape (n,))."""
+        return self.w0 + t * self.w1
+
+    def expected_return(self, t):
+        """Return ``μ'w(t)``."""
+        return self.r0 + t * self.q2
+
+    def variance(self, t):
+        """Return ``w(t)'Σw(t)``."""
+        return self.q0 + t * t * self.q2
+
+
+def check_bounds(lower, upper):
+    """Check that bounds admit a fully invested portfolio.
+
+    Args:
+        lower, upper: arrays of shape (n,).
+
+    Raises:
+        OptimizationError: when a lower bound exceeds its upper bound, or when the
+            bounds cannot sum to 1.
+    """
+    if np.any(lower > upper):
+        raise OptimizationError(
+            "weightBounds: each lower bound must not exceed its upper bound."
+        )
+    low_sum, high_sum = float(lower.sum()), float(upper.sum())
+    if low_sum > 1.0 + 1e-12 or high_sum < 1.0 - 1e-12:
+        raise OptimizationError(
+            f"weightBounds cannot sum to 1: with {lower.size} assets the weights can only "
+            f"total between {low_sum:.6g} and {high_sum:.6g}. Raise the upper bound to at "
+            f"least {1.0 / lower.size:.6g}, lower the lower bound, or add symbols."
+        )
+
+
+def extreme_return_portfolio(mu, lower, upper, maximize=True):
+    """Return the feasible portfolio with the highest (or lowest) expected return.
+
+    This is the linear program ``max μ'w s.t. 1'w = 1, lower <= w <= upper``, solved
+    exactly by filling the budget left over by the lower bounds in order of
+    expected return (a fractional knapsack).
+
+    Args:
+        mu: array of shape (n,).
+        lower, upper: arrays of shape (n,), already checked by :func:`check_bounds`.
+        maximize: highest return when True, lowest when False.
+
+    Returns:
+        array of shape (n,).
+    """
+    order = np.argsort(-mu if maximize else mu, kind="stable")
+    return _fill_in_order(order, lower, upper)
+
+
+def _fill_in_order(order, lower, upper):
+    """Start from the lower bounds and pour the rest of the budget in ``order``."""
+    weights = lower.astype(float)
+    budget = 1.0 - weights.sum()
+    room = (upper - lower)[order]
+    taken = np.minimum(room, np.maximum(budget - np.concatenate(([0.0], np.cumsum(room)[:-1])), 0))
+    weights[order] += taken
+    return weights
+
+
+class Frontier:
+    """The efficient frontier of ``(mu, cov)`` under bounds, solved on demand.
+
+    Args:
+        mu: expected annual returns, shape (n,).
+        cov: annual covariance, shape (n, n), positive definite (the caller adds a
+            ridge when the sample covariance is singular).
+        lower, upper: weight bounds, shape (n,), feasible (see :func:`check_bounds`).
+
+    The object keeps the last working set and point, so successive calls to
+    :meth:`solve` with nearby ``t`` cost a few active-set iterations each.
+    """
+
+    def __init__(self, mu, cov, lower, upper):
+        self.mu = mu
+        self.cov = cov
+        self.lower = lower
+        self.upper = upper
+        self.n = mu.size
+        self.iterations = 0
+        # Assets whose bounds coincide never move; releasing them would cycle.
+        self._movable = (upper - lower) > 1e-15
+        scale = float(np.max(np.abs(np.diag(cov)))) + float(np.max(np.abs(mu)))
+        self._tol_multiplier = FEASIBILITY_TOLERANCE * max(scale, 1e-300)
+        self._tol_weight = FEASIBILITY_TOLERANCE
+        # Start from a vertex: the least volatile assets first, so the cold start sits
+        # close to the minimum-variance portfolio. Exactly one asset is free.
+        order = np.argsort(np.diag(cov), kind="stable")
+        self._w = _fill_in_order(order, lower, upper)
+        self._state = self._vertex_state(self._w, order)
+        # Cold primal-dual starts have every movable asset free: the first linear solve
+        # is then the budget-only optimum, whose negative weights seed the bounds.
+        self._warm = False
+
+    def _vertex_state(self, w, order):
+        """Working set for a vertex: every asset at a bound except one pivot."""
+        state = np.where(w >= self.upper, 1, -1).astype(np.int8)
+        partial = np.flatnonzero((w > self.lower) & (w < self.upper))
+        # The asset filled last is the natural pivot; if the budget ran out exactly
+        # on a bound, any asset can stay free (the step along it is then zero).
+        pivot = partial[0] if partial.size else order[0]
+        state[pivot] = 0
+        return state
+
+    def solve(self, t):
+        """Solve the frontier problem at risk tolerance ``t`` and return its segment.
+
+        Args:
+            t: risk tolerance, ``t >= 0``.
+
+        Returns:
+            the :class:`Segment` containing ``t``.
+
+        Raises:
+            OptimizationError: when the active-set method does not converge (a
+                numerical failure; the message says so).
+        """
+        cov, mu, lower, upper = self.cov, self.mu, self.lower, self.upper
+        w, state = self._w.copy(), self._state.copy()
+        max_iterations = MAX_ACTIVE_SET_ITERATIONS_PER_ASSET * self.n + 50
+        for _ in range(max_iterations):
+            self.iterations += 1
+            free = np.flatnonzero(state == 0)
+            fixed = np.flatnonzero(state != 0)
+            w0, w1, eta0, eta1 = self._affine_solution(free, fixed, w)
+            target = w0[free] + t * w1[free]
+            step = target - w[free]
+            if np.max(np.abs(step)) > self._tol_weight:
+                # Ratio test: walk towards the working-set optimum until a bound blocks.
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    ratio = np.where(
+                        step < 0,
+                        (lower[free] - w[free]) / step,
+                        np.where(step > 0, (upper[free] - w[free]) / step, np.inf),
+                    )
+                blocking = int(np.argmin(ratio))
+                alpha = ratio[blocking]
+                if alpha < 1.0:
+                    w[free] += max(alpha, 0.0) * step
+                    index = free[blocking]
+                    if step[blocking] < 0:
+                        state[index], w[index] = -1, lower[index]
+                    else:
+                        state[index], w[index] = 1, upper[index]
+                    continue
+            w[free] = target
+            # Stationary on the working set: a bound whose multiplier has the wrong
+            # sign is released (lower bound: gradient - eta must be >= 0).
+            gradient = cov @ w - t * mu
+            multiplier = gradient[fixed] - (eta0 + t * eta1)
+            violation = np.where(state[fixed] < 0, -multiplier, multiplier)
+            violation[~self._movable[fixed]] = -np.inf
+            if violation.size and violation.max() > self._tol_multiplier:
+                state[fixed[int(np.argmax(violation))]] = 0
+                continue
+            self._w, self._state, self._warm = w, state, True
+            return self._segment(free, fixed, w0, w1, eta0, eta1)
+        raise OptimizationError(
+            "The quadratic program did not converge (active-set iteration limit); "
+            "the covariance is probably ill-conditioned. Use a longer date range or "
+            "fewer, less similar symbols."
+        )
+
+    def solve_by_rule(self, rule, max_iterations=30):
+        """Solve for the frontier point selected by ``rule`` with primal-dual active sets.
+
+        Args:
+            rule: ``rule(q0, q2, r0) -> t``: the risk tolerance wanted, given the closed
+                form of the current working set (see :class:`Segment`); ``None`` when
+                the working set gives no answer.
+            max_iterations: number of working-set updates before giving up.
+
+        Returns:
+            ``(segment, t)`` when the final working set is optimal at ``t`` (primal
+            and dual feasible within tolerance), else ``None``: the caller then uses
+            the guaranteed :meth:`solve` / :meth:`walk`.
+        """
+        cov, mu, lower, upper = self.cov, self.mu, self.lower, self.upper
+        movable = self._movable
+        if self._warm:
+            state = self._state.copy()
+        else:
+            state = np.where(movable, 0, -1).astype(np.int8)
+        w = self._w.copy()
+        tol_w, tol_m = self._tol_weight, self._tol_multiplier
+        seen = set()
+        single = False
+        for _ in range(max_iterations):
+            self.iterations += 1
+            free = np.flatnonzero(state == 0)
+            if free.size == 0:
+                return None
+            fixed = np.flatnonzero(state != 0)
+            w[fixed] = np.where(state[fixed] < 0, lower[fixed], upper[fixed])
+            w0, w1, eta0, eta1 = self._affine_solution(free, fixed, w)
+            g0 = cov @ w0
+            t = rule(float(w0 @ g0), max(float(mu @ w1), 0.0), float(mu @ w0))
+            if t is None or not np.isfinite(t) or t < 0:
+                return None
+            w = w0 + t * w1
+            multiplier = g0 + t * (cov @ w1 - mu) - (eta0 + t * eta1)
+            # Violations, in units comparable to the tolerances: weights of free assets
+            # beyond a bound, multipliers of fixed assets with the wrong sign.
+            violation = np.zeros(self.n)
+            is_free = state == 0
+            violation[is_free] = np.maximum(lower - w, w - upper)[is_free] / tol_w
+            wrong_sign = np.where(state < 0, -multiplier, multiplier) / tol_m
+            violation[~is_free] = np.where(movable, wrong_sign, -np.inf)[~is_free]
+            if violation.max() <= 1.0:
+                self._w, self._state, self._warm = w, state, True
+                segment = self._segment(free, fixed, w0, w1, eta0, eta1)
+                return segment, float(np.clip(t, segment.t_lo, segment.t_hi))
+            seen.add(state.tobytes())
+            change = violation > 1.0
+            if not single:
+                new_state = _apply_changes(state, change, w, lower)
+                if new_state is not None and new_state.tobytes() not in seen:
+                    state = new_state
+                    continue
+                # Block pivoting can cycle, or empty the free set: from here on change
+                # only the worst violation that keeps an asset free (Murty's rule).
+                single = True
+            if free.size == 1:
+                violation[free[0]] = -np.inf
+            worst = int(np.argmax(violation))
+            if violation[worst] <= 1.0:
+                return None
+            change = np.zeros(self.n, dtype=bool)
+            change[worst] = True
+            state = _apply_changes(state, change, w, lower)
+        return None
+
+    def _affine_solution(self, free, fixed, w):
+        """Solve the working-set problem for all ``t`` at once.
+
+        With the fixed assets at their bounds, the stationarity conditions on the
+        free block are ``Σ_FF x = t μ_F - Σ_FB w_B + η 1`` and ``1'x = 1 - 1'w_B``.
+
+        Returns:
+            ``(w0, w1, eta0, eta1)``: arrays of shape (n,) with the fixed entries of
+            ``w`` in ``w0`` and zeros in ``w1``, and the budget multiplier
+            ``eta(t) = eta0 + t * eta1``.
+        """
+        cov = self.cov
+        w_fixed = w[fixed]
+        rhs = np.empty((free.size, 3))
+        rhs[:, 0] = self.mu[free]
+        rhs[:, 1] = 1.0
+        rows = cov.take(free, axis=0)
+        rhs[:, 2] = -(rows.take(fixed, axis=1) @ w_fixed) if fixed.size else 0.0
+        block = rows.take(free, axis=1)
+        try:
+            solution = np.linalg.solve(block, rhs)
+        except np.linalg.LinAlgError as e:
+            raise OptimizationError(
+                "The covariance of the selected assets is singular; two symbols are "
+                "probably duplicates or perfectly correlated. Remove one of them."
+            ) from e
+        p_mu, p_one, p_fixed = solution.T
+        ones_p_one = p_one.sum()
+        budget = 1.0 - w_fixed.sum()
+        eta0 = (budget - p_fixed.sum()) / ones_p_one
+        eta1 = -p_mu.sum() / ones_p_one
+        w0 = w.copy()
+        w0[free] = p_fixed + eta0 * p_one
+        w1 = np.zeros(self.n)
+        w1[free] = p_mu + eta1 * p_one
+        return w0, w1, eta0, eta1
+
+    def _segment(self, free, fixed, w0, w1, eta0, eta1):
+        """Build the :class:`Segment` of the optimal working set just found."""
+        cov, mu, state = self.cov, self.mu, self._state
+        # Each condition reads  a + t*b >= 0; they bound t from below or above.
+        # Free assets stay within their bounds; fixed ones keep multipliers of the
+        # right sign.
+        g0 = cov @ w0
+        g1 = cov @ w1 - mu
+        sign = -state[fixed].astype(float)
+        a = np.concatenate((
+            w0[free] - self.lower[free],
+            self.upper[free] - w0[free],
+            sign * (g0[fixed] - eta0),
+        ))
+        b = np.concatenate((w1[free], -w1[free], sign * (g1[fixed] - eta1)))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            limits = -a / b
+        t_lo = float(np.max(limits[b > 0], initial=0.0))
+        t_hi = float(np.min(limits[b < 0], initial=np.inf))
+        q2 = max(float(mu @ w1), 0.0)
+        return Segment(
+            t_lo=max(t_lo, 0.0),
+            t_hi=t_hi,
+            w0=w0,
+            w1=w1,
+            q0=float(w0 @ g0),
+            q2=q2,
+            r0=float(mu @ w0),
+        )
+
+    def walk(self, root, below, t_start=0.0, segment=None, max_steps=200):
+        """Find the segment where a monotone condition along the frontier is met.
+
+        Args:
+            root: ``root(segment) -> float``: where the condition holds if the
+                segment's closed form is extended to all ``t`` (``inf`` or ``nan``
+                when it has no root).
+            below: ``below(segment, t) -> bool``: True when the target lies at a
+                larger ``t`` than the given one.
+            t_start: where to start; ``segment``, when given, is the segment there.
+            max_steps: safeguard on the number of segments visited.
+
+        Returns:
+            ``(segment, t)`` with ``t`` inside the segment, or ``(segment, inf)``
+            when the condition is still unmet on the last segment (``t_hi == inf``).
+
+        Raises:
+            OptimizationError: when the walk does not converge.
+        """
+        low, high = 0.0, np.inf
+        t = t_start
+        if segment is None:
+            segment = self.solve(t)
+        for _ in range(max_steps):
+            candidate = root(segment)
+            slack = 1e-12 * (1.0 + abs(segment.t_hi if np.isfinite(segment.t_hi) else t))
+            if segment.t_lo - slack <= candidate <= segment.t_hi + slack:
+                return segment, float(np.clip(candidate, segment.t_lo, segment.t_hi))
+            if below(segment, t):
+                if not np.isfinite(segment.t_hi):
+                    return segment, np.inf
+                low = max(low, segment.t_hi)
+            else:
+                high = min(high, segment.t_lo)
+            if low < candidate < high:
+                t = candidate
+            elif np.isfinite(high):
+                t = 0.5 * (low + high)
+            else:
+                t = 2.0 * low + 1e-12
+            # Nudge off the shared end point so the solve lands on the next segment.
+            t = max(t, low * (1 + 1e-12) + 1e-15) if t <= low else t
+            segment = self.solve(t)
+        raise OptimizationError(
+            "The efficient-frontier search did not converge; the covariance is "
+            "probably ill-conditioned. Use a longer date range or fewer symbols."
+        )
+
+
+def _apply_changes(state, change, weights, lower):
+    """Move the flagged assets between free and bound; ``None`` if none stays free."""
+    new_state = state.copy()
+    leaving = change & (state == 0)
+    new_state[leaving] = np.where(weights < lower, -1, 1)[leaving]
+    new_state[change & (state != 0)] = 0
+    if not np.any(new_state == 0):
+        return None
+    return new_state
+
+
+def kkt_residual(weights, mu, cov, lower, upper, t):
+    """Return the largest violation of the KKT conditions of the frontier problem.
+
+    Used by tests and as an exit check: at an optimum of
+    ``1/2 w'Σw - t μ'w`` over the bounded simplex, the gradient minus a common
+    budget multiplier is >= 0 at lower bounds, <= 0 at upper bounds and 0 between.
+
+    Args:
+        weights, mu, lower, upper: arrays of shape (n,).
+        cov: array of shape (n, n).
+        t: the risk tolerance.
+
+    Returns:
+        float, in units of the gradient.
+    """
+    gradient = cov @ weights - t * mu
+    tol = 1e-9
+    at_lower = weights <= lower + tol
+    at_upper = weights >= upper - tol
+    between = ~(at_lower | at_upper)
+    if between.any():
+        eta = float(np.median(gradient[between]))
+    else:
+        # Any eta between the multipliers works: take the most favourable one.
+        eta = 0.5 * (
+            float(np.min(gradient[at_lower], initial=np.inf))
+            + float(np.max(gradient[at_upper], initial=-np.inf))
+        )
+        if not np.isfinite(eta):
+            eta = float(np.min(gradient[at_lower], initial=0.0)) if at_lower.any() else float(
+                np.max(gradient[at_upper], initial=0.0)
+            )
+    residual = np.zeros_like(weights)
+    residual[between] = np.abs(gradient[between] - eta)
+    residual[at_lower & ~at_upper] = np.maximum(eta - gradient[at_lower & ~at_upper], 0.0)
+    residual[at_upper & ~at_lower] = np.maximum(gradient[at_upper & ~at_lower] - eta, 0.0)
+    return float(residual.max(initial=0.0))

@@ -1,0 +1,181 @@
+"""Input normalisation, guaranteed fallback paths and edge cases of the engine.
+
+The fast primal-dual path of the frontier solver is switched off here (patched to
+report failure) so that every mean-variance objective is also checked through the
+guaranteed primal active-set walk, against the fast result.
+"""
+
+import unittest
+from unittest import mock
+
+import numpy as np
+import pandas as pd
+from numpy.testing import assert_allclose
+
+from indico.error import OptimizationError
+from indico.optimization import frontier, optimize
+from indico.optimization.allocation import AllocationMethod, allocate_shares
+from indico.optimization.data import prepare_prices
+from indico.optimization.frontier import Frontier, kkt_residual
+from indico.optimization.risk_parity import bounded_risk_parity
+from tests.optimization.sample import sample_index, sample_prices
+
+CASES = (
+    ("max_sharpe", {}),
+    ("max_sharpe", {"risk_free_rate": 0.2}),
+    ("min_volatility", {}),
+    ("efficient_return", {"target_return": 0.18}),
+    ("efficient_return", {"target_return": 0.999999}),
+    ("efficient_risk", {"target_volatility": 0.16}),
+    ("efficient_risk", {"target_volatility": 0.9}),
+)
+
+
+class GuaranteedPathTest(unittest.TestCase):
+    def test_walk_matches_fast_path_for_every_target(self):
+        prices = sample_prices().loc["2012":"2016"]
+        for objective, options in CASES:
+            for bounds in ((0.0, 1.0), (0.02, 0.25)):
+                with self.subTest(objective=objective, bounds=bounds, **options):
+                    arguments = dict(options)
+                    if arguments.get("target_return", 0.0) > 0.9:
+                        # The highest reachable return: the end of the frontier.
+                        data = prepare_prices(prices)
+                        low, high = np.full(20, bounds[0]), np.full(20, bounds[1])
+                        best = frontier.extreme_return_portfolio(data.mu, low, high)
+                        arguments["target_return"] = float(data.mu @ best)
+                    fast = optimize(prices, objective, weight_bounds=bounds, **arguments)
+                    with mock.patch.object(Frontier, "solve_by_rule", return_value=None):
+                        slow = optimize(prices, objective, weight_bounds=bounds, **arguments)
+                    assert_allclose(slow.weights, fast.weights, atol=1e-9)
+
+    def test_kkt_residual_at_a_vertex(self):
+        mu = np.array([0.1, 0.2, 0.3])
+        cov = np.diag([0.04, 0.05, 0.06])
+        weights = np.array([0.0, 0.0, 1.0])
+        self.assertEqual(kkt_residual(weights, mu, cov, np.zeros(3), np.ones(3), 100.0), 0.0)
+        self.assertGreater(kkt_residual(weights, mu, cov, np.zeros(3), np.ones(3), 0.0), 0.0)
+
+
+class InputTest(unittest.TestCase):
+    def test_string_and_timezone_dates_are_accepted(self):
+        prices = sample_prices().loc["2019", ["AAPL", "KO", "XOM"]]
+        as_text = prices.set_axis(prices.index.strftime("%Y-%m-%d"))
+        aware = prices.tz_localize("America/New_York")
+        expected = optimize(prices, "max_sharpe").weights
+        assert_allclose(optimize(as_text, "max_sharpe").weights, expected, atol=1e-14)
+        assert_allclose(optimize(aware, "max_sharpe").weights, expected, atol=1e-14)
+
+    def test_bad_frames(self):
+        prices = sample_prices().loc["2019", ["AAPL", "KO"]]
+        cases = {
+            "No symbols": prices.iloc[:, :0],
+            "more than once": prices.set_axis(["AAPL", "AAPL"], axis=1),
+            "duplicate dates": pd.concat([prices, prices.iloc[:1]]),
+            "indexed by date": prices.set_axis(range(len(prices))).set_axis(
+                [object()] * len(prices)),
+            "numeric": prices.astype(object).assign(KO="n/a"),
+        }
+        for words, frame in cases.items():
+            with self.subTest(words=words):
+                with self.assertRaises(OptimizationError) as caught:
+                    optimize(frame)
+                self.assertIn(words, caught.exception.message)
+
+    def test_duplicate_series_under_two_names_uses_a_ridge(self):
+        prices = sample_prices().loc["2019", ["AAPL", "KO"]].copy()
+        prices["KO2"] = prices["KO"]
+        for objective in ("min_volatility", "max_sharpe", "risk_parity"):
+            with self.subTest(objective=objective):
+                result = optimize(prices, objective)
+                assert_allclose(result.weights.sum(), 1.0, atol=1e-12)
+                # The two copies are interchangeable: the ridge splits them evenly.
+                assert_allclose(result.allocations["KO"], result.allocations["KO2"],
+                                atol=1e-6)
+
+    def test_fewer_dates_than_assets(self):
+        prices = sample_prices().loc["2019-01-02":"2019-01-10"]
+        self.assertLess(len(prices), 20)
+        result = optimize(prices, "min_volatility")
+        assert_allclose(result.weights.sum(), 1.0, atol=1e-12)
+        self.assertGreaterEqual(result.weights.min(), 0.0)
+
+    def test_benchmark_alignment(self):
+        prices = sample_prices().loc["2019", ["AAPL", "KO"]]
+        index = sample_index().loc["2019"]
+        plain = optimize(prices, "equal_weight", benchmark=index).benchmark
+        with_gap = index.drop(index.index[10:15])
+        as_frame = index.to_frame()
+        as_text = index.set_axis(index.index.strftime("%Y-%m-%d"))
+        repeated = pd.concat([index, index.iloc[:3]])
+        aware = index.tz_localize("UTC")
+        for variant in (with_gap, as_frame, as_text, repeated, aware):
+            result = optimize(prices, "equal_weight", benchmark=variant).benchmark
+            assert_allclose(result["cumulative_return"], plain["cumulative_return"],
+                            rtol=1e-12)
+        with self.assertRaises(OptimizationError):
+            optimize(prices, "equal_weight",
+                     benchmark=index.set_axis([object()] * len(index)))
+
+    def test_single_portfolio_targets(self):
+        prices = sample_prices().loc["2019", ["AAPL", "KO", "XOM", "PG"]]
+        data = prepare_prices(prices)
+        only = np.full(4, 0.25)
+        volatility = float(np.sqrt(only @ data.cov @ only))
+        result = optimize(prices, "efficient_risk", weight_bounds=(0.25, 1.0),
+                          target_volatility=volatility + 0.01)
+        assert_allclose(result.weights, only, atol=1e-15)
+        with self.assertRaises(OptimizationError):
+            optimize(prices, "efficient_risk", weight_bounds=(0.25, 1.0),
+                     target_volatility=volatility / 2)
+        result = optimize(prices, "efficient_return", weight_bounds=(0.0, 0.25),
+                          target_return=float(data.mu @ only))
+        assert_allclose(result.weights, only, atol=1e-15)
+
+    def test_per_symbol_bounds(self):
+        prices = sample_prices().loc["2015":"2019"]
+        result = optimize(prices, "max_sharpe", weight_bounds={"AAPL": (0.1, 0.15),
+                                                                 "MSFT": (0.0, 0.05)})
+        self.assertGreaterEqual(result.allocations["AAPL"], 0.1 - 1e-12)
+        self.assertLessEqual(result.allocations["AAPL"], 0.15 + 1e-12)
+        self.assertLessEqual(result.allocations["MSFT"], 0.05 + 1e-12)
+        with self.assertRaises(OptimizationError):
+            optimize(prices, weight_bounds={"AAPL": (0.1, float("inf"))})
+
+
+class RiskParityTest(unittest.TestCase):
+    def test_floors_bind(self):
+        prices = sample_prices().loc["2015":"2019", ["JNJ", "KO", "PG", "AMD", "RRC"]]
+        data = prepare_prices(prices)
+        lower, upper = np.full(5, 0.15), np.full(5, 1.0)
+        weights = bounded_risk_parity(data.cov, lower, upper)
+        assert_allclose(weights.sum(), 1.0, atol=1e-12)
+        floored = weights <= 0.15 + 1e-12
+        self.assertTrue(floored.any())
+        contributions = weights * (data.cov @ weights)
+        free = contributions[~floored]
+        assert_allclose(free, free[0], rtol=1e-8)
+
+
+class AllocationFallbackTest(unittest.TestCase):
+    def test_greedy_when_milp_fails(self):
+        failed = mock.Mock(status=4, x=None)
+        with mock.patch("indico.optimization.allocation.milp", return_value=failed):
+            shares, leftover, method = allocate_shares(
+                np.array([0.6, 0.4]), np.array([10.0, 20.0]), 1000.0)
+        self.assertEqual(method, AllocationMethod.GREEDY)
+        self.assertEqual(shares.tolist(), [60, 20])
+        self.assertEqual(leftover, 0.0)
+
+    def test_time_limit_keeps_best_point(self):
+        limited = mock.Mock(status=1, x=np.array([3.0, 1.0, 0.0, 0.0]))
+        with mock.patch("indico.optimization.allocation.milp", return_value=limited):
+            shares, leftover, method = allocate_shares(
+                np.array([0.6, 0.4]), np.array([10.0, 20.0]), 100.0)
+        self.assertEqual(method, AllocationMethod.MILP_TIME_LIMIT)
+        self.assertEqual(shares.tolist(), [3, 1])
+        self.assertEqual(leftover, 50.0)
+
+
+if __name__ == "__main__":
+    unittest.main()
