@@ -51,6 +51,7 @@ class Config(BaseModel):
     db_timeout: float = Field(2.0, gt=0, le=60)
     embedded_start_timeout: float = Field(20.0, gt=0, le=300)
     load_sample_prices: bool = True
+    price_recheck: float = Field(0.5, ge=0, le=60)
 
     # accounts
     session_ttl: int = Field(7 * 24 * 3600, ge=60)

@@ -23,8 +23,17 @@ from indico.db.embedded import EmbeddedServer
 _server = {}
 # Cheapest Argon2 parameters: only tests use them (the default is OWASP's).
 TEST_SETTINGS = {"argon2_memory_kib": 8, "argon2_time_cost": 1, "argon2_parallelism": 1,
-                 "load_sample_prices": False}
+                 "load_sample_prices": False, "price_recheck": 0.0}
 CPU_EXECUTOR = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="test-cpu")
+
+
+def shared_pool():
+    """One optimization process pool for the whole run (worker start-up is slow)."""
+    if "pool" not in _server:
+        from indico.services.portfolio import create_pool
+        _server["pool"] = create_pool(2)
+        atexit.register(_server["pool"].shutdown, wait=False, cancel_futures=True)
+    return _server["pool"]
 
 
 def database_uri():
@@ -64,18 +73,28 @@ class ServerTest(AsyncHTTPTestCase):
         self.config = test_config(database=self.db_name, data_dir=self.data_dir, **self.settings)
         super().setUp()
 
+    def client_options(self):
+        """Extra ``AsyncMongoClient`` options (event listeners) for subclasses."""
+        return {}
+
     def get_app(self):
-        self.client = create_client(self.config.mongodb_uri, timeout=5)
+        self.client = create_client(self.config.mongodb_uri, timeout=5, **self.client_options())
         self.db = self.client[self.db_name]
         self.io_loop.run_sync(lambda: ensure_indexes(self.db))
         return self.make_app()
 
     def make_app(self):
         """Build the application; subclasses may pass more dependencies."""
-        return make_app(self.config, self.db, cpu_executor=CPU_EXECUTOR)
+        return make_app(self.config, self.db, cpu_executor=CPU_EXECUTOR, pool=shared_pool())
 
     def tearDown(self):
+        services = self._app.settings.get("services")
+
         async def drop():
+            if services is not None and services.portfolio is not None:
+                await services.events.stop()
+                await services.portfolio.stop(shutdown_pool=services.portfolio.pool
+                                              is not _server.get("pool"))
             await self.client.drop_database(self.db_name)
             await self.client.close()
         self.io_loop.run_sync(drop)

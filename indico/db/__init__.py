@@ -11,9 +11,9 @@ journal (nx-27017 maps ``j`` to SQLite's ``synchronous=FULL``).
 
 from pymongo import AsyncMongoClient
 
-from indico.db import jobs, prices, rate_limits, sessions, users
+from indico.db import jobs, price_meta, prices, rate_limits, sessions, users
 
-COLLECTION_MODULES = (users, sessions, rate_limits, prices, jobs)
+COLLECTION_MODULES = (users, sessions, rate_limits, prices, price_meta, jobs)
 
 
 def create_client(uri, timeout=2.0, **options):

@@ -36,9 +36,10 @@ Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max
 
 
 class Request(BaseModel):
-    """Base of every request body: unknown fields are refused."""
+    """Base of every request body: unknown fields are refused, and so are values
+    of another JSON type (``"1000"`` for a number, ``1`` for a boolean)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class Preferences(Request):
@@ -90,3 +91,21 @@ class SessionResponse(BaseModel):
 
 class Empty(BaseModel):
     """An empty payload."""
+
+
+# The symbol rule lives with the price store; every resource's request models share it.
+from pydantic_core import PydanticCustomError
+
+from indico.services.price_files import SYMBOL_RULE, normalize_symbol
+
+
+def _symbol(value):
+    try:
+        return normalize_symbol(value)
+    except ValueError as exc:
+        raise PydanticCustomError("symbol", str(exc)) from None
+
+
+Symbol = Annotated[str, AfterValidator(_symbol), Field(
+    description=f"a ticker: {SYMBOL_RULE} (case-insensitive; stored upper-case)",
+    examples=["AAPL"])]

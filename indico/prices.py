@@ -1,0 +1,138 @@
+"""The price importer: ``indico-prices import FILE...`` (also ``python -m indico.prices``).
+
+It reads the same ``INDICO_*`` configuration as the server. Without
+``INDICO_MONGODB_URI`` it attaches to the embedded database of the data
+directory (the one ``make run`` started), or starts it for the time of the
+import; a server running meanwhile sees the new prices on its next request.
+
+Each file is checked whole, then stored whole (see
+:mod:`indico.services.price_files` for the layouts). One line per file goes
+to standard output; a rejected file's reason to standard error. Exit codes:
+0 all files imported, 1 a file was rejected (the others are still imported),
+2 a usage or configuration error, 3 the database failed, 130 interrupted.
+"""
+
+import argparse
+import asyncio
+import logging
+import sys
+
+import tqdm
+from pymongo.errors import PyMongoError
+
+from config import Config
+from indico import error
+from indico.db import ensure_indexes
+from indico.error import ConfigError
+from indico.server import open_database
+from indico.services.price_files import LAYOUTS_HELP, FileRejected
+from indico.services.prices import PriceService
+
+EXIT_REJECTED = 1
+EXIT_USAGE = 2
+EXIT_DATABASE = 3
+EXIT_INTERRUPTED = 130
+EPILOG = f"""\
+{LAYOUTS_HELP}
+
+The database is the server's: INDICO_MONGODB_URI and INDICO_DATABASE, or the
+embedded one under INDICO_DATA_DIR (attached to if `make run` is serving).
+Exit status: 0 all imported, 1 a file was rejected (the others are imported),
+2 usage or configuration error, 3 database error, 130 interrupted."""
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(
+        prog="indico-prices", description="Manage the price store of indico.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    importer = commands.add_parser(
+        "import", help="import price files (CSV or CSV.gz)",
+        description="Import adjusted closes from CSV or gzip-compressed CSV files.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    importer.add_argument("files", nargs="+", metavar="FILE", help="a price file")
+    importer.add_argument("--symbol", help="the ticker of a Yahoo-style file "
+                                           "(default: from the file name); one FILE only")
+    importer.add_argument("--quiet", action="store_true",
+                          help="no progress bar and no summary lines; errors only")
+    args = parser.parse_args(argv)
+    if args.symbol is not None and len(args.files) != 1:
+        parser.error("--symbol applies to one FILE; import the others separately")
+    return args
+
+
+async def import_files(service, paths, symbol=None, quiet=False, out=None, err=None):
+    """Import ``paths`` one by one; report each.
+
+    Args:
+        service: a PriceService.
+        paths: the files.
+        symbol: the ticker of a single Yahoo-style file.
+        quiet: no progress bar and no summaries.
+        out, err: streams for summaries and rejections (stdout, stderr if None).
+
+    Returns:
+        the number of rejected files.
+    """
+    out = sys.stdout if out is None else out
+    err = sys.stderr if err is None else err
+    show_bar = not quiet and err.isatty()
+    rejected = 0
+    for path in paths:
+        bar = tqdm.tqdm(desc=str(path), unit=" prices", unit_scale=True, file=err,
+                        disable=not show_bar, leave=False)
+
+        def advance(count, total, bar=bar):
+            bar.total = total
+            bar.update(count)
+        try:
+            summary = await service.import_file(path, symbol, progress=advance)
+        except FileRejected as exc:
+            rejected += 1
+            bar.close()
+            err.write(f"rejected {exc.message}\n")
+            continue
+        bar.close()
+        if not quiet:
+            out.write(summary.describe() + "\n")
+    return rejected
+
+
+async def run(config, args):
+    """Open the database, create the indexes, import; return the exit code."""
+    client, db, embedded = await open_database(config)
+    try:
+        await ensure_indexes(db)
+        service = PriceService(db, config)
+        rejected = await import_files(service, args.files, args.symbol, args.quiet)
+    finally:
+        await client.close()
+        if embedded:
+            embedded.stop()
+    return EXIT_REJECTED if rejected else 0
+
+
+def main(argv=None):
+    """Console entry point ``indico-prices``."""
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        config = Config.from_environ()
+    except ConfigError as exc:
+        sys.stderr.write(f"indico-prices: configuration error: {exc}\n")
+        return EXIT_USAGE
+    logging.basicConfig(level=logging.WARNING, format="indico-prices: %(message)s")
+    try:
+        return asyncio.run(run(config, args))
+    except (PyMongoError, RuntimeError, error.IndicoError) as exc:
+        sys.stderr.write(f"indico-prices: {exc}\n")
+        return EXIT_DATABASE
+    except KeyboardInterrupt:
+        # asyncio.run cancelled the import: a file being written is stored whole
+        # or not at all (PriceService._commit removes what it staged).
+        sys.stderr.write("indico-prices: interrupted; the files reported above are stored, "
+                         "the one being imported is stored whole or not at all\n")
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())
