@@ -10,26 +10,41 @@ from indico.routes import root
 from indico.routes.auth import AuthHandler
 from indico.routes.base import NotFoundHandler
 from indico.routes.openapi import build_openapi
+from indico.routes.portfolio import PortfolioHandler
+from indico.routes.prices import PricesHandler
 from indico.routes.user import UserHandler
+from indico.routes.ws import JobEventsHandler
 from indico.services import Services
 from indico.services.auth import AuthService
 from indico.services.passwords import Passwords
+from indico.services.portfolio import JobEvents, PortfolioService
+from indico.services.prices import PriceService
 from indico.services.users import UsersService
 from indico.utils.logs import log_request
 
-ACTION_HANDLERS = (AuthHandler, UserHandler)
+ACTION_HANDLERS = (AuthHandler, UserHandler, PricesHandler, PortfolioHandler)
+WEBSOCKET_MAX_MESSAGE = 4096
 
 
-def build_services(config, db, cpu_executor):
-    """Create the service objects of one application."""
+def build_services(config, db, cpu_executor, pool=None):
+    """Create the service objects of one application.
+
+    Args:
+        pool: the optimization process pool; a new one if None.
+    """
     passwords = Passwords(config, cpu_executor)
+    prices = PriceService(db, config)
+    events = JobEvents(db)
     return Services(
         auth=AuthService(db, config, passwords),
         users=UsersService(db, passwords),
+        prices=prices,
+        portfolio=PortfolioService(db, config, prices, events, pool),
+        events=events,
     )
 
 
-def make_app(config, db, *, cpu_executor=None, services=None):
+def make_app(config, db, *, cpu_executor=None, services=None, pool=None):
     """Build the Tornado application.
 
     Args:
@@ -38,6 +53,8 @@ def make_app(config, db, *, cpu_executor=None, services=None):
         cpu_executor: executor for password hashing; a thread pool of the
             machine's cores if None (argon2 releases the GIL).
         services: prebuilt Services (tests); built from the others if None.
+        pool: the optimization process pool; one of ``config.workers``
+            processes if None.
 
     Returns:
         a ``tornado.web.Application``; ``settings["in_flight"]`` holds the
@@ -47,12 +64,13 @@ def make_app(config, db, *, cpu_executor=None, services=None):
         cpu_executor = concurrent.futures.ThreadPoolExecutor(
             max_workers=os.cpu_count() or 2, thread_name_prefix="indico-cpu")
     if services is None:
-        services = build_services(config, db, cpu_executor)
+        services = build_services(config, db, cpu_executor, pool)
     dependencies = {"config": config, "db": db, "services": services}
     routes = [(pattern, handler, dependencies) for pattern, handler in root.ROUTES]
     routes += root.STATIC_ROUTES
     routes += [(rf"/{handler.resource}/([^/]*)", handler, dependencies)
                for handler in ACTION_HANDLERS]
+    routes.append((r"/ws/jobs", JobEventsHandler, dependencies))
     openapi = build_openapi(ACTION_HANDLERS, __version__)
     return tornado.web.Application(
         routes,
@@ -65,4 +83,5 @@ def make_app(config, db, *, cpu_executor=None, services=None):
         openapi=openapi,
         services=services,
         cpu_executor=cpu_executor,
+        websocket_max_message_size=WEBSOCKET_MAX_MESSAGE,
     )

@@ -19,6 +19,7 @@ from indico.app import make_app
 from indico.db import create_client, ensure_indexes
 from indico.db.embedded import EmbeddedServer
 from indico.error import ConfigError
+from indico.services.portfolio import JobRunner
 from indico.utils.logs import setup_logging
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,12 @@ async def serve(config):
     try:
         await ensure_indexes(db)
         app = make_app(config, db)
+        if config.load_sample_prices:
+            for summary in await app.settings["services"].prices.load_sample_prices_if_empty():
+                log.info("loaded sample prices: %s", summary.describe())
+        services = app.settings["services"]
+        runner = JobRunner(services.portfolio)
+        runner.start()
         server = app.listen(config.port, config.address, max_body_size=SERVER_MAX_BODY,
                             idle_connection_timeout=60, body_timeout=30)
         stop = asyncio.Event()
@@ -73,6 +80,9 @@ async def serve(config):
         log.info("shutting down: no new connections, waiting for in-flight requests")
         server.stop()
         await wait_for_requests(app, config.shutdown_grace)
+        await runner.stop()
+        await services.events.stop()
+        await services.portfolio.stop()
         await asyncio.wait_for(server.close_all_connections(), 2.0)
         app.settings["cpu_executor"].shutdown(wait=False, cancel_futures=True)
     finally:

@@ -11,7 +11,7 @@ from indico.routes.models import (
 class UserFields(Request):
     """The fields a user may change; any other key is refused with 400."""
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"minProperties": 1})
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra={"minProperties": 1})
 
     # Defaults of None that the types refuse as input: null is not a value here.
     name: Name = None

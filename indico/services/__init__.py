@@ -15,3 +15,4 @@ class Services:
     users: object
     prices: object = None
     portfolio: object = None
+    events: object = None

@@ -1,0 +1,437 @@
+"""portfolio/optimize, result, list, delete: the seed's request, ownership, jobs, limits."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+import urllib.request
+
+import numpy
+import pandas
+from pymongo import monitoring
+
+from indico.services.prices import PriceService
+from tests.harness import ServerTest
+
+DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(__file__))), "indico", "data")
+SYMBOLS = ["AAPL", "MSFT", "JPM", "KO", "XOM", "AMD"]
+SEED_BODY = {"symbols": ["AAPL", "MSFT", "JPM"], "startDate": "01-01-12",
+             "endDate": "03-20-16", "initialInvestment": 1000.00}
+_sample = {}
+
+
+def sample_file():
+    """A wide CSV with a few sample symbols and the index, 2010-2017, written once."""
+    if "path" not in _sample:
+        prices = pandas.read_csv(os.path.join(DATA, "sp500_prices.csv.gz"), index_col="Date")
+        index = pandas.read_csv(os.path.join(DATA, "sp500_index.csv.gz"), index_col="Date")
+        frame = prices[SYMBOLS].join(index)
+        frame = frame[(frame.index >= "2010-01-01") & (frame.index <= "2017-12-31")]
+        handle, path = tempfile.mkstemp(suffix=".csv", prefix="indico-sample-")
+        os.close(handle)
+        frame.to_csv(path)
+        _sample["path"] = path
+    return _sample["path"]
+
+
+class PortfolioTest(ServerTest):
+    """A test database with a few symbols of the sample prices, and a user."""
+
+    def setUp(self):
+        super().setUp()
+        service = PriceService(self.db, self.config)
+        self.io_loop.run_sync(lambda: service.import_file(sample_file()))
+        self.token = self.signup(email="ada@example.com")
+
+    def optimize(self, body=None, token=None):
+        return self.post("/portfolio/optimize", SEED_BODY if body is None else body,
+                         token=token or self.token)
+
+    def wait_done(self, job_id, token=None, timeout=30):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            status, body = self.post("/portfolio/result", {"id": job_id}, token=token or self.token)
+            self.assertEqual(status, 200, body)
+            if body["data"]["status"] in ("done", "failed"):
+                return body["data"]
+            time.sleep(0.05)
+        self.fail(f"job {job_id} did not finish")
+
+
+class OptimizeTest(PortfolioTest):
+
+    def test_the_seed_request_as_it_was_written(self):
+        status, body = self.optimize()
+        self.assertEqual(status, 200, body)
+        result = body["data"]
+        self.assertEqual(result["status"], "done")
+        self.assertEqual(result["objective"], "max_sharpe")
+        self.assertEqual(set(result["allocations"]), {"AAPL", "MSFT", "JPM"})
+        self.assertAlmostEqual(sum(result["allocations"].values()), 1.0, places=6)
+        self.assertTrue(all(0 <= weight <= 1 for weight in result["allocations"].values()))
+        self.assertEqual(set(result["shares"]), {"AAPL", "MSFT", "JPM"})
+        self.assertTrue(all(isinstance(count, int) for count in result["shares"].values()))
+        self.assertGreaterEqual(result["leftover"], 0)
+        self.assertLess(result["leftover"], 1000)
+        self.assertEqual(set(result["stats"]), {"expected_return", "volatility", "sharpe"})
+        self.assertIn("portfolio", result["performance"])
+        self.assertEqual(result["params"], {
+            "symbols": ["AAPL", "MSFT", "JPM"], "start_date": "2012-01-01",
+            "end_date": "2016-03-20", "initial_investment": 1000.0, "objective": "max_sharpe",
+            "risk_free_rate": 0.0, "weight_bounds": [0.0, 1.0], "target_return": None,
+            "target_volatility": None})
+        [job] = self.find("jobs")
+        self.assertEqual(job["_id"], result["id"])
+        self.assertEqual(job["status"], "done")
+        self.assertEqual([event["event"] for event in job["events"]],
+                         ["queued", "running", "done"])
+        status, saved = self.post("/portfolio/result", {"id": result["id"]}, token=self.token)
+        self.assertEqual(status, 200)
+        self.assertEqual(saved["data"]["allocations"], result["allocations"])
+
+    def test_snake_case_principle_and_lower_case_symbols(self):
+        status, body = self.optimize({"symbols": ["aapl", "Msft"], "start_date": "2012-01-01",
+                                      "end_date": "2016-03-20", "principle": 5000,
+                                      "objective": "min_volatility",
+                                      "weight_bounds": [0.1, 0.9]})
+        self.assertEqual(status, 200, body)
+        data = body["data"]
+        self.assertEqual(data["params"]["symbols"], ["AAPL", "MSFT"])
+        self.assertEqual(data["objective"], "min_volatility")
+        self.assertTrue(all(0.1 - 1e-9 <= w <= 0.9 + 1e-9 for w in data["allocations"].values()))
+
+    def test_every_objective_answers(self):
+        mean = None
+        for objective, extra in (("max_sharpe", {}), ("min_volatility", {}),
+                                 ("efficient_return", {"targetReturn": 0.2}),
+                                 ("efficient_risk", {"targetVolatility": 0.2}),
+                                 ("buy_and_hold_sharpe", {}), ("risk_parity", {}),
+                                 ("equal_weight", {})):
+            with self.subTest(objective=objective):
+                status, body = self.optimize({**SEED_BODY, "objective": objective, **extra})
+                self.assertEqual(status, 200, body)
+                weights = numpy.array(list(body["data"]["allocations"].values()))
+                self.assertAlmostEqual(weights.sum(), 1.0, places=6)
+                if objective == "equal_weight":
+                    mean = weights
+        numpy.testing.assert_allclose(mean, [1 / 3] * 3, atol=1e-9)
+
+    def test_wait_false_answers_202_and_the_job_finishes(self):
+        status, body = self.optimize({**SEED_BODY, "wait": False})
+        self.assertEqual(status, 202, body)
+        self.assertEqual(body["status"], 202)
+        self.assertIn(body["data"]["status"], ("queued", "running"))
+        self.assertIsNone(body["data"]["allocations"])
+        done = self.wait_done(body["data"]["id"])
+        self.assertEqual(done["status"], "done")
+        self.assertEqual(set(done["allocations"]), {"AAPL", "MSFT", "JPM"})
+
+    def bad(self, body, status, error_type, part):
+        before = self.snapshot("jobs")
+        error = self.assertError(self.optimize(body), status, error_type, part)
+        self.assertEqual(self.snapshot("jobs"), before)
+        return error
+
+    def test_bad_inputs_leave_no_job_behind(self):
+        cases = [
+            ({**SEED_BODY, "symbols": ["AAPL", "NOPE", "ZZZ"]}, 422, "UnknownSymbols", "NOPE"),
+            ({**SEED_BODY, "symbols": []}, 400, "ValidationError", "symbols"),
+            ({**SEED_BODY, "symbols": ["AAPL", "aapl"]}, 400, "ValidationError", "AAPL"),
+            ({**SEED_BODY, "symbols": ["AAPL", "$where"]}, 400, "ValidationError", "symbols.1"),
+            ({**SEED_BODY, "symbols": "AAPL"}, 400, "ValidationError", "symbols"),
+            ({**SEED_BODY, "startDate": "03-20-16", "endDate": "01-01-12"}, 400,
+             "ValidationError", "before"),
+            ({**SEED_BODY, "startDate": "yesterday"}, 400, "ValidationError", "startDate"),
+            ({**SEED_BODY, "startDate": "2012-02-30"}, 400, "ValidationError", "startDate"),
+            ({**SEED_BODY, "initialInvestment": 0}, 400, "ValidationError", "initialInvestment"),
+            ({**SEED_BODY, "initialInvestment": -5}, 400, "ValidationError", "initialInvestment"),
+            ({**SEED_BODY, "initialInvestment": "1000"}, 400, "ValidationError",
+             "initialInvestment"),
+            ({**SEED_BODY, "weightBounds": [0.6, 0.2]}, 400, "ValidationError", "weightBounds"),
+            ({**SEED_BODY, "weightBounds": [0, 0.2]}, 422, "OptimizationError", "bound"),
+            ({**SEED_BODY, "objective": "efficient_return"}, 400, "ValidationError",
+             "targetReturn"),
+            ({**SEED_BODY, "objective": "efficient_return", "targetReturn": 5}, 422,
+             "OptimizationError", "reach"),
+            ({**SEED_BODY, "objective": "efficient_risk", "targetVolatility": 0.01}, 422,
+             "OptimizationError", "reach"),
+            ({**SEED_BODY, "objective": "moon"}, 400, "ValidationError", "objective"),
+            ({**SEED_BODY, "startDate": "01-01-99", "endDate": "01-05-99"}, 422, None, None),
+            ({**SEED_BODY, "startDate": "2012-01-01", "start_date": "2012-01-01"}, 400,
+             "ValidationError", "start_date"),
+            ({**SEED_BODY, "riskFreeRate": 0.9}, 422, "OptimizationError", None),
+        ]
+        for body, status, error_type, part in cases:
+            with self.subTest(body=body):
+                before = self.snapshot("jobs")
+                status_code, answer = self.optimize(body)
+                self.assertEqual(status_code, status, answer)
+                if error_type:
+                    self.assertEqual(answer["error"]["type"], error_type, answer)
+                if part:
+                    self.assertIn(part.lower(), str(answer["error"]).lower())
+                self.assertEqual(self.snapshot("jobs"), before)
+
+
+class OwnershipTest(PortfolioTest):
+
+    def test_another_users_result_is_404_like_a_missing_one(self):
+        status, body = self.optimize()
+        job_id = body["data"]["id"]
+        other = self.signup(email="bob@example.com")
+        answers = [self.post("/portfolio/result", {"id": job_id}, token=other),
+                   self.post("/portfolio/delete", {"id": job_id}, token=other),
+                   self.post("/portfolio/result", {"id": "not-an-id"}, token=other),
+                   self.post("/portfolio/result", {"id": "0" * 24}, token=self.token)]
+        for answer in answers:
+            self.assertError(answer, 404, "NotFound", "no such result")
+        self.assertEqual(len({str(answer[1]) for answer in answers}), 1)
+        status, body = self.post("/portfolio/list", token=other)
+        self.assertEqual(body["data"], {"results": [], "cursor": None})
+        self.assertEqual(len(self.find("jobs")), 1)
+
+    def test_delete_then_404(self):
+        job_id = self.optimize()[1]["data"]["id"]
+        status, body = self.post("/portfolio/delete", {"id": job_id}, token=self.token)
+        self.assertEqual((status, body), (200, {"status": 200, "data": {}}))
+        self.assertError(self.post("/portfolio/result", {"id": job_id}, token=self.token),
+                         404, "NotFound", "no such result")
+        self.assertError(self.post("/portfolio/delete", {"id": job_id}, token=self.token),
+                         404, "NotFound", "no such result")
+        self.assertEqual(self.find("jobs"), [])
+
+    def test_list_is_newest_first_and_paged(self):
+        ids = [self.optimize({**SEED_BODY, "objective": objective})[1]["data"]["id"]
+               for objective in ("max_sharpe", "min_volatility", "equal_weight")]
+        status, body = self.post("/portfolio/list", {"limit": 2}, token=self.token)
+        self.assertEqual(status, 200)
+        page = body["data"]
+        self.assertEqual([job["id"] for job in page["results"]], ids[::-1][:2])
+        self.assertIsNone(page["results"][0]["performance"])  # summaries only
+        status, body = self.post("/portfolio/list", {"limit": 2, "cursor": page["cursor"]},
+                                 token=self.token)
+        self.assertEqual([job["id"] for job in body["data"]["results"]], ids[:1])
+        self.assertIsNone(body["data"]["cursor"])
+        self.assertError(self.post("/portfolio/list", {"cursor": "garbage!"}, token=self.token),
+                         400, "ValidationError", "cursor")
+        self.assertError(self.post("/portfolio/list", {"limit": 0}, token=self.token),
+                         400, "ValidationError", "limit")
+
+    def test_deleting_the_user_deletes_their_results(self):
+        self.optimize()
+        self.post("/user/delete", {"password": "correct horse"}, token=self.token)
+        self.assertEqual(self.find("jobs"), [])
+
+
+class LimitsTest(PortfolioTest):
+
+    settings = {"max_active_jobs": 1, "max_symbols": 3, "max_range_years": 2}
+
+    def test_too_many_active_jobs_is_429(self):
+        [user] = self.find("users")
+        self.io_loop.run_sync(lambda: self.db.jobs.insert_one({
+            "_id": "f" * 24, "owner": str(user["_id"]), "status": "running", "params": {},
+            "events": [], "lease_owner": "elsewhere", "lease_expires": time.time() + 600,
+            "created": user["created"], "updated": time.time()}))
+        before = self.snapshot("jobs")
+        status, body, response = self.request("POST", "/portfolio/optimize",
+                                              {**SEED_BODY, "endDate": "2013-01-01"},
+                                              token=self.token)
+        self.assertEqual(status, 429)
+        self.assertEqual(body["error"]["type"], "TooManyRequests")
+        self.assertIn("limit is 1", body["error"]["message"])
+        self.assertIn("Retry-After", response.headers)
+        self.assertEqual(self.snapshot("jobs"), before)
+
+    def test_symbol_and_range_limits(self):
+        error = self.assertError(self.optimize({**SEED_BODY, "symbols": SYMBOLS[:4],
+                                                "endDate": "2013-01-01"}),
+                                 400, "ValidationError", "at most 3 symbols")
+        self.assertEqual(error["field"], "symbols")
+        self.assertError(self.optimize(), 400, "ValidationError", "at most 2 years")
+        self.assertEqual(self.find("jobs"), [])
+
+
+class TimeLimitTest(PortfolioTest):
+
+    settings = {"job_time_limit": 0.001, "workers": 1}
+
+    def make_app(self):
+        # A pool of its own: the time limit kills the pool's processes.
+        from indico.app import make_app
+        from tests.harness import CPU_EXECUTOR
+        return make_app(self.config, self.db, cpu_executor=CPU_EXECUTOR)
+
+    def test_a_job_over_the_time_limit_fails_clearly(self):
+        status, body = self.optimize({**SEED_BODY, "objective": "buy_and_hold_sharpe"})
+        error = self.assertError((status, body), 422, "Unprocessable", "longer than the limit")
+        [job] = self.find("jobs")
+        self.assertEqual(error["id"], job["_id"])
+        self.assertEqual(job["status"], "failed")
+        self.assertIn("longer than the limit of 0.001 s", job["error"])
+        # The pool was replaced: the next job runs.
+        self.assertEqual(self.find("jobs")[0]["events"][-1]["event"], "failed")
+
+
+class CommandCounter(monitoring.CommandListener):
+    """Records the name of every command the application's client sends."""
+
+    def __init__(self):
+        self.names = []
+
+    def started(self, event):
+        self.names.append(event.command_name)
+
+    def succeeded(self, event):
+        pass
+
+    def failed(self, event):
+        pass
+
+
+class CommandBudgetTest(PortfolioTest):
+
+    settings = {"price_recheck": 30.0}
+
+    def client_options(self):
+        self.counter = CommandCounter()
+        return {"event_listeners": [self.counter]}
+
+    def test_a_synchronous_optimize_costs_at_most_4_commands(self):
+        self.assertEqual(self.optimize()[0], 200)  # warms the price cache
+        self.counter.names.clear()
+        status, body = self.optimize({**SEED_BODY, "objective": "min_volatility"})
+        self.assertEqual(status, 200, body)
+        self.assertLessEqual(len(self.counter.names), 4, self.counter.names)
+        self.assertEqual(self.counter.names, ["find", "aggregate", "insert", "update"])
+
+
+class LeaseTakeoverTest(PortfolioTest):
+
+    def test_a_job_whose_worker_died_is_finished_by_another_claim(self):
+        from indico.db import jobs
+        owner = str(self.find("users")[0]["_id"])
+        params = {"symbols": ["AAPL", "MSFT", "JPM"], "start_date": "2012-01-01",
+                  "end_date": "2016-03-20", "initial_investment": 1000.0,
+                  "objective": "max_sharpe", "risk_free_rate": 0.0, "weight_bounds": [0.0, 1.0],
+                  "target_return": None, "target_volatility": None}
+        # What a process killed mid-way leaves behind: running, leased, never finished.
+        dead = self.io_loop.run_sync(lambda: jobs.create_job(
+            self.db, owner, params, worker="killed-process", lease=0.2))
+        service = self._app.settings["services"].portfolio
+        self.assertFalse(self.io_loop.run_sync(service.claim_and_run))  # lease still live
+        time.sleep(0.3)
+        self.assertTrue(self.io_loop.run_sync(service.claim_and_run))
+        status, body = self.post("/portfolio/result", {"id": dead["_id"]}, token=self.token)
+        self.assertEqual(status, 200)
+        self.assertEqual(body["data"]["status"], "done")
+        self.assertEqual(set(body["data"]["allocations"]), {"AAPL", "MSFT", "JPM"})
+        [job] = self.find("jobs")
+        self.assertEqual(job["attempts"], 2)
+        self.assertEqual([event["event"] for event in job["events"]],
+                         ["queued", "running", "running", "done"])
+
+    def test_a_claimed_job_whose_prices_vanished_fails_clearly(self):
+        from indico.db import jobs
+        owner = str(self.find("users")[0]["_id"])
+        params = {"symbols": ["GONE", "MSFT"], "start_date": "2012-01-01",
+                  "end_date": "2016-03-20", "initial_investment": 1000.0,
+                  "objective": "max_sharpe", "risk_free_rate": 0.0, "weight_bounds": [0.0, 1.0],
+                  "target_return": None, "target_volatility": None}
+        job = self.io_loop.run_sync(lambda: jobs.create_job(self.db, owner, params))
+        service = self._app.settings["services"].portfolio
+        self.assertTrue(self.io_loop.run_sync(service.claim_and_run))
+        [stored] = self.find("jobs")
+        self.assertEqual((stored["_id"], stored["status"]), (job["_id"], "failed"))
+        self.assertIn("GONE", stored["error"])
+
+
+class WebSocketTest(PortfolioTest):
+
+    def connect(self, headers=None):
+        from tornado.httpclient import HTTPRequest
+        from tornado.websocket import websocket_connect
+        url = self.get_url("/ws/jobs").replace("http://", "ws://")
+        return self.io_loop.run_sync(lambda: websocket_connect(HTTPRequest(url, headers=headers)))
+
+    def read(self, connection, timeout=20):
+        message = self.io_loop.run_sync(connection.read_message, timeout=timeout)
+        return None if message is None else json.loads(message)
+
+    def test_events_of_a_job_run_by_a_second_server_process(self):
+        from indico.db.embedded import _free_port
+        from tests.test_server import REPO, server_command
+        port = _free_port()
+        data_dir = tempfile.mkdtemp(prefix="indico-second-")
+        self.addCleanup(shutil.rmtree, data_dir, True)
+        env = {key: value for key, value in os.environ.items() if not key.startswith("INDICO_")}
+        env.update({"INDICO_MONGODB_URI": self.config.mongodb_uri, "INDICO_DATABASE": self.db_name,
+                    "INDICO_LOAD_SAMPLE_PRICES": "false", "INDICO_DATA_DIR": data_dir,
+                    "INDICO_ARGON2_MEMORY_KIB": "8", "INDICO_ARGON2_TIME_COST": "1"})
+        second = subprocess.Popen(server_command(f"--port={port}"), cwd=REPO, env=env,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.addCleanup(lambda: second.poll() is None and second.kill())
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                urllib.request.urlopen(base + "/healthCheck", timeout=2)
+                break
+            except OSError:
+                self.assertLess(time.monotonic(), deadline, "the second server never answered")
+                time.sleep(0.1)
+
+        connection = self.connect({"Authorization": f"Bearer {self.token}"})
+        self.assertEqual(self.read(connection)["event"], "subscribed")
+        request = urllib.request.Request(
+            base + "/portfolio/optimize", data=json.dumps(SEED_BODY).encode(), method="POST",
+            headers={"Content-Type": "application/json", "Authorization": f"Bearer {self.token}"})
+        with urllib.request.urlopen(request, timeout=60) as response:
+            job_id = json.loads(response.read())["data"]["id"]
+        events = []
+        while not events or events[-1]["event"] not in ("done", "failed"):
+            message = self.read(connection)
+            self.assertIsNotNone(message, "the WebSocket closed")
+            events.append(message)
+        self.assertEqual([(event["event"], event["id"]) for event in events],
+                         [("queued", job_id), ("running", job_id), ("done", job_id)])
+        self.assertEqual(set(events[-1]["summary"]["allocations"]), {"AAPL", "MSFT", "JPM"})
+        connection.close()
+        second.send_signal(signal.SIGTERM)
+        self.assertEqual(second.wait(30), 0)
+
+    def test_events_of_a_local_job_and_token_in_the_first_message(self):
+        connection = self.connect()
+        connection.write_message(json.dumps({"token": self.token}))
+        self.assertEqual(self.read(connection)["event"], "subscribed")
+        status, body = self.optimize({**SEED_BODY, "wait": False})
+        job_id = body["data"]["id"]
+        events = [self.read(connection) for _ in range(3)]
+        self.assertEqual([event["event"] for event in events], ["queued", "running", "done"])
+        self.assertTrue(all(event["id"] == job_id for event in events))
+        other = self.signup(email="bob@example.com")
+        self.post("/portfolio/optimize", SEED_BODY, token=other)  # Bob's job: not for Ada
+        self.optimize({**SEED_BODY, "objective": "equal_weight", "initialInvestment": 1,
+                       "symbols": ["AAPL", "MSFT", "JPM", "KO", "XOM", "AMD"]})
+        mine = self.read(connection)
+        self.assertEqual(mine["event"], "queued")
+        status, body = self.post("/portfolio/list", {"limit": 1}, token=self.token)
+        self.assertEqual(mine["id"], body["data"]["results"][0]["id"])
+
+    def test_bad_tokens_and_foreign_origins_are_refused(self):
+        connection = self.connect({"Authorization": "Bearer " + "A" * 43})
+        message = self.read(connection)
+        self.assertEqual(message["event"], "error")
+        self.assertEqual(message["error"]["type"], "Unauthorized")
+        self.assertIsNone(self.read(connection))
+        self.assertEqual(connection.close_code, 4401)
+        connection = self.connect()
+        connection.write_message("not json")
+        self.assertEqual(self.read(connection)["error"]["type"], "Unauthorized")
+        from tornado.httpclient import HTTPClientError
+        with self.assertRaises(HTTPClientError) as caught:
+            self.connect({"Origin": "https://evil.example"})
+        self.assertEqual(caught.exception.code, 403)
