@@ -16,7 +16,7 @@ import time
 from config import Config
 from indico import __version__
 from indico.app import make_app
-from indico.db import create_client, ensure_indexes
+from indico.db import create_client, ensure_indexes, purge_all_expired
 from indico.db.embedded import EmbeddedServer
 from indico.error import ConfigError
 from indico.services.portfolio import JobRunner
@@ -28,6 +28,9 @@ log = logging.getLogger(__name__)
 # so the server itself must accept the announcement; streamed bodies are
 # discarded past the limit.
 SERVER_MAX_BODY = 64 * 1024 * 1024
+# How often expired sessions and rate-limit windows are deleted on nx-27017,
+# which has no TTL monitor we can afford (see db.util.create_expiry_index).
+PURGE_INTERVAL = 60.0
 
 
 def parse_args(argv):
@@ -57,11 +60,24 @@ async def wait_for_requests(app, grace):
         await asyncio.sleep(0.02)
 
 
+async def purge_forever(db, interval=PURGE_INTERVAL):
+    """Delete expired documents every ``interval`` seconds until cancelled."""
+    while True:
+        try:
+            removed = await purge_all_expired(db)
+            if removed:
+                log.info("purged %d expired sessions and rate-limit windows", removed)
+        except Exception:  # the next round tries again
+            log.exception("purge of expired documents failed")
+        await asyncio.sleep(interval)
+
+
 async def serve(config):
     """Run the server until SIGTERM or SIGINT."""
     client, db, embedded = await open_database(config)
     try:
-        await ensure_indexes(db)
+        purges_itself = await ensure_indexes(db)
+        purger = asyncio.ensure_future(purge_forever(db)) if purges_itself else None
         app = make_app(config, db)
         if config.load_sample_prices:
             for summary in await app.settings["services"].prices.load_sample_prices_if_empty():
@@ -81,6 +97,8 @@ async def serve(config):
         server.stop()
         await wait_for_requests(app, config.shutdown_grace)
         await runner.stop()
+        if purger:
+            purger.cancel()
         await services.events.stop()
         await services.portfolio.stop()
         await asyncio.wait_for(server.close_all_connections(), 2.0)

@@ -192,8 +192,10 @@ def _serve():  # pragma: no cover - runs in the child process
     """Child-process entry point: nx-27017 with quiet logging."""
     from nx_27017.nx_27017 import main
 
-    # nx-27017 logs every command at INFO; keep warnings and errors only.
-    logging.getLogger("nx_27017").setLevel(logging.WARNING)
+    # nx-27017 logs every command at INFO, and its storage layer a warning for
+    # every query it evaluates in Python: keep errors only.
+    logging.getLogger("nx_27017").setLevel(logging.ERROR)
+    logging.getLogger("neosqlite").setLevel(logging.ERROR)
     sys.argv = ["nx-27017", *sys.argv[1:]]
     main()
 

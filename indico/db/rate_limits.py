@@ -7,15 +7,14 @@ window has passed counts as zero even before the TTL monitor removes it.
 
 import datetime
 
-from pymongo import ASCENDING, ReturnDocument
+from pymongo import ReturnDocument
 from pymongo.errors import DuplicateKeyError
 
 from indico.db.util import journaled, now
 
 
 async def create_indexes(db):
-    await db.rate_limits.create_index([("expires", ASCENDING)], expireAfterSeconds=0,
-                                      name="expires_ttl")
+    """Nothing beyond the expiry index, which comes from ``ensure_indexes``."""
 
 
 async def get_counter(db, key):

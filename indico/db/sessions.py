@@ -6,7 +6,7 @@ ObjectId values outside ``_id``), ``user`` (a snapshot of the user without the
 password hash, so that authenticating a request is one read; rewritten when
 the user changes), ``created``, ``expires``. A TTL index removes expired
 sessions; lookups also filter on ``expires`` so a session is dead the moment
-it expires, whenever the TTL monitor runs.
+it expires, whenever the TTL monitor (or, on nx-27017, the server's purge) runs.
 """
 
 from pymongo import ASCENDING
@@ -15,8 +15,7 @@ from indico.db.util import journaled, now
 
 
 async def create_indexes(db):
-    await db.sessions.create_index([("expires", ASCENDING)], expireAfterSeconds=0,
-                                   name="expires_ttl")
+    """The user index; the expiry index comes from ``ensure_indexes``."""
     await db.sessions.create_index([("user_id", ASCENDING)], name="user")
 
 
@@ -43,10 +42,10 @@ async def get_session(db, token_hash):
     return await db.sessions.find_one({"_id": token_hash, "expires": {"$gt": now()}})
 
 
-async def update_user_sessions(db, user):
-    """Rewrite the user snapshot of every session of ``user`` after a change."""
-    await journaled(db, "sessions").update_many({"user_id": str(user["_id"])},
-                                               {"$set": {"user": user_snapshot(user)}})
+async def update_user_sessions(db, snapshot):
+    """Rewrite the user snapshot of every session of that user after a change."""
+    await journaled(db, "sessions").update_many({"user_id": snapshot["_id"]},
+                                               {"$set": {"user": snapshot}})
 
 
 async def delete_session(db, token_hash):

@@ -38,7 +38,7 @@ async def get_user_by_email(db, email):
 
 
 async def update_user(db, user_id, fields):
-    """Set ``fields`` (already validated) and return the updated user, or None.
+    """Set ``fields`` (already validated); False when there is no such user.
 
     Raises DuplicateKeyError when a new email is taken.
     """
@@ -46,7 +46,7 @@ async def update_user(db, user_id, fields):
     # violation in findAndModify with null instead of error 11000.
     result = await journaled(db, "users").update_one(
         {"_id": user_id}, {"$set": {**fields, "updated": now()}})
-    return await db.users.find_one({"_id": user_id}) if result.matched_count else None
+    return bool(result.matched_count)
 
 
 async def delete_user(db, user_id):

@@ -28,21 +28,39 @@ class AllocationMethod(str, enum.Enum):
     GREEDY = "greedy"
 
 
-def allocate_shares(weights, latest_prices, total):
+def allocate_shares(weights, latest_prices, total, solver=milp):
     """Whole shares for ``total`` that best match ``weights`` at ``latest_prices``.
 
     Args:
         weights: target weights, shape (n,), summing to 1.
         latest_prices: price per share on the last date, shape (n,), positive.
         total: amount to invest, > 0.
+        solver: the MILP solver, called like ``scipy.optimize.milp`` (a
+            parameter so that the fallbacks can be exercised).
 
     Returns:
         ``(shares, leftover, method)``: int array of shape (n,), the cash left
         (>= 0) and an :class:`AllocationMethod`.
     """
+    support = np.flatnonzero(weights > 0)
+    shares = np.zeros(weights.size, dtype=np.int64)
+    # Assets without a target get no shares in any optimum (a share only adds
+    # deviation and spending), and more than ceil(target / price) shares of an
+    # asset is never optimal either: solving the smaller, tighter problem gives
+    # the same answer several times faster.
+    part, method = _solve(weights[support], latest_prices[support], total, solver)
+    if part is None:
+        shares = greedy_shares(weights, latest_prices, total)
+        return shares, max(total - float(latest_prices @ shares), 0.0), AllocationMethod.GREEDY
+    shares[support] = part
+    return shares, max(total - float(latest_prices @ shares), 0.0), method
+
+
+def _solve(weights, latest_prices, total, solver):
+    """The MILP of :func:`allocate_shares`; ``(shares, method)`` or ``(None, None)``."""
     targets = weights * total
     n = weights.size
-    max_shares = np.floor(total / latest_prices)
+    max_shares = np.minimum(np.floor(total / latest_prices), np.ceil(targets / latest_prices))
     # Variables: [x (n shares), d (n absolute deviations)].
     cost = np.concatenate((np.zeros(n), np.ones(n)))
     identity = np.eye(n)
@@ -55,7 +73,7 @@ def allocate_shares(weights, latest_prices, total):
     ]
     integrality = np.concatenate((np.ones(n), np.zeros(n)))
     bounds = Bounds(np.zeros(2 * n), np.concatenate((max_shares, np.full(n, np.inf))))
-    result = milp(
+    result = solver(
         cost,
         constraints=constraints,
         integrality=integrality,
@@ -68,9 +86,8 @@ def allocate_shares(weights, latest_prices, total):
         spent = float(latest_prices @ shares)
         if np.all(shares >= 0) and spent <= total * (1 + 1e-12):
             method = AllocationMethod.MILP if result.status == 0 else AllocationMethod.MILP_TIME_LIMIT
-            return shares, max(total - spent, 0.0), method
-    shares = greedy_shares(weights, latest_prices, total)
-    return shares, max(total - float(latest_prices @ shares), 0.0), AllocationMethod.GREEDY
+            return shares, method
+    return None, None
 
 
 def greedy_shares(weights, latest_prices, total):

@@ -6,7 +6,14 @@ from pydantic import StringConstraints
 
 from indico.routes.base import ActionHandler, action
 from indico.routes.models import (
-    Email, Empty, LoginEmail, Name, Password, Request, SessionResponse, UserPublic,
+    Email,
+    Empty,
+    LoginEmail,
+    Name,
+    Password,
+    Request,
+    SessionResponse,
+    UserPublic,
     UserResponse,
 )
 

@@ -10,6 +10,9 @@ from typing import Annotated, Literal
 
 import email_validator
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic_core import PydanticCustomError
+
+from indico.services.price_files import SYMBOL_RULE, normalize_symbol
 
 
 def _email(value):
@@ -94,9 +97,6 @@ class Empty(BaseModel):
 
 
 # The symbol rule lives with the price store; every resource's request models share it.
-from pydantic_core import PydanticCustomError
-
-from indico.services.price_files import SYMBOL_RULE, normalize_symbol
 
 
 def _symbol(value):

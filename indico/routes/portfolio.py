@@ -9,7 +9,12 @@ import datetime
 from typing import Annotated
 
 from pydantic import (
-    AliasChoices, BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints,
+    AliasChoices,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
     field_validator,
 )
 

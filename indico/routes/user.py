@@ -4,7 +4,14 @@ from pydantic import ConfigDict, model_validator
 
 from indico.routes.base import ActionHandler, action
 from indico.routes.models import (
-    Email, Empty, Name, Password, Preferences, Request, UserPublic, UserResponse,
+    Email,
+    Empty,
+    Name,
+    Password,
+    Preferences,
+    Request,
+    UserPublic,
+    UserResponse,
 )
 
 

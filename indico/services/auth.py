@@ -96,7 +96,7 @@ class AuthService:
         await rate_limits.reset(self.db, account_key)
         if self.passwords.needs_rehash(stored_hash):
             new_hash = await self.passwords.hash(password)
-            user = await users.update_user(self.db, user["_id"], {"password_hash": new_hash})
+            await users.update_user(self.db, user["_id"], {"password_hash": new_hash})
         return await self._new_session(user)
 
     async def logout(self, token):

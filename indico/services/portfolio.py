@@ -136,19 +136,21 @@ class PortfolioService:
                 nothing is stored then.
         """
         self.check_params(params)
-        active = await jobs.count_active_jobs(self.db, owner)
-        if active >= self.config.max_active_jobs:
-            raise error.TooManyRequests(
-                f"you have {active} jobs queued or running; the limit is "
-                f"{self.config.max_active_jobs}: wait for one to finish", retry_after=5)
         frame, benchmark = await self.load_inputs(params)
+        limit = self.config.max_active_jobs
         if not wait:
-            job = await jobs.create_job(self.db, owner, params)
+            job = await jobs.create_job(self.db, owner, params, limit)
+        else:
+            job = await jobs.create_job(self.db, owner, params, limit, worker=self.worker,
+                                        lease=self.config.job_lease)
+        if job is None:
+            raise error.TooManyRequests(
+                f"you have {limit} jobs queued or running; the limit is {limit}: "
+                "wait for one to finish", retry_after=5)
+        if not wait:
             self.events.publish(job, job["events"][-1])
             self.spawn(self.claim_and_run())
             return 202, job
-        job = await jobs.create_job(self.db, owner, params, worker=self.worker,
-                                    lease=self.config.job_lease)
         self.events.publish(job, job["events"][0])
         self.events.publish(job, job["events"][1])
         task = asyncio.ensure_future(self.execute(job, frame, benchmark, discard_invalid=True))

@@ -16,7 +16,7 @@ class JobsTest(ServerTest):
 
     def test_claim_is_atomic_between_racing_workers(self):
         for _ in range(3):
-            self.run_async(jobs.create_job, "owner", PARAMS)
+            self.run_async(jobs.create_job, "owner", PARAMS, 10)
 
         async def race():
             return await asyncio.gather(*[jobs.claim_job(self.db, f"w{n}", 30) for n in range(6)])
@@ -28,8 +28,8 @@ class JobsTest(ServerTest):
         self.assertTrue(all(job["attempts"] == 1 for job in running))
 
     def test_oldest_queued_job_first_then_nothing(self):
-        first = self.run_async(jobs.create_job, "owner", PARAMS)
-        self.run_async(jobs.create_job, "owner", PARAMS)
+        first = self.run_async(jobs.create_job, "owner", PARAMS, 10)
+        self.run_async(jobs.create_job, "owner", PARAMS, 10)
         claimed = self.run_async(jobs.claim_job, "w1", 30)
         self.assertEqual(claimed["_id"], first["_id"])
         self.assertEqual([event["event"] for event in claimed["events"]], ["queued", "running"])
@@ -37,7 +37,7 @@ class JobsTest(ServerTest):
         self.assertIsNone(self.run_async(jobs.claim_job, "w1", 30))
 
     def test_expired_lease_is_claimed_again_and_the_old_worker_cannot_complete(self):
-        job = self.run_async(jobs.create_job, "owner", PARAMS, worker="dead", lease=0.05)
+        job = self.run_async(jobs.create_job, "owner", PARAMS, 10, worker="dead", lease=0.05)
         self.assertIsNone(self.run_async(jobs.claim_job, "w2", 30))  # lease still live
         time.sleep(0.1)
         taken = self.run_async(jobs.claim_job, "w2", 30)
@@ -56,13 +56,13 @@ class JobsTest(ServerTest):
                          ["queued", "running", "running", "done"])
 
     def test_renewal_keeps_the_job(self):
-        job = self.run_async(jobs.create_job, "owner", PARAMS, worker="w1", lease=0.2)
+        job = self.run_async(jobs.create_job, "owner", PARAMS, 10, worker="w1", lease=0.2)
         self.assertTrue(self.run_async(jobs.renew_lease, job["_id"], "w1", 30))
         time.sleep(0.25)
         self.assertIsNone(self.run_async(jobs.claim_job, "w2", 30))
 
     def test_paging_newest_first_is_owner_scoped(self):
-        created = [self.run_async(jobs.create_job, owner, PARAMS)
+        created = [self.run_async(jobs.create_job, owner, PARAMS, 10)
                    for owner in ("a", "b", "a", "a", "b", "a")]
         mine = [job["_id"] for job in reversed(created) if job["owner"] == "a"]
         first = self.run_async(jobs.list_jobs, "a", 2)
@@ -70,7 +70,20 @@ class JobsTest(ServerTest):
         after = (first[-1]["created"], first[-1]["_id"])
         second = self.run_async(jobs.list_jobs, "a", 5, after)
         self.assertEqual([job["_id"] for job in second], mine[2:])
-        self.assertEqual(self.run_async(jobs.count_active_jobs, "a"), 4)
         self.assertEqual(self.run_async(jobs.get_job, "b", mine[0]), None)
         self.assertEqual(self.run_async(jobs.delete_job, "b", mine[0]), 0)
         self.assertEqual(self.run_async(jobs.delete_job, "a", mine[0]), 1)
+
+    def test_slots_cap_active_jobs_and_completion_frees_one(self):
+        first = self.run_async(jobs.create_job, "a", PARAMS, 2, worker="w1", lease=30)
+        self.run_async(jobs.create_job, "a", PARAMS, 2)
+        self.assertIsNone(self.run_async(jobs.create_job, "a", PARAMS, 2))
+        self.assertIsNotNone(self.run_async(jobs.create_job, "b", PARAMS, 2))  # per user
+        self.run_async(jobs.complete_job, first, "w1", jobs.DONE, jobs.new_event(jobs.DONE),
+                       result={})
+        again = self.run_async(jobs.create_job, "a", PARAMS, 2)
+        self.assertEqual(again["slot"], "a:0")
+        done = [job for job in self.find("jobs") if job["_id"] == first["_id"]][0]
+        self.assertNotIn("slot", done)
+        self.assertEqual(sorted(job["slot"] for job in self.find("jobs") if "slot" in job),
+                         ["a:0", "a:1", "b:0"])

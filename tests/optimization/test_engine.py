@@ -159,6 +159,31 @@ class AllocationTest(unittest.TestCase):
         assert_allclose(leftover, total - prices @ shares, rtol=1e-12)
         self.assertGreaterEqual(leftover, 0.0)
 
+    def test_optimal_against_enumeration_with_zero_weights_and_below_floor_optima(self):
+        # Pruning zero-weight assets and capping shares at ceil(target / price)
+        # must not change the optimum: check random small problems exhaustively.
+        rng = np.random.default_rng(7)
+        cases = [(np.array([10 / 109.9, 99.9 / 109.9]), np.array([1.0, 100.0]), 109.9)]
+        for _ in range(25):
+            weights = rng.dirichlet(np.ones(4))
+            weights[rng.integers(4)] = 0.0
+            cases.append((weights / weights.sum(), rng.uniform(20, 300, 4),
+                          float(rng.uniform(200, 900))))
+        for weights, prices, total in cases:
+            shares, leftover, method = allocate_shares(weights, prices, total)
+            self.assertEqual(method, AllocationMethod.MILP)
+            self.assertTrue(np.all(shares[weights == 0] == 0))
+            best = min(
+                float(np.abs(prices * np.array(x) - weights * total).sum())
+                for x in itertools.product(*(range(int(total // p) + 1) for p in prices))
+                if prices @ np.array(x) <= total
+            )
+            found = float(np.abs(prices * shares - weights * total).sum())
+            assert_allclose(found, best, rtol=1e-9, atol=1e-9)
+            self.assertGreaterEqual(leftover, 0.0)
+        # The first case needs one share below the floor of the cheap asset.
+        self.assertEqual(allocate_shares(*cases[0])[0].tolist(), [9, 1])
+
     def test_greedy_fallback_never_overspends(self):
         rng = np.random.default_rng(0)
         for _ in range(50):

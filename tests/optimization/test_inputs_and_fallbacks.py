@@ -5,6 +5,7 @@ report failure) so that every mean-variance objective is also checked through th
 guaranteed primal active-set walk, against the fast result.
 """
 
+import types
 import unittest
 from unittest import mock
 
@@ -158,20 +159,25 @@ class RiskParityTest(unittest.TestCase):
 
 
 class AllocationFallbackTest(unittest.TestCase):
+    @staticmethod
+    def solver_answering(status, x):
+        """A stand-in for scipy's milp that ends with ``status`` and point ``x``."""
+        def solve(*args, **kwargs):
+            return types.SimpleNamespace(status=status, x=x)
+        return solve
+
     def test_greedy_when_milp_fails(self):
-        failed = mock.Mock(status=4, x=None)
-        with mock.patch("indico.optimization.allocation.milp", return_value=failed):
-            shares, leftover, method = allocate_shares(
-                np.array([0.6, 0.4]), np.array([10.0, 20.0]), 1000.0)
+        shares, leftover, method = allocate_shares(
+            np.array([0.6, 0.4]), np.array([10.0, 20.0]), 1000.0,
+            solver=self.solver_answering(4, None))
         self.assertEqual(method, AllocationMethod.GREEDY)
         self.assertEqual(shares.tolist(), [60, 20])
         self.assertEqual(leftover, 0.0)
 
     def test_time_limit_keeps_best_point(self):
-        limited = mock.Mock(status=1, x=np.array([3.0, 1.0, 0.0, 0.0]))
-        with mock.patch("indico.optimization.allocation.milp", return_value=limited):
-            shares, leftover, method = allocate_shares(
-                np.array([0.6, 0.4]), np.array([10.0, 20.0]), 100.0)
+        shares, leftover, method = allocate_shares(
+            np.array([0.6, 0.4]), np.array([10.0, 20.0]), 100.0,
+            solver=self.solver_answering(1, np.array([3.0, 1.0, 0.0, 0.0])))
         self.assertEqual(method, AllocationMethod.MILP_TIME_LIMIT)
         self.assertEqual(shares.tolist(), [3, 1])
         self.assertEqual(leftover, 50.0)

@@ -231,11 +231,11 @@ class LimitsTest(PortfolioTest):
     settings = {"max_active_jobs": 1, "max_symbols": 3, "max_range_years": 2}
 
     def test_too_many_active_jobs_is_429(self):
-        [user] = self.find("users")
-        self.io_loop.run_sync(lambda: self.db.jobs.insert_one({
-            "_id": "f" * 24, "owner": str(user["_id"]), "status": "running", "params": {},
-            "events": [], "lease_owner": "elsewhere", "lease_expires": time.time() + 600,
-            "created": user["created"], "updated": time.time()}))
+        from indico.db import jobs
+        owner = str(self.find("users")[0]["_id"])
+        # A job running in another process holds the user's only slot.
+        self.io_loop.run_sync(lambda: jobs.create_job(self.db, owner, {}, 1, worker="elsewhere",
+                                                      lease=600))
         before = self.snapshot("jobs")
         status, body, response = self.request("POST", "/portfolio/optimize",
                                               {**SEED_BODY, "endDate": "2013-01-01"},
@@ -306,7 +306,7 @@ class CommandBudgetTest(PortfolioTest):
         status, body = self.optimize({**SEED_BODY, "objective": "min_volatility"})
         self.assertEqual(status, 200, body)
         self.assertLessEqual(len(self.counter.names), 4, self.counter.names)
-        self.assertEqual(self.counter.names, ["find", "aggregate", "insert", "update"])
+        self.assertEqual(self.counter.names, ["find", "insert", "update"])
 
 
 class LeaseTakeoverTest(PortfolioTest):
@@ -320,7 +320,7 @@ class LeaseTakeoverTest(PortfolioTest):
                   "target_return": None, "target_volatility": None}
         # What a process killed mid-way leaves behind: running, leased, never finished.
         dead = self.io_loop.run_sync(lambda: jobs.create_job(
-            self.db, owner, params, worker="killed-process", lease=0.2))
+            self.db, owner, params, 5, worker="killed-process", lease=0.2))
         service = self._app.settings["services"].portfolio
         self.assertFalse(self.io_loop.run_sync(service.claim_and_run))  # lease still live
         time.sleep(0.3)
@@ -341,7 +341,7 @@ class LeaseTakeoverTest(PortfolioTest):
                   "end_date": "2016-03-20", "initial_investment": 1000.0,
                   "objective": "max_sharpe", "risk_free_rate": 0.0, "weight_bounds": [0.0, 1.0],
                   "target_return": None, "target_volatility": None}
-        job = self.io_loop.run_sync(lambda: jobs.create_job(self.db, owner, params))
+        job = self.io_loop.run_sync(lambda: jobs.create_job(self.db, owner, params, 5))
         service = self._app.settings["services"].portfolio
         self.assertTrue(self.io_loop.run_sync(service.claim_and_run))
         [stored] = self.find("jobs")
