@@ -1,6 +1,8 @@
 """Discrete allocation: whole shares that best match target weights.
 
-Method: a mixed-integer linear program (scipy's ``milp``, i.e. HiGHS) that picks
+Method: when rounding every target to the nearest whole share fits the budget,
+that is optimal (each asset is as close to its target as whole shares allow).
+Otherwise a mixed-integer linear program (scipy's ``milp``, i.e. HiGHS) that picks
 whole share counts ``x`` minimising the total absolute money deviation from the
 targets, ``Σ |p_i x_i - w_i V|``, subject to spending at most ``V`` (so the leftover
 cash is never negative). The absolute values are linearised with one auxiliary
@@ -23,6 +25,7 @@ MILP_TIME_LIMIT = 2.0
 class AllocationMethod(str, enum.Enum):
     """How the share counts were obtained."""
 
+    ROUNDING = "rounding"
     MILP = "milp"
     MILP_TIME_LIMIT = "milp_time_limit"
     GREEDY = "greedy"
@@ -44,6 +47,12 @@ def allocate_shares(weights, latest_prices, total, solver=milp):
     """
     support = np.flatnonzero(weights > 0)
     shares = np.zeros(weights.size, dtype=np.int64)
+    # Each asset's deviation is at least its distance to the nearest whole
+    # share; when rounding every target to the nearest share stays within the
+    # budget, that bound is reached and no solver is needed.
+    nearest = np.round(weights * total / latest_prices).astype(np.int64)
+    if float(latest_prices @ nearest) <= total:
+        return nearest, total - float(latest_prices @ nearest), AllocationMethod.ROUNDING
     # Assets without a target get no shares in any optimum (a share only adds
     # deviation and spending), and more than ceil(target / price) shares of an
     # asset is never optimal either: solving the smaller, tighter problem gives

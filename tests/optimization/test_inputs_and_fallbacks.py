@@ -166,21 +166,31 @@ class AllocationFallbackTest(unittest.TestCase):
             return types.SimpleNamespace(status=status, x=x)
         return solve
 
+    # Targets 55 and 45: rounding to the nearest share (6 and 2) would spend 120,
+    # so these cases need the solver.
+    WEIGHTS, PRICES, TOTAL = np.array([0.55, 0.45]), np.array([10.0, 30.0]), 100.0
+
     def test_greedy_when_milp_fails(self):
         shares, leftover, method = allocate_shares(
-            np.array([0.6, 0.4]), np.array([10.0, 20.0]), 1000.0,
-            solver=self.solver_answering(4, None))
+            self.WEIGHTS, self.PRICES, self.TOTAL, solver=self.solver_answering(4, None))
         self.assertEqual(method, AllocationMethod.GREEDY)
-        self.assertEqual(shares.tolist(), [60, 20])
-        self.assertEqual(leftover, 0.0)
+        self.assertEqual(shares.tolist(), [6, 1])
+        assert_allclose(leftover, 10.0)
 
     def test_time_limit_keeps_best_point(self):
         shares, leftover, method = allocate_shares(
-            np.array([0.6, 0.4]), np.array([10.0, 20.0]), 100.0,
-            solver=self.solver_answering(1, np.array([3.0, 1.0, 0.0, 0.0])))
+            self.WEIGHTS, self.PRICES, self.TOTAL,
+            solver=self.solver_answering(1, np.array([4.0, 2.0, 0.0, 0.0])))
         self.assertEqual(method, AllocationMethod.MILP_TIME_LIMIT)
-        self.assertEqual(shares.tolist(), [3, 1])
-        self.assertEqual(leftover, 50.0)
+        self.assertEqual(shares.tolist(), [4, 2])
+        self.assertEqual(leftover, 0.0)
+
+    def test_the_real_solver_finds_the_optimum_there(self):
+        shares, leftover, method = allocate_shares(self.WEIGHTS, self.PRICES, self.TOTAL)
+        self.assertEqual(method, AllocationMethod.MILP)
+        # [5, 1] and [6, 1] both deviate by 20, the least any affordable choice reaches.
+        self.assertIn(shares.tolist(), ([5, 1], [6, 1]))
+        assert_allclose(np.abs(self.PRICES * shares - self.WEIGHTS * self.TOTAL).sum(), 20.0)
 
 
 if __name__ == "__main__":
