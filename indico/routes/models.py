@@ -35,7 +35,15 @@ Email = Annotated[str, StringConstraints(max_length=320), AfterValidator(_email)
 LoginEmail = Annotated[str, StringConstraints(strip_whitespace=True, to_lower=True,
                                               min_length=1, max_length=320)]
 Password = Annotated[str, StringConstraints(min_length=8, max_length=1024)]
-Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
+def _name(value):
+    value = value.strip()
+    if not value:
+        raise ValueError("a name cannot be blank")
+    return value
+
+
+# Lengths are checked before trimming, so that the limit is the documented one.
+Name = Annotated[str, StringConstraints(min_length=1, max_length=100), AfterValidator(_name)]
 
 
 class Request(BaseModel):

@@ -15,6 +15,7 @@ from pydantic import (
     ConfigDict,
     Field,
     StringConstraints,
+    WithJsonSchema,
     field_validator,
 )
 
@@ -38,7 +39,11 @@ def _date(value):
     raise ValueError(f"{value[:20]!r} is not a date; give YYYY-MM-DD or MM-DD-YY")
 
 
-DateText = Annotated[str, BeforeValidator(_date)]
+DATE_PATTERN = (r"^([1-9]\d{3}-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])"
+                r"|(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])-\d{2})$")
+DateText = Annotated[str, BeforeValidator(_date), WithJsonSchema(
+    {"type": "string", "pattern": DATE_PATTERN,
+     "description": "YYYY-MM-DD, or the seed's MM-DD-YY", "examples": ["2012-01-01"]})]
 JobId = Annotated[str, StringConstraints(min_length=1, max_length=64)]
 
 

@@ -58,6 +58,8 @@ class UserTest(ServerTest):
             ({"update_user": {"name": {"$gt": ""}}}, "update_user.name"),
             ({"update_user": {}}, "update_user"),
             ({"update_user": {"name": None}}, "update_user.name"),
+            ({"update_user": {"name": "   "}}, "update_user.name"),
+            ({"update_user": {"name": " " + "x" * 100}}, "update_user.name"),
             ({"update_user": {"email": None}}, "update_user.email"),
             ({"update_user": "name=x"}, "update_user"),
             ({"name": "top level"}, "update_user"),
