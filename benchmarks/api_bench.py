@@ -36,14 +36,12 @@ import multiprocessing
 import os
 import pathlib
 import platform
-import re
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.error
 import urllib.request
