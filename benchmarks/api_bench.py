@@ -233,6 +233,8 @@ def main():
     parser.add_argument("--connections", type=int, default=50)
     parser.add_argument("--no-profile", action="store_true")
     parser.add_argument("--profile-out", default="/tmp/profile.txt")
+    parser.add_argument("--session-cache", type=float, default=0.0,
+                        help="INDICO_SESSION_CACHE for the server (default 0: off)")
     args = parser.parse_args()
     if not shutil.which("wrk"):
         sys.exit("api_bench: wrk is needed (apt-get install wrk)")
@@ -243,7 +245,9 @@ def main():
         "INDICO_DATA_DIR": workdir, "INDICO_LOG_LEVEL": "WARNING",
         "INDICO_SIGNUP_MAX_PER_ADDRESS": "1000000", "INDICO_LOGIN_MAX_FAILURES": "1000000",
         "INDICO_LOGIN_ADDRESS_MAX_FAILURES": "1000000", "INDICO_LOAD_SAMPLE_PRICES": "true",
+        "INDICO_SESSION_CACHE": str(args.session_cache),
     })
+    print(f"INDICO_SESSION_CACHE={args.session_cache}", flush=True)
     indico_port, bare_port = free_port(), free_port()
     logs = [open(os.path.join(workdir, name), "w") for name in ("indico.log", "bare.log")]
     indico = subprocess.Popen([sys.executable, "-m", "indico.server", f"--port={indico_port}"],

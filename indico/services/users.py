@@ -14,11 +14,13 @@ class UsersService:
     Args:
         db: the database handle.
         passwords: a :class:`indico.services.passwords.Passwords`.
+        cache: the :class:`indico.services.auth.SessionCache` of this process.
     """
 
-    def __init__(self, db, passwords):
+    def __init__(self, db, passwords, cache):
         self.db = db
         self.passwords = passwords
+        self.cache = cache
 
     async def update(self, user, fields):
         """Apply already-validated ``fields`` (name, email, preferences) to ``user``.
@@ -39,6 +41,7 @@ class UsersService:
         if not found:
             raise error.Unauthorized("the account no longer exists")
         updated = {**user, **fields}
+        self.cache.forget_user(user["_id"])
         await sessions.update_user_sessions(self.db, updated)
         return updated
 
@@ -56,11 +59,13 @@ class UsersService:
         stored = await self._check_password(user, current_password, "current_password")
         new_hash = await self.passwords.hash(new_password)
         await users.update_user(self.db, stored["_id"], {"password_hash": new_hash})
+        self.cache.forget_user(str(user["_id"]), keep=token_hash(token))
         await sessions.delete_user_sessions(self.db, str(user["_id"]), keep=token_hash(token))
 
     async def delete(self, user, password):
         """Delete the user, their sessions and their results."""
         stored = await self._check_password(user, password, "password")
+        self.cache.forget_user(str(stored["_id"]))
         await jobs.delete_owner_jobs(self.db, str(stored["_id"]))
         await sessions.delete_user_sessions(self.db, str(stored["_id"]))
         await users.delete_user(self.db, stored["_id"])
