@@ -143,12 +143,12 @@ class ResultTest(unittest.TestCase):
 
 
 class AllocationTest(unittest.TestCase):
-    def test_milp_is_optimal_against_enumeration(self):
+    def test_allocation_is_optimal_against_enumeration(self):
         prices = np.array([173.5, 61.2, 412.9])
         weights = np.array([0.45, 0.35, 0.20])
         total = 1500.0
         shares, leftover, method = allocate_shares(weights, prices, total)
-        self.assertIn(method, (AllocationMethod.ROUNDING, AllocationMethod.MILP))
+        self.assertIn(method, (AllocationMethod.ROUNDING, AllocationMethod.BRANCH_AND_BOUND))
         best = min(
             (float(np.abs(prices * np.array(x) - weights * total).sum()), x)
             for x in itertools.product(*(range(int(total // p) + 1) for p in prices))
@@ -170,8 +170,10 @@ class AllocationTest(unittest.TestCase):
             cases.append((weights / weights.sum(), rng.uniform(20, 300, 4),
                           float(rng.uniform(200, 900))))
         methods = set()
-        for weights, prices, total in cases:
-            shares, leftover, method = allocate_shares(weights, prices, total)
+        for (weights, prices, total), node_limit in itertools.product(cases, (None, 0)):
+            # node_limit 0 sends what rounding cannot settle to the MILP instead.
+            shares, leftover, method = allocate_shares(weights, prices, total,
+                                                       node_limit=node_limit)
             methods.add(method)
             self.assertTrue(np.all(shares[weights == 0] == 0))
             best = min(
@@ -182,8 +184,9 @@ class AllocationTest(unittest.TestCase):
             found = float(np.abs(prices * shares - weights * total).sum())
             assert_allclose(found, best, rtol=1e-9, atol=1e-9)
             self.assertGreaterEqual(leftover, 0.0)
-        # Both exact paths were exercised.
-        self.assertEqual(methods, {AllocationMethod.ROUNDING, AllocationMethod.MILP})
+        # Every exact path was exercised.
+        self.assertEqual(methods, {AllocationMethod.ROUNDING, AllocationMethod.BRANCH_AND_BOUND,
+                                   AllocationMethod.MILP})
         # The first case needs one share below the floor of the cheap asset.
         self.assertEqual(allocate_shares(*cases[0])[0].tolist(), [9, 1])
 

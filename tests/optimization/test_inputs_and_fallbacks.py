@@ -166,13 +166,14 @@ class AllocationFallbackTest(unittest.TestCase):
             return types.SimpleNamespace(status=status, x=x)
         return solve
 
-    # Targets 55 and 45: rounding to the nearest share (6 and 2) would spend 120,
-    # so these cases need the solver.
+    # Targets 55 and 45: rounding to the nearest share (6 and 2) would spend 120;
+    # with no nodes for the branch and bound these cases go to the MILP.
     WEIGHTS, PRICES, TOTAL = np.array([0.55, 0.45]), np.array([10.0, 30.0]), 100.0
 
     def test_greedy_when_milp_fails(self):
         shares, leftover, method = allocate_shares(
-            self.WEIGHTS, self.PRICES, self.TOTAL, solver=self.solver_answering(4, None))
+            self.WEIGHTS, self.PRICES, self.TOTAL, solver=self.solver_answering(4, None),
+            node_limit=0)
         self.assertEqual(method, AllocationMethod.GREEDY)
         self.assertEqual(shares.tolist(), [6, 1])
         assert_allclose(leftover, 10.0)
@@ -180,17 +181,35 @@ class AllocationFallbackTest(unittest.TestCase):
     def test_time_limit_keeps_best_point(self):
         shares, leftover, method = allocate_shares(
             self.WEIGHTS, self.PRICES, self.TOTAL,
-            solver=self.solver_answering(1, np.array([4.0, 2.0, 0.0, 0.0])))
+            solver=self.solver_answering(1, np.array([4.0, 2.0, 0.0, 0.0])), node_limit=0)
         self.assertEqual(method, AllocationMethod.MILP_TIME_LIMIT)
         self.assertEqual(shares.tolist(), [4, 2])
         self.assertEqual(leftover, 0.0)
 
-    def test_the_real_solver_finds_the_optimum_there(self):
-        shares, leftover, method = allocate_shares(self.WEIGHTS, self.PRICES, self.TOTAL)
-        self.assertEqual(method, AllocationMethod.MILP)
-        # [5, 1] and [6, 1] both deviate by 20, the least any affordable choice reaches.
-        self.assertIn(shares.tolist(), ([5, 1], [6, 1]))
-        assert_allclose(np.abs(self.PRICES * shares - self.WEIGHTS * self.TOTAL).sum(), 20.0)
+    def test_branch_and_bound_and_milp_agree_there(self):
+        for node_limit, expected in ((None, AllocationMethod.BRANCH_AND_BOUND),
+                                     (0, AllocationMethod.MILP)):
+            shares, leftover, method = allocate_shares(self.WEIGHTS, self.PRICES, self.TOTAL,
+                                                       node_limit=node_limit)
+            self.assertEqual(method, expected)
+            # [5, 1] and [6, 1] both deviate by 20, the least any affordable choice reaches.
+            self.assertIn(shares.tolist(), ([5, 1], [6, 1]))
+            assert_allclose(np.abs(self.PRICES * shares - self.WEIGHTS * self.TOTAL).sum(),
+                            20.0)
+
+    def test_branch_and_bound_matches_the_milp_on_random_problems(self):
+        rng = np.random.default_rng(11)
+        for _ in range(150):
+            n = int(rng.integers(2, 25))
+            weights = rng.dirichlet(np.ones(n) * rng.choice([0.3, 1.0, 3.0]))
+            prices = rng.uniform(5, 800, n)
+            total = float(rng.choice([500, 1_000, 10_000, 100_000]) * rng.uniform(0.5, 2))
+            fast = allocate_shares(weights, prices, total)
+            slow = allocate_shares(weights, prices, total, node_limit=0)
+            self.assertLessEqual(prices @ fast[0], total * (1 + 1e-12))
+            deviation = [np.abs(prices * shares - weights * total).sum()
+                         for shares in (fast[0], slow[0])]
+            self.assertLessEqual(deviation[0], deviation[1] + 1e-9 * total)
 
 
 if __name__ == "__main__":
