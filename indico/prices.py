@@ -98,13 +98,13 @@ async def import_files(service, paths, symbol=None, quiet=False, out=None, err=N
     return rejected
 
 
-async def run(config, args):
+async def run(config, args, out=None, err=None):
     """Open the database, create the indexes, import; return the exit code."""
     client, db, embedded = await open_database(config)
     try:
         await ensure_indexes(db)
         service = PriceService(db, config)
-        rejected = await import_files(service, args.files, args.symbol, args.quiet)
+        rejected = await import_files(service, args.files, args.symbol, args.quiet, out, err)
     finally:
         await client.close()
         if embedded:
@@ -112,25 +112,32 @@ async def run(config, args):
     return EXIT_REJECTED if rejected else 0
 
 
-def main(argv=None):
-    """Console entry point ``indico-prices``."""
+def main(argv=None, environ=None, out=None, err=None):
+    """Console entry point ``indico-prices``.
+
+    Args:
+        argv: the arguments (``sys.argv[1:]`` if None).
+        environ: the ``INDICO_*`` settings (``os.environ`` if None).
+        out, err: streams for summaries and errors (stdout, stderr if None).
+    """
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    err = sys.stderr if err is None else err
     try:
-        config = Config.from_environ()
+        config = Config.from_environ(environ)
     except ConfigError as exc:
-        sys.stderr.write(f"indico-prices: configuration error: {exc}\n")
+        err.write(f"indico-prices: configuration error: {exc}\n")
         return EXIT_USAGE
     logging.basicConfig(level=logging.WARNING, format="indico-prices: %(message)s")
     try:
-        return asyncio.run(run(config, args))
+        return asyncio.run(run(config, args, out, err))
     except (PyMongoError, RuntimeError, error.IndicoError) as exc:
-        sys.stderr.write(f"indico-prices: {exc}\n")
+        err.write(f"indico-prices: {exc}\n")
         return EXIT_DATABASE
     except KeyboardInterrupt:
         # asyncio.run cancelled the import: a file being written is stored whole
         # or not at all (PriceService._commit removes what it staged).
-        sys.stderr.write("indico-prices: interrupted; the files reported above are stored, "
-                         "the one being imported is stored whole or not at all\n")
+        err.write("indico-prices: interrupted; the files reported above are stored, "
+                  "the one being imported is stored whole or not at all\n")
         return EXIT_INTERRUPTED
 
 

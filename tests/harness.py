@@ -13,6 +13,7 @@ import shutil
 import tempfile
 import uuid
 
+from pymongo import monitoring
 from tornado.testing import AsyncHTTPTestCase
 
 from config import Config
@@ -34,6 +35,22 @@ def shared_pool():
         _server["pool"] = create_pool(2)
         atexit.register(_server["pool"].shutdown, wait=False, cancel_futures=True)
     return _server["pool"]
+
+
+class CommandCounter(monitoring.CommandListener):
+    """Records the name of every command a client sends (PyMongo command monitoring)."""
+
+    def __init__(self):
+        self.names = []
+
+    def started(self, event):
+        self.names.append(event.command_name)
+
+    def succeeded(self, event):
+        pass
+
+    def failed(self, event):
+        pass
 
 
 def database_uri():

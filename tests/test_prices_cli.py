@@ -4,12 +4,12 @@ import gzip
 import io
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import unittest
 import uuid
-from unittest import mock
 
 from pymongo import MongoClient
 
@@ -18,6 +18,7 @@ from indico.db.embedded import EmbeddedServer
 from tests.harness import ServerTest, database_uri
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SAMPLE = os.path.join(ROOT, "indico", "data", "sp500_prices.csv.gz")
 YAHOO = "Date,Open,High,Low,Close,Adj Close,Volume\n2020-01-02,1,1,1,1,7.5,10\n"
 
 
@@ -161,12 +162,8 @@ class MainTest(Files, unittest.TestCase):
         self.addCleanup(self.client.drop_database, self.database)
 
     def main(self, argv, **variables):
-        env = {key: value for key, value in os.environ.items() if not key.startswith("INDICO_")}
-        env.update(variables)
         out, err = io.StringIO(), FakeTerminal()
-        with mock.patch.dict(os.environ, env, clear=True), \
-                mock.patch.object(sys, "stdout", out), mock.patch.object(sys, "stderr", err):
-            code = cli.main(argv)
+        code = cli.main(argv, environ=variables, out=out, err=err)
         return code, out.getvalue(), err.getvalue()
 
     def test_progress_bar_on_a_terminal_and_quiet_mode(self):
@@ -188,12 +185,17 @@ class MainTest(Files, unittest.TestCase):
         self.assertIn("configuration error: INDICO_PORT", err)
 
     def test_interrupted(self):
-        def interrupt(coroutine):
-            coroutine.close()
-            raise KeyboardInterrupt
-        with mock.patch("asyncio.run", interrupt):
-            code, _, err = self.main(["import", "x.csv"])
-        self.assertEqual(code, 130)
+        # A real Ctrl-C: SIGINT to an importer busy with the whole sample, several times over.
+        files = [SAMPLE] * 40
+        process = subprocess.Popen(
+            [sys.executable, "-m", "indico.prices", "import", *files], cwd=ROOT,
+            env=environment(self.database), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True)
+        self.addCleanup(lambda: process.poll() is None and process.kill())
+        process.stdout.readline()  # the first file's summary: it is working
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=60)
+        self.assertEqual(process.returncode, 130, err)
         self.assertIn("interrupted", err)
 
     def test_database_failure(self):

@@ -237,13 +237,21 @@ class PriceService:
         executor: where file parsing runs (``None``: the loop's default executor).
         cache_rows: the most prices the bucket cache keeps (12 bytes each).
         frame_cache_cells: the most cells the frame cache keeps (8 bytes each).
+        meta, buckets: the collection modules it stores through
+            (``indico.db.price_meta`` and ``indico.db.prices``); parameters so
+            that tests can make one call fail or lose a race, on the real database.
+        staging_limit: how old staged buckets may be when an import commits.
     """
 
     def __init__(self, db, config, *, executor=None, cache_rows=2_000_000,
-                 frame_cache_cells=2_000_000):
+                 frame_cache_cells=2_000_000, meta=price_meta, buckets=prices,
+                 staging_limit=STAGING_LIMIT):
         self.db = db
         self.config = config
         self.executor = executor
+        self.meta = meta
+        self.buckets = buckets
+        self.staging_limit = staging_limit
         self._catalog = None
         self._checked = float("-inf")
         self._buckets = _LRU(cache_rows, lambda arrays: len(arrays[0]))
@@ -266,7 +274,7 @@ class PriceService:
             return self._catalog
         for _ in range(ATTEMPTS):
             checked = time.monotonic()
-            head = await price_meta.get_head(self.db)
+            head = await self.meta.get_head(self.db)
             if self._catalog is not None and self._catalog.version == _version(head):
                 self._checked = checked
                 return self._catalog
@@ -281,7 +289,7 @@ class PriceService:
         """Return the catalog ``head`` names; None when it was replaced meanwhile."""
         if head is None:
             return Catalog(0, None, {})
-        document = await price_meta.get_catalog(self.db, head["catalog"])
+        document = await self.meta.get_catalog(self.db, head["catalog"])
         if document is None:
             return None
         entries = [SymbolEntry.from_document(entry) for entry in document["symbols"]]
@@ -427,7 +435,7 @@ class PriceService:
                 else:
                     found[key] = arrays
         if missing:
-            documents = await prices.list_buckets(
+            documents = await self.buckets.list_buckets(
                 self.db, {key[0] for key in missing}, {key[1] for key in missing},
                 min(key[2] for key in missing), max(key[2] for key in missing))
             # A year without a bucket is a gap in the symbol's history.
@@ -436,7 +444,7 @@ class PriceService:
                 key = (document["symbol"], document["generation"], document["year"])
                 if key in loaded:
                     loaded[key] = prices.decode_bucket(document)
-            if _version(await price_meta.get_head(self.db)) != catalog.version:
+            if _version(await self.meta.get_head(self.db)) != catalog.version:
                 return None
             for key, arrays in loaded.items():
                 self._buckets.put(key, arrays)
@@ -504,7 +512,7 @@ class PriceService:
                 import took longer than 30 minutes to write.
         """
         for _ in range(ATTEMPTS):
-            head = await price_meta.get_head(self.db)
+            head = await self.meta.get_head(self.db)
             catalog = await self._read_catalog(head)
             if catalog is None:
                 continue
@@ -517,7 +525,7 @@ class PriceService:
                     changed[symbol] = merged
             if not changed:
                 # Unchanged only if no import replaced what was just compared.
-                if _version(await price_meta.get_head(self.db)) == catalog.version:
+                if _version(await self.meta.get_head(self.db)) == catalog.version:
                     return self._summary(parsed, (), catalog.version)
                 continue
             version = await self._commit(catalog, changed, progress)
@@ -536,7 +544,7 @@ class PriceService:
         if not symbols:
             return {}
         wanted = {(symbol, catalog.entries[symbol].generation) for symbol in symbols}
-        documents = await prices.list_buckets(self.db, symbols,
+        documents = await self.buckets.list_buckets(self.db, symbols,
                                               {generation for _, generation in wanted})
         parts = collections.defaultdict(list)
         for document in sorted(documents, key=lambda document: document["year"]):
@@ -568,18 +576,18 @@ class PriceService:
         try:
             for offset in range(0, len(documents), WRITE_BATCH):
                 batch = documents[offset:offset + WRITE_BATCH]
-                await prices.create_buckets(self.db, batch)
+                await self.buckets.create_buckets(self.db, batch)
                 if progress is not None:
                     progress(sum(document["rows"] for document in batch), total)
-            await price_meta.create_catalog(
+            await self.meta.create_catalog(
                 self.db, generation, [entries[symbol].to_document() for symbol in sorted(entries)])
-            if now() - ObjectId(generation).generation_time > STAGING_LIMIT:
+            if now() - ObjectId(generation).generation_time > self.staging_limit:
                 raise error.Conflict("the import took more than 30 minutes to write its prices; "
                                      "nothing was stored, run it again")
             # If this write fails, it may still have been applied: keep what was
             # staged (a later import sweeps it when unused).
             outcome_known = False
-            version = await price_meta.update_head(self.db, catalog.version, generation)
+            version = await self.meta.update_head(self.db, catalog.version, generation)
             outcome_known = True
         finally:
             if version is None and outcome_known:
@@ -591,8 +599,8 @@ class PriceService:
     async def _discard(self, generation):
         """Remove what an uncommitted attempt staged; a failure leaves it to the sweep."""
         try:
-            await prices.delete_generation(self.db, generation)
-            await price_meta.delete_catalogs(self.db, [generation])
+            await self.buckets.delete_generation(self.db, generation)
+            await self.meta.delete_catalogs(self.db, [generation])
         except PyMongoError as exc:
             log.warning("could not remove the staged generation %s (%s); a later import "
                         "will", generation, exc)
@@ -604,8 +612,8 @@ class PriceService:
         stale_before = str(ObjectId.from_datetime(now() - STALE_AFTER))
         keep = {entry.generation for entry in entries.values()}
         try:
-            await prices.delete_superseded(self.db, superseded, stale_before, keep)
-            await price_meta.delete_catalogs(
+            await self.buckets.delete_superseded(self.db, superseded, stale_before, keep)
+            await self.meta.delete_catalogs(
                 self.db, [catalog.generation] if catalog.generation else [], stale_before,
                 generation)
         except PyMongoError as exc:

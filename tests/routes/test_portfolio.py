@@ -5,16 +5,16 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.request
 
 import numpy
 import pandas
-from pymongo import monitoring
 
 from indico.services.prices import PriceService
-from tests.harness import ServerTest
+from tests.harness import CommandCounter, ServerTest
 
 DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(__file__))), "indico", "data")
 SYMBOLS = ["AAPL", "MSFT", "JPM", "KO", "XOM", "AMD"]
@@ -276,22 +276,6 @@ class TimeLimitTest(PortfolioTest):
         self.assertEqual(self.find("jobs")[0]["events"][-1]["event"], "failed")
 
 
-class CommandCounter(monitoring.CommandListener):
-    """Records the name of every command the application's client sends."""
-
-    def __init__(self):
-        self.names = []
-
-    def started(self, event):
-        self.names.append(event.command_name)
-
-    def succeeded(self, event):
-        pass
-
-    def failed(self, event):
-        pass
-
-
 class CommandBudgetTest(PortfolioTest):
 
     settings = {"price_recheck": 30.0}
@@ -309,28 +293,52 @@ class CommandBudgetTest(PortfolioTest):
         self.assertEqual(self.counter.names, ["find", "insert", "update"])
 
 
+PARAMS = {"symbols": ["AAPL", "MSFT", "JPM"], "start_date": "2012-01-01",
+          "end_date": "2016-03-20", "initial_investment": 1000.0, "objective": "max_sharpe",
+          "risk_free_rate": 0.0, "weight_bounds": [0.0, 1.0], "target_return": None,
+          "target_volatility": None}
+
+
 class LeaseTakeoverTest(PortfolioTest):
 
-    def test_a_job_whose_worker_died_is_finished_by_another_claim(self):
-        from indico.db import jobs
+    def test_a_job_whose_worker_was_killed_is_finished_by_another_claim(self):
         owner = str(self.find("users")[0]["_id"])
-        params = {"symbols": ["AAPL", "MSFT", "JPM"], "start_date": "2012-01-01",
-                  "end_date": "2016-03-20", "initial_investment": 1000.0,
-                  "objective": "max_sharpe", "risk_free_rate": 0.0, "weight_bounds": [0.0, 1.0],
-                  "target_return": None, "target_volatility": None}
-        # What a process killed mid-way leaves behind: running, leased, never finished.
-        dead = self.io_loop.run_sync(lambda: jobs.create_job(
-            self.db, owner, params, 5, worker="killed-process", lease=0.2))
+        # A real process takes a job under its own lease, as a server does before
+        # it starts optimizing, and is killed with SIGKILL before it finishes.
+        script = (
+            "import asyncio, json, os, sys\n"
+            "from indico.db import create_client, jobs\n"
+            "async def main():\n"
+            "    client = create_client(sys.argv[1])\n"
+            "    job = await jobs.create_job(client[sys.argv[2]], sys.argv[3],\n"
+            "                                json.loads(sys.argv[4]), 5,\n"
+            "                                worker=f'pid-{os.getpid()}', lease=0.5)\n"
+            "    print(job['_id'], flush=True)\n"
+            "    await asyncio.sleep(3600)\n"
+            "asyncio.run(main())\n")
+        from tests.test_server import REPO
+        worker = subprocess.Popen(
+            [sys.executable, "-c", script, self.config.mongodb_uri, self.db_name, owner,
+             json.dumps(PARAMS)], cwd=REPO, stdout=subprocess.PIPE, text=True)
+        self.addCleanup(lambda: worker.poll() is None and worker.kill())
+        job_id = worker.stdout.readline().strip()
+        worker.send_signal(signal.SIGKILL)
+        worker.wait(10)
+        [stored] = self.find("jobs")
+        self.assertEqual((stored["_id"], stored["status"]), (job_id, "running"))
+        self.assertEqual(stored["lease_owner"], f"pid-{worker.pid}")
         service = self._app.settings["services"].portfolio
-        self.assertFalse(self.io_loop.run_sync(service.claim_and_run))  # lease still live
-        time.sleep(0.3)
-        self.assertTrue(self.io_loop.run_sync(service.claim_and_run))
-        status, body = self.post("/portfolio/result", {"id": dead["_id"]}, token=self.token)
+        deadline = time.monotonic() + 10
+        while not self.io_loop.run_sync(service.claim_and_run):  # until the lease expires
+            self.assertLess(time.monotonic(), deadline, "the job was never claimed again")
+            time.sleep(0.1)
+        status, body = self.post("/portfolio/result", {"id": job_id}, token=self.token)
         self.assertEqual(status, 200)
         self.assertEqual(body["data"]["status"], "done")
         self.assertEqual(set(body["data"]["allocations"]), {"AAPL", "MSFT", "JPM"})
         [job] = self.find("jobs")
         self.assertEqual(job["attempts"], 2)
+        self.assertNotIn("slot", job)
         self.assertEqual([event["event"] for event in job["events"]],
                          ["queued", "running", "running", "done"])
 
@@ -435,3 +443,16 @@ class WebSocketTest(PortfolioTest):
         with self.assertRaises(HTTPClientError) as caught:
             self.connect({"Origin": "https://evil.example"})
         self.assertEqual(caught.exception.code, 403)
+
+
+class OutlastsTheWaitTest(PortfolioTest):
+
+    settings = {"job_wait": 0.0}
+
+    def test_a_synchronous_job_that_outlasts_the_wait_answers_202_and_still_finishes(self):
+        status, body = self.optimize()
+        self.assertEqual(status, 202, body)
+        self.assertEqual(body["data"]["status"], "running")
+        done = self.wait_done(body["data"]["id"])
+        self.assertEqual(done["status"], "done")
+        self.assertEqual(set(done["allocations"]), {"AAPL", "MSFT", "JPM"})

@@ -10,7 +10,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from unittest import mock
+import types
 
 import numpy as np
 import pandas as pd
@@ -24,7 +24,7 @@ from indico.db import price_meta, prices
 from indico.services import prices as service_module
 from indico.services.price_files import FileRejected
 from indico.services.prices import PriceService, validate_symbols
-from tests.harness import ServerTest
+from tests.harness import CommandCounter, ServerTest, test_config
 from tests.test_prices_cli import ROOT, environment
 
 WIDE = ("Date,AAPL,MSFT\n"
@@ -242,19 +242,32 @@ class FrameTest(PricesTest):
 
 class CacheTest(PricesTest):
 
+    def client_options(self):
+        self.counter = CommandCounter()
+        return {"event_listeners": [self.counter]}
+
     def setUp(self):
         super().setUp()
         self.load("wide.csv", WIDE)
 
     def test_cache_hits_read_only_the_head(self):
         first = self.frame(["AAPL", "MSFT"], D(2019, 1, 1), D(2020, 12, 31))
-        with mock.patch.object(prices, "list_buckets", side_effect=AssertionError("read")), \
-                mock.patch.object(price_meta, "get_catalog", side_effect=AssertionError("read")):
-            again = self.frame(["AAPL", "MSFT"], D(2019, 1, 1), D(2020, 12, 31))
-            # Another window in the same years is built from cached buckets.
-            other = self.frame(["AAPL"], D(2019, 12, 31), D(2020, 1, 3))
+        self.counter.names.clear()
+        again = self.frame(["AAPL", "MSFT"], D(2019, 1, 1), D(2020, 12, 31))
+        # Another window in the same years is built from cached buckets.
+        other = self.frame(["AAPL"], D(2019, 12, 31), D(2020, 1, 3))
+        # One look at the head each (INDICO_PRICE_RECHECK is 0 in tests); no bucket read.
+        self.assertEqual(self.counter.names, ["find", "find"])
         assert_frame_equal(first, again)
         self.assertEqual(len(other), 3)
+
+    def test_within_the_recheck_interval_the_cache_reads_nothing(self):
+        service = PriceService(self.db, test_config(database=self.db_name, price_recheck=60))
+        first = self.frame(["AAPL", "MSFT"], D(2019, 1, 1), D(2020, 12, 31), service)
+        self.counter.names.clear()
+        again = self.frame(["AAPL", "MSFT"], D(2019, 1, 1), D(2020, 12, 31), service)
+        self.assertEqual(self.counter.names, [])
+        assert_frame_equal(first, again)
 
     def test_callers_cannot_change_the_cache(self):
         frame = self.frame(["AAPL"], D(2019, 1, 1), D(2020, 12, 31))
@@ -287,6 +300,22 @@ class CacheTest(PricesTest):
         self.assertIs(self.service._catalog, current)
 
 
+def replaced(module, **functions):
+    """``module``'s functions with some replaced: a store that fails or loses a race on cue.
+
+    Everything not replaced still runs against the real database.
+    """
+    names = {name: getattr(module, name) for name in dir(module) if not name.startswith("_")}
+    return types.SimpleNamespace(**{**names, **functions})
+
+
+def failing(exception):
+    """An async function that raises ``exception``."""
+    async def fail(*args, **kwargs):
+        raise exception
+    return fail
+
+
 def flaky(real, calls, before=None):
     """A stand-in for ``real`` that counts calls and runs ``before(n)`` first."""
     async def call(*args, **kwargs):
@@ -314,10 +343,10 @@ class RaceTest(PricesTest):
             if n == 1:
                 await other.import_file(other_path)
         calls = []
-        with mock.patch.object(price_meta, "update_head",
-                               flaky(price_meta.update_head, calls, commit_first)):
-            summary = self.load("mine.csv", "Date,PEP\n2020-01-02,2\n")
-        self.assertEqual((len(calls), summary.version), (3, 3))  # other's, mine lost, mine again
+        mine = PriceService(self.db, self.config, meta=replaced(
+            price_meta, update_head=flaky(price_meta.update_head, calls, commit_first)))
+        summary = self.load("mine.csv", "Date,PEP\n2020-01-02,2\n", service=mine)
+        self.assertEqual((len(calls), summary.version), (2, 3))  # mine lost, mine again
         self.assertEqual([entry.symbol for entry in self.run_async(self.service.list_symbols)],
                          ["AAPL", "KO", "MSFT", "PEP"])
         # Nothing of the lost attempt is left.
@@ -329,23 +358,25 @@ class RaceTest(PricesTest):
 
         async def lost(*args):
             return None
-        with mock.patch.object(price_meta, "update_head", lost), \
-                self.assertRaises(error.Conflict) as caught:
-            self.load("mine.csv", "Date,PEP\n2020-01-02,2\n")
+        mine = PriceService(self.db, self.config, meta=replaced(price_meta, update_head=lost))
+        with self.assertRaises(error.Conflict) as caught:
+            self.load("mine.csv", "Date,PEP\n2020-01-02,2\n", service=mine)
         self.assertIn("run this import again", caught.exception.message)
         self.assertEqual(self.store(), before)
 
     def test_a_failed_write_removes_what_was_staged(self):
         before = self.store()
-        with mock.patch.object(price_meta, "create_catalog", side_effect=AutoReconnect("down")), \
-                self.assertRaises(AutoReconnect):
-            self.load("mine.csv", "Date,PEP\n2020-01-02,2\n")
+        mine = PriceService(self.db, self.config, meta=replaced(
+            price_meta, create_catalog=failing(AutoReconnect("down"))))
+        with self.assertRaises(AutoReconnect):
+            self.load("mine.csv", "Date,PEP\n2020-01-02,2\n", service=mine)
         self.assertEqual(self.store(), before)
 
     def test_a_lost_commit_answer_keeps_what_was_staged(self):
-        with mock.patch.object(price_meta, "update_head", side_effect=AutoReconnect("lost")), \
-                self.assertRaises(AutoReconnect):
-            self.load("mine.csv", "Date,PEP\n2020-01-02,2\n")
+        mine = PriceService(self.db, self.config, meta=replaced(
+            price_meta, update_head=failing(AutoReconnect("lost"))))
+        with self.assertRaises(AutoReconnect):
+            self.load("mine.csv", "Date,PEP\n2020-01-02,2\n", service=mine)
         # The head may have moved for all the importer knows: its buckets stay.
         self.assertIn("PEP", [doc["symbol"] for doc in self.find("prices")])
         listed = self.run_async(self.service.list_symbols)
@@ -353,26 +384,28 @@ class RaceTest(PricesTest):
 
     def test_a_slow_import_does_not_commit(self):
         before = self.store()
-        with mock.patch.object(service_module, "STAGING_LIMIT", datetime.timedelta(seconds=-1)), \
-                self.assertRaises(error.Conflict) as caught:
-            self.load("mine.csv", "Date,PEP\n2020-01-02,2\n")
+        slow = PriceService(self.db, self.config, staging_limit=datetime.timedelta(seconds=-1))
+        with self.assertRaises(error.Conflict) as caught:
+            self.load("mine.csv", "Date,PEP\n2020-01-02,2\n", service=slow)
         self.assertIn("more than 30 minutes", caught.exception.message)
         self.assertEqual(self.store(), before)
 
     def test_cleanup_failures_are_logged_not_raised(self):
         async def lost(*args):
             return None
-        with mock.patch.object(price_meta, "update_head", lost), \
-                mock.patch.object(prices, "delete_generation", side_effect=AutoReconnect("down")), \
-                self.assertLogs(service_module.log, "WARNING") as logs:
+        unlucky = PriceService(
+            self.db, self.config, meta=replaced(price_meta, update_head=lost),
+            buckets=replaced(prices, delete_generation=failing(AutoReconnect("down"))))
+        with self.assertLogs(service_module.log, "WARNING") as logs:
             version = self.run_async(
-                self.service._commit, self.run_async(self.service.get_catalog),
+                unlucky._commit, self.run_async(unlucky.get_catalog),
                 {"PEP": (np.array([18263], np.int32), np.array([2.0]))}, None)
         self.assertIsNone(version)
         self.assertIn("could not remove the staged generation", logs.output[0])
-        with mock.patch.object(prices, "delete_superseded", side_effect=AutoReconnect("down")), \
-                self.assertLogs(service_module.log, "WARNING") as logs:
-            summary = self.load("fix.csv", "Date,AAPL\n2020-01-03,99\n")
+        careless = PriceService(self.db, self.config, buckets=replaced(
+            prices, delete_superseded=failing(AutoReconnect("down"))))
+        with self.assertLogs(service_module.log, "WARNING") as logs:
+            summary = self.load("fix.csv", "Date,AAPL\n2020-01-03,99\n", service=careless)
         self.assertEqual(summary.changed, ("AAPL",))
         self.assertIn("the import is stored", logs.output[0])
         # AAPL's replaced buckets and PEP's staged ones are still there; readers
@@ -407,8 +440,9 @@ class RaceTest(PricesTest):
         async def moved(n, *args):
             if n == 2:  # the check after comparing: pretend another import committed
                 return {"version": 99, "catalog": "x"}
-        with mock.patch.object(price_meta, "get_head", flaky(price_meta.get_head, heads, moved)):
-            summary = self.load("again.csv", WIDE)
+        watched = PriceService(self.db, self.config, meta=replaced(
+            price_meta, get_head=flaky(price_meta.get_head, heads, moved)))
+        summary = self.load("again.csv", WIDE, service=watched)
         self.assertEqual((summary.changed, len(heads)), ((), 4))
 
     def test_a_catalog_replaced_between_two_reads(self):
@@ -418,13 +452,12 @@ class RaceTest(PricesTest):
         async def first_gone(*args):
             catalogs.append(1)
             return None if len(catalogs) == 1 else await real(*args)
-        with mock.patch.object(price_meta, "get_catalog", first_gone):
-            summary = self.load("again.csv", WIDE)
+        summary = self.load("again.csv", WIDE, service=PriceService(
+            self.db, self.config, meta=replaced(price_meta, get_catalog=first_gone)))
         self.assertEqual((summary.changed, len(catalogs)), ((), 2))
         catalogs.clear()
-        with mock.patch.object(price_meta, "get_catalog", first_gone):
-            frame = self.frame(["AAPL"], D(2019, 1, 1), D(2020, 12, 31),
-                               PriceService(self.db, self.config))
+        frame = self.frame(["AAPL"], D(2019, 1, 1), D(2020, 12, 31), PriceService(
+            self.db, self.config, meta=replaced(price_meta, get_catalog=first_gone)))
         self.assertEqual(len(frame), 4)
 
     def test_a_commit_during_a_read_makes_it_start_over(self):
@@ -433,14 +466,15 @@ class RaceTest(PricesTest):
         async def moved(n, *args):
             if n == 2:  # the check after reading buckets
                 return {"version": 99, "catalog": "x"}
-        with mock.patch.object(price_meta, "get_head", flaky(price_meta.get_head, heads, moved)):
-            frame = self.frame(["AAPL"], D(2019, 1, 1), D(2020, 12, 31))
+        frame = self.frame(["AAPL"], D(2019, 1, 1), D(2020, 12, 31), PriceService(
+            self.db, self.config,
+            meta=replaced(price_meta, get_head=flaky(price_meta.get_head, heads, moved))))
         self.assertEqual((len(frame), len(heads)), (4, 4))
         self.load("index.csv", "Date,SP500\n2019-12-30,100\n2019-12-31,101\n")
         heads.clear()
-        service = PriceService(self.db, self.config)
-        with mock.patch.object(price_meta, "get_head", flaky(price_meta.get_head, heads, moved)):
-            benchmark = self.run_async(service.get_benchmark, D(2019, 1, 1), D(2020, 12, 31))
+        service = PriceService(self.db, self.config, meta=replaced(
+            price_meta, get_head=flaky(price_meta.get_head, heads, moved)))
+        benchmark = self.run_async(service.get_benchmark, D(2019, 1, 1), D(2020, 12, 31))
         self.assertEqual(benchmark.tolist(), [100.0, 101.0])
 
     def test_a_store_that_never_settles(self):
@@ -450,20 +484,20 @@ class RaceTest(PricesTest):
 
         async def always_moving(db):
             return {**await real(db), "version": next(versions)}
-        service = PriceService(self.db, self.config)
-        with mock.patch.object(price_meta, "get_head", always_moving):
-            with self.assertRaises(error.ServiceUnavailable):
-                self.run_async(service.get_frame, ["AAPL"], D(2019, 1, 1), D(2020, 1, 3))
-            with self.assertRaises(error.ServiceUnavailable):
-                self.run_async(service.get_benchmark, D(2019, 1, 1), D(2020, 1, 3))
+        service = PriceService(self.db, self.config,
+                               meta=replaced(price_meta, get_head=always_moving))
+        with self.assertRaises(error.ServiceUnavailable):
+            self.run_async(service.get_frame, ["AAPL"], D(2019, 1, 1), D(2020, 1, 3))
+        with self.assertRaises(error.ServiceUnavailable):
+            self.run_async(service.get_benchmark, D(2019, 1, 1), D(2020, 1, 3))
 
         async def none(*args):
             return None
-        with mock.patch.object(price_meta, "get_catalog", none):
-            with self.assertRaises(error.ServiceUnavailable):
-                self.run_async(PriceService(self.db, self.config).get_catalog)
-            with self.assertRaises(error.Conflict):
-                self.load("again.csv", WIDE)
+        lost = PriceService(self.db, self.config, meta=replaced(price_meta, get_catalog=none))
+        with self.assertRaises(error.ServiceUnavailable):
+            self.run_async(lost.get_catalog)
+        with self.assertRaises(error.Conflict):
+            self.load("again.csv", WIDE, service=lost)
 
 
 class ServerStartTest(PricesTest):
