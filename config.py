@@ -55,7 +55,6 @@ class Config(BaseModel):
 
     # accounts
     session_ttl: int = Field(7 * 24 * 3600, ge=60)
-    session_cache: float = Field(0.0, ge=0, le=300)
     argon2_memory_kib: int = Field(19 * 1024, ge=8, le=4 * 1024 * 1024)
     argon2_time_cost: int = Field(2, ge=1, le=100)
     argon2_parallelism: int = Field(1, ge=1, le=64)

@@ -233,9 +233,10 @@ def main():
     parser.add_argument("--connections", type=int, default=50)
     parser.add_argument("--no-profile", action="store_true")
     parser.add_argument("--profile-out", default="/tmp/profile.txt")
-    parser.add_argument("--session-cache", type=float, default=0.0,
-                        help="INDICO_SESSION_CACHE for the server (default 0: off)")
+    parser.add_argument("--only", choices=("accounts", "login", "portfolio"), action="append",
+                        help="run only these parts (repeatable; default: all)")
     args = parser.parse_args()
+    parts = set(args.only or ("accounts", "login", "portfolio"))
     if not shutil.which("wrk"):
         sys.exit("api_bench: wrk is needed (apt-get install wrk)")
 
@@ -245,9 +246,7 @@ def main():
         "INDICO_DATA_DIR": workdir, "INDICO_LOG_LEVEL": "WARNING",
         "INDICO_SIGNUP_MAX_PER_ADDRESS": "1000000", "INDICO_LOGIN_MAX_FAILURES": "1000000",
         "INDICO_LOGIN_ADDRESS_MAX_FAILURES": "1000000", "INDICO_LOAD_SAMPLE_PRICES": "true",
-        "INDICO_SESSION_CACHE": str(args.session_cache),
     })
-    print(f"INDICO_SESSION_CACHE={args.session_cache}", flush=True)
     indico_port, bare_port = free_port(), free_port()
     logs = [open(os.path.join(workdir, name), "w") for name in ("indico.log", "bare.log")]
     indico = subprocess.Popen([sys.executable, "-m", "indico.server", f"--port={indico_port}"],
@@ -276,6 +275,8 @@ def main():
         update = {"update_user": {"name": "x"}}
         for name, path, body, rps_target in (("auth/check", "/auth/check", {}, 60),
                                              ("user/update", "/user/update", update, 35)):
+            if "accounts" not in parts:
+                break
             assert call(indico_port, path, body, tokens[0])[0] == 200
             base = wrk.run(bare_port, path, seconds, conns, body=body)
             print(f"bare {name}: {base}", flush=True)
@@ -295,86 +296,10 @@ def main():
                     rows.append((f"{name}: errors", f"{run['not_200']} not 200, "
                                  f"{run['socket_errors']} socket errors", "0", "MISSED"))
 
-        login_body = {"email": "bench0@example.com", "password": PASSWORD}
-        assert call(indico_port, "/auth/login", login_body)[0] == 200
-        logins = wrk.start(indico_port, "/auth/login", seconds, conns, body=login_body)
-        time.sleep(0.5)
-        health = wrk.start(indico_port, "/healthCheck", seconds - 1, 1, method="GET")
-        logins, health = wrk.result(logins), wrk.result(health)
-        print(f"login: {logins}\nhealth: {health}", flush=True)
-        figures["login"], figures["health"] = logins, health
-        rows.append((f"auth/login: sustained, {conns} conn, Argon2id m=19 MiB t=2 p=1, "
-                     f"{os.cpu_count()} cores", f"{logins['rps']:.1f} logins/s "
-                     f"(p50 {logins['p50_us'] / 1000:.0f} ms, {logins['not_200']} not 200)",
-                     "(stated)", "-"))
-        p99 = health["p99_us"] / 1000
-        rows.append(("GET /healthCheck loop during logins: p99",
-                     f"{p99:.1f} ms (p50 {health['p50_us'] / 1000:.1f}, max "
-                     f"{health['max_us'] / 1000:.1f}, {health['rps']:.0f} req/s)",
-                     "< 20 ms", verdict(p99 < 20)))
-
-        # ---- Issue 6 -------------------------------------------------------
-        status, answer = call(indico_port, "/prices/symbols", {}, tokens[0])
-        listed = [entry["symbol"] for entry in answer["data"]["symbols"]]
-        assert status == 200 and len(listed) == 21, (status, listed)
-        symbols = [symbol for symbol in listed if symbol != "SP500"]
-        body = {"symbols": symbols, "startDate": START, "endDate": END,
-                "initialInvestment": 10000, "objective": "max_sharpe"}
-        for token in tokens[:8]:
-            status, answer = call(indico_port, "/portfolio/optimize", body, token)
-            assert status == 200, (status, answer)
-        pseconds = args.portfolio_duration
-        one = wrk.run(indico_port, "/portfolio/optimize", pseconds, 1, body=body,
-                      tokens=tokens[:1])
-        print(f"optimize 1 conn: {one}", flush=True)
-        eight = wrk.run(indico_port, "/portfolio/optimize", pseconds, 8, body=body,
-                        tokens=tokens[:8])
-        print(f"optimize 8 conn: {eight}", flush=True)
-        figures["optimize1"], figures["optimize8"] = one, eight
-        p50, p99 = one["p50_us"] / 1000, one["p99_us"] / 1000
-        rows.append(("portfolio/optimize, 1 conn: p50", f"{p50:.1f} ms ({one['rps']:.1f} req/s)",
-                     "< 20 ms", verdict(p50 < 20)))
-        rows.append(("portfolio/optimize, 1 conn: p99", f"{p99:.1f} ms", "< 60 ms",
-                     verdict(p99 < 60)))
-
-        params = {"symbols": symbols, "start_date": START, "end_date": END,
-                  "initial_investment": 10000.0, "objective": "max_sharpe",
-                  "risk_free_rate": 0.0, "weight_bounds": [0.0, 1.0],
-                  "target_return": None, "target_volatility": None}
-        frame, benchmark = asyncio.run(load_frame(env, symbols))
-        engine = engine_rate(frame, benchmark, params, pseconds)
-        figures["engine"] = engine
-        rows.append(("portfolio/optimize, 8 conn: req/s",
-                     f"{eight['rps']:.1f} req/s (p50 {eight['p50_us'] / 1000:.1f} ms, p99 "
-                     f"{eight['p99_us'] / 1000:.1f} ms, {eight['not_200']} not 200)",
-                     "(next row)", "-"))
-        rows.append((f"engine alone, pool of 2, 8 in flight, frame {frame.shape[0]}x"
-                     f"{frame.shape[1]}", f"{engine:.1f} optimizations/s; server = "
-                     f"{100 * eight['rps'] / engine:.0f} % of it", "-", "-"))
-        for name, run in (("1 conn", one), ("8 conn", eight)):
-            if run["not_200"] or run["socket_errors"]:
-                rows.append((f"portfolio/optimize {name}: errors", f"{run['not_200']} not 200, "
-                             f"{run['socket_errors']} socket errors", "0", "MISSED"))
-
-        pyspy = shutil.which("py-spy") or shutil.which(
-            "py-spy", path=os.path.dirname(sys.executable))
-        if args.no_profile or not pyspy:
-            print("no profile (--no-profile, or py-spy not found)")
-        else:
-            load = wrk.start(indico_port, "/portfolio/optimize", pseconds + 3, 8, body=body,
-                             tokens=tokens[:8])
-            time.sleep(1)
-            spy = subprocess.run([pyspy, "record", "-d", str(pseconds), "-o",
-                                  args.profile_out, "--format", "raw", "--subprocesses",
-                                  "-p", str(indico.pid)],
-                                 capture_output=True, text=True)
-            loaded = wrk.result(load)
-            if spy.returncode == 0:
-                print(f"\nprofile of the server (pid {indico.pid} and its children) under 8 conn "
-                      f"({loaded['rps']:.1f} req/s while sampled), {args.profile_out}:")
-                print(summarize_profile(args.profile_out))
-            else:
-                print(f"py-spy failed: {spy.stderr.strip()[-500:]}")
+        if "login" in parts:
+            measure_logins(indico_port, wrk, seconds, conns, figures, rows)
+        if "portfolio" in parts:
+            measure_portfolio(indico_port, wrk, args, env, tokens, indico, figures, rows)
     finally:
         codes = {}
         for name, process in (("indico", indico), ("bare", bare)):
@@ -401,6 +326,92 @@ def main():
     print("\n| measurement | result | target | verdict |\n|---|---|---|---|")
     for row in rows:
         print("| " + " | ".join(row) + " |")
+
+
+def measure_logins(indico_port, wrk, seconds, conns, figures, rows):
+    """Sustained logins with a GET /healthCheck loop beside them (issue 3)."""
+    login_body = {"email": "bench0@example.com", "password": PASSWORD}
+    assert call(indico_port, "/auth/login", login_body)[0] == 200
+    logins = wrk.start(indico_port, "/auth/login", seconds, conns, body=login_body)
+    time.sleep(0.5)
+    health = wrk.start(indico_port, "/healthCheck", seconds - 1, 1, method="GET")
+    logins, health = wrk.result(logins), wrk.result(health)
+    print(f"login: {logins}\nhealth: {health}", flush=True)
+    figures["login"], figures["health"] = logins, health
+    rows.append((f"auth/login: sustained, {conns} conn, Argon2id m=19 MiB t=2 p=1, "
+                 f"{os.cpu_count()} cores", f"{logins['rps']:.1f} logins/s "
+                 f"(p50 {logins['p50_us'] / 1000:.0f} ms, {logins['not_200']} not 200)",
+                 "(stated)", "-"))
+    p99 = health["p99_us"] / 1000
+    rows.append(("GET /healthCheck loop during logins: p99",
+                 f"{p99:.1f} ms (p50 {health['p50_us'] / 1000:.1f}, max "
+                 f"{health['max_us'] / 1000:.1f}, {health['rps']:.0f} req/s)",
+                 "< 20 ms", verdict(p99 < 20)))
+
+
+def measure_portfolio(indico_port, wrk, args, env, tokens, indico, figures, rows):
+    """portfolio/optimize at 1 and 8 connections, the engine alone, a profile (issue 6)."""
+    status, answer = call(indico_port, "/prices/symbols", {}, tokens[0])
+    listed = [entry["symbol"] for entry in answer["data"]["symbols"]]
+    assert status == 200 and len(listed) == 21, (status, listed)
+    symbols = [symbol for symbol in listed if symbol != "SP500"]
+    body = {"symbols": symbols, "startDate": START, "endDate": END,
+            "initialInvestment": 10000, "objective": "max_sharpe"}
+    for token in tokens[:8]:
+        status, answer = call(indico_port, "/portfolio/optimize", body, token)
+        assert status == 200, (status, answer)
+    pseconds = args.portfolio_duration
+    one = wrk.run(indico_port, "/portfolio/optimize", pseconds, 1, body=body,
+                  tokens=tokens[:1])
+    print(f"optimize 1 conn: {one}", flush=True)
+    eight = wrk.run(indico_port, "/portfolio/optimize", pseconds, 8, body=body,
+                    tokens=tokens[:8])
+    print(f"optimize 8 conn: {eight}", flush=True)
+    figures["optimize1"], figures["optimize8"] = one, eight
+    p50, p99 = one["p50_us"] / 1000, one["p99_us"] / 1000
+    rows.append(("portfolio/optimize, 1 conn: p50", f"{p50:.1f} ms ({one['rps']:.1f} req/s)",
+                 "< 20 ms", verdict(p50 < 20)))
+    rows.append(("portfolio/optimize, 1 conn: p99", f"{p99:.1f} ms", "< 60 ms",
+                 verdict(p99 < 60)))
+
+    params = {"symbols": symbols, "start_date": START, "end_date": END,
+              "initial_investment": 10000.0, "objective": "max_sharpe",
+              "risk_free_rate": 0.0, "weight_bounds": [0.0, 1.0],
+              "target_return": None, "target_volatility": None}
+    frame, benchmark = asyncio.run(load_frame(env, symbols))
+    engine = engine_rate(frame, benchmark, params, pseconds)
+    figures["engine"] = engine
+    rows.append(("portfolio/optimize, 8 conn: req/s",
+                 f"{eight['rps']:.1f} req/s (p50 {eight['p50_us'] / 1000:.1f} ms, p99 "
+                 f"{eight['p99_us'] / 1000:.1f} ms, {eight['not_200']} not 200)",
+                 "(next row)", "-"))
+    rows.append((f"engine alone, pool of 2, 8 in flight, frame {frame.shape[0]}x"
+                 f"{frame.shape[1]}", f"{engine:.1f} optimizations/s; server = "
+                 f"{100 * eight['rps'] / engine:.0f} % of it", "-", "-"))
+    for name, run in (("1 conn", one), ("8 conn", eight)):
+        if run["not_200"] or run["socket_errors"]:
+            rows.append((f"portfolio/optimize {name}: errors", f"{run['not_200']} not 200, "
+                         f"{run['socket_errors']} socket errors", "0", "MISSED"))
+
+    pyspy = shutil.which("py-spy") or shutil.which(
+        "py-spy", path=os.path.dirname(sys.executable))
+    if args.no_profile or not pyspy:
+        print("no profile (--no-profile, or py-spy not found)")
+    else:
+        load = wrk.start(indico_port, "/portfolio/optimize", pseconds + 3, 8, body=body,
+                         tokens=tokens[:8])
+        time.sleep(1)
+        spy = subprocess.run([pyspy, "record", "-d", str(pseconds), "-o",
+                              args.profile_out, "--format", "raw", "--subprocesses",
+                              "-p", str(indico.pid)],
+                             capture_output=True, text=True)
+        loaded = wrk.result(load)
+        if spy.returncode == 0:
+            print(f"\nprofile of the server (pid {indico.pid} and its children) under 8 conn "
+                  f"({loaded['rps']:.1f} req/s while sampled), {args.profile_out}:")
+            print(summarize_profile(args.profile_out))
+        else:
+            print(f"py-spy failed: {spy.stderr.strip()[-500:]}")
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from indico.routes.prices import PricesHandler
 from indico.routes.user import UserHandler
 from indico.routes.ws import JobEventsHandler
 from indico.services import Services
-from indico.services.auth import AuthService, SessionCache
+from indico.services.auth import AuthService
 from indico.services.passwords import Passwords
 from indico.services.portfolio import JobEvents, PortfolioService
 from indico.services.prices import PriceService
@@ -35,10 +35,10 @@ def build_services(config, db, cpu_executor, pool=None):
     passwords = Passwords(config, cpu_executor)
     prices = PriceService(db, config)
     events = JobEvents(db)
-    cache = SessionCache(config.session_cache)
+    auth = AuthService(db, config, passwords)
     return Services(
-        auth=AuthService(db, config, passwords, cache),
-        users=UsersService(db, passwords, cache),
+        auth=auth,
+        users=UsersService(db, passwords, auth),
         prices=prices,
         portfolio=PortfolioService(db, config, prices, events, pool),
         events=events,

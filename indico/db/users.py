@@ -7,7 +7,8 @@ from the public shape in ``indico.routes.models``.
 """
 
 from bson import ObjectId
-from pymongo import ASCENDING
+from pymongo import ASCENDING, UpdateOne
+from pymongo.errors import BulkWriteError, DuplicateKeyError, OperationFailure
 
 from indico.db.util import journaled, now, object_id
 
@@ -33,6 +34,17 @@ async def get_user(db, user_id):
     return None if oid is None else await db.users.find_one({"_id": oid})
 
 
+async def get_public_users(db, user_ids):
+    """Return each user of ``user_ids`` (ObjectIds) without its password hash, or None.
+
+    One command for many lookups (see :mod:`indico.db.batch`); results in order.
+    """
+    keys = list(set(user_ids))
+    found = {user["_id"]: user async for user in db.users.find(
+        {"_id": {"$in": keys}}, {"password_hash": False}, batch_size=len(keys))}
+    return [found.get(key) for key in user_ids]
+
+
 async def get_user_by_email(db, email):
     return await db.users.find_one({"email": email})
 
@@ -47,6 +59,32 @@ async def update_user(db, user_id, fields):
     result = await journaled(db, "users").update_one(
         {"_id": user_id}, {"$set": {**fields, "updated": now()}})
     return bool(result.matched_count)
+
+
+async def update_users(db, changes):
+    """Apply many ``(user_id, fields)`` changes in one journaled command.
+
+    Returns:
+        one entry per change, in order: None when applied, else the error of
+        that change alone (DuplicateKeyError when its new email is taken); the
+        other changes are applied all the same.
+
+    Raises:
+        BulkWriteError: the write concern failed, so no change is known durable.
+    """
+    stamp = now()
+    requests = [UpdateOne({"_id": user_id}, {"$set": {**fields, "updated": stamp}})
+                for user_id, fields in changes]
+    results = [None] * len(changes)
+    try:
+        await journaled(db, "users").bulk_write(requests, ordered=False)
+    except BulkWriteError as exc:
+        if exc.details.get("writeConcernErrors"):
+            raise
+        for failure in exc.details["writeErrors"]:
+            kind = DuplicateKeyError if failure["code"] == 11000 else OperationFailure
+            results[failure["index"]] = kind(failure["errmsg"], failure["code"], failure)
+    return results
 
 
 async def delete_user(db, user_id):

@@ -4,17 +4,16 @@ Plain arguments in, stored documents out; no tornado. Tokens are 256-bit
 random strings given to the client once; only their SHA-256 is stored.
 """
 
-import collections
 import datetime
 import hashlib
 import secrets
-import time
 
 from pymongo.errors import DuplicateKeyError
 
 from indico import error
 from indico.db import rate_limits, sessions, users
-from indico.db.util import now
+from indico.db.batch import Batcher
+from indico.db.util import now, object_id
 
 INVALID_CREDENTIALS = "email or password is wrong"
 
@@ -28,55 +27,6 @@ def _retry_after(expires):
     return max(1, int((expires - now()).total_seconds()) + 1)
 
 
-class SessionCache:
-    """Sessions this process looked up recently, for ``INDICO_SESSION_CACHE`` seconds.
-
-    Off (0) by default: then every request reads its session, and a revocation
-    anywhere is seen everywhere at once. When on, this process forgets a
-    session the moment it revokes or changes it here (logout, password change,
-    account changes); another process keeps accepting a revoked token for at
-    most the cache's lifetime. That is the price of authenticating without a
-    database round trip, and the operator chooses it.
-
-    Args:
-        lifetime: seconds an entry is trusted; 0 disables the cache.
-        size: the most entries kept (the oldest go first).
-    """
-
-    def __init__(self, lifetime, size=10_000):
-        self.lifetime = lifetime
-        self.size = size
-        self.entries = collections.OrderedDict()
-
-    def get(self, key):
-        """The cached session under ``key`` if still trusted and unexpired, else None."""
-        entry = self.entries.get(key)
-        if entry is None:
-            return None
-        session, trusted_until = entry
-        if time.monotonic() >= trusted_until or session["expires"] <= now():
-            del self.entries[key]
-            return None
-        return session
-
-    def put(self, key, session):
-        if self.lifetime <= 0:
-            return
-        self.entries[key] = (session, time.monotonic() + self.lifetime)
-        self.entries.move_to_end(key)
-        while len(self.entries) > self.size:
-            self.entries.popitem(last=False)
-
-    def forget(self, key):
-        self.entries.pop(key, None)
-
-    def forget_user(self, user_id, keep=None):
-        """Forget every cached session of ``user_id`` except the one under ``keep``."""
-        for key in [key for key, (session, _) in self.entries.items()
-                    if session["user_id"] == user_id and key != keep]:
-            del self.entries[key]
-
-
 class AuthService:
     """Sign-up, login, logout and token checks.
 
@@ -84,13 +34,23 @@ class AuthService:
         db: the database handle.
         config: the Config.
         passwords: a :class:`indico.services.passwords.Passwords`.
+
+    Every authenticated request reads its session and its user, so a change
+    or a revocation counts at once, in every process. The reads of concurrent
+    requests go to the database together (:class:`indico.db.batch.Batcher`).
     """
 
-    def __init__(self, db, config, passwords, cache=None):
+    def __init__(self, db, config, passwords):
         self.db = db
         self.config = config
         self.passwords = passwords
-        self.cache = cache or SessionCache(config.session_cache)
+        self.session_reader = Batcher(lambda keys: sessions.get_sessions(db, keys))
+        self.user_reader = Batcher(lambda ids: users.get_public_users(db, ids))
+
+    async def get_user(self, user_id):
+        """Return the user ``user_id`` as it is now, without its password hash, or None."""
+        oid = object_id(user_id)
+        return None if oid is None else await self.user_reader.submit(oid)
 
     async def _new_session(self, user):
         token = secrets.token_urlsafe(32)
@@ -153,24 +113,18 @@ class AuthService:
 
     async def logout(self, token):
         """Revoke the session of ``token`` at once."""
-        key = token_hash(token)
-        self.cache.forget(key)
-        await sessions.delete_session(self.db, key)
+        await sessions.delete_session(self.db, token_hash(token))
 
     async def authenticate(self, token):
-        """Return the user snapshot of a valid, unexpired, unrevoked ``token``.
-
-        One read: the session carries the user (without the password hash;
-        ``_id`` as a string), and is deleted with the user.
+        """Return the user (no password hash) of a valid, unexpired, unrevoked ``token``.
 
         Raises:
-            Unauthorized: otherwise.
+            Unauthorized: otherwise, or when the user no longer exists.
         """
-        key = token_hash(token)
-        session = self.cache.get(key)
-        if session is None:
-            session = await sessions.get_session(self.db, key)
-            if not session:
-                raise error.Unauthorized("the token is invalid, expired or revoked")
-            self.cache.put(key, session)
-        return session["user"]
+        session = await self.session_reader.submit(token_hash(token))
+        if not session:
+            raise error.Unauthorized("the token is invalid, expired or revoked")
+        user = await self.get_user(session["user_id"])
+        if not user:
+            raise error.Unauthorized("the account no longer exists")
+        return user

@@ -5,6 +5,7 @@ from pymongo.errors import DuplicateKeyError
 
 from indico import error
 from indico.db import jobs, sessions, users
+from indico.db.batch import Batcher
 from indico.services.auth import token_hash
 
 
@@ -14,35 +15,36 @@ class UsersService:
     Args:
         db: the database handle.
         passwords: a :class:`indico.services.passwords.Passwords`.
-        cache: the :class:`indico.services.auth.SessionCache` of this process.
+        auth: the :class:`indico.services.auth.AuthService` (it reads users).
     """
 
-    def __init__(self, db, passwords, cache):
+    def __init__(self, db, passwords, auth):
         self.db = db
         self.passwords = passwords
-        self.cache = cache
+        self.auth = auth
+        # Profile changes of concurrent requests share one journaled command.
+        self.updater = Batcher(lambda changes: users.update_users(db, changes))
 
     async def update(self, user, fields):
         """Apply already-validated ``fields`` (name, email, preferences) to ``user``.
 
         Args:
-            user: the caller (a session's user snapshot).
+            user: the caller (a user document).
 
         Returns:
-            the caller's new snapshot (built here, not read back: one command less).
+            the user as stored after the change.
 
         Raises:
             Conflict: the new email belongs to another account.
+            Unauthorized: the account was deleted meanwhile.
         """
         try:
-            found = await users.update_user(self.db, ObjectId(user["_id"]), fields)
+            await self.updater.submit((ObjectId(user["_id"]), fields))
         except DuplicateKeyError:
             raise error.Conflict("an account with this email exists", field="email") from None
-        if not found:
+        updated = await self.auth.get_user(user["_id"])
+        if updated is None:
             raise error.Unauthorized("the account no longer exists")
-        updated = {**user, **fields}
-        self.cache.forget_user(user["_id"])
-        await sessions.update_user_sessions(self.db, updated)
         return updated
 
     async def _check_password(self, user, password, field):
@@ -59,13 +61,11 @@ class UsersService:
         stored = await self._check_password(user, current_password, "current_password")
         new_hash = await self.passwords.hash(new_password)
         await users.update_user(self.db, stored["_id"], {"password_hash": new_hash})
-        self.cache.forget_user(str(user["_id"]), keep=token_hash(token))
         await sessions.delete_user_sessions(self.db, str(user["_id"]), keep=token_hash(token))
 
     async def delete(self, user, password):
         """Delete the user, their sessions and their results."""
         stored = await self._check_password(user, password, "password")
-        self.cache.forget_user(str(stored["_id"]))
         await jobs.delete_owner_jobs(self.db, str(stored["_id"]))
         await sessions.delete_user_sessions(self.db, str(stored["_id"]))
         await users.delete_user(self.db, stored["_id"])

@@ -3,13 +3,10 @@
 import datetime
 import hashlib
 import json
-import time
-import unittest
 
 from tornado.httpclient import HTTPRequest
 
 from indico.db.util import now
-from indico.services.auth import SessionCache
 from tests.harness import ServerTest
 
 PASSWORD = "correct horse"
@@ -250,72 +247,3 @@ class RevocationElsewhereTest(ServerTest):
         self.assertEqual(self.post("/auth/check", token=token)[0], 200)
         self.io_loop.run_sync(lambda: self.db.sessions.delete_many({}))
         self.assertError(self.post("/auth/check", token=token), 401, "Unauthorized")
-
-
-class SessionCacheTest(ServerTest):
-    """INDICO_SESSION_CACHE on: this process forgets what it revokes or changes at once."""
-
-    settings = {"session_cache": 30.0}
-
-    def test_a_revocation_elsewhere_counts_once_the_entry_ages_out(self):
-        token = self.signup()
-        self.assertEqual(self.post("/auth/check", token=token)[0], 200)
-        # Revoked behind this process's back: trusted until the cache entry ages out.
-        self.io_loop.run_sync(lambda: self.db.sessions.delete_many({}))
-        self.assertEqual(self.post("/auth/check", token=token)[0], 200)
-
-    def test_logout_here_is_immediate(self):
-        token = self.signup()
-        self.post("/auth/check", token=token)
-        self.assertEqual(self.post("/auth/logout", token=token)[0], 200)
-        self.assertError(self.post("/auth/check", token=token), 401, "Unauthorized")
-
-    def test_password_change_here_revokes_other_cached_sessions(self):
-        first = self.signup(email="ada@example.com", password=PASSWORD)
-        second = self.post("/auth/login", {"email": "ada@example.com",
-                                           "password": PASSWORD})[1]["data"]["token"]
-        self.post("/auth/check", token=second)
-        self.post("/user/password", {"current_password": PASSWORD,
-                                     "new_password": "battery staple"}, token=first)
-        self.assertError(self.post("/auth/check", token=second), 401, "Unauthorized")
-        self.assertEqual(self.post("/auth/check", token=first)[0], 200)
-
-    def test_profile_changes_and_deletion_are_seen_at_once(self):
-        token = self.signup(password=PASSWORD)
-        self.post("/auth/check", token=token)
-        self.post("/user/update", {"update_user": {"name": "Countess"}}, token=token)
-        self.assertEqual(self.post("/auth/check", token=token)[1]["data"]["user"]["name"],
-                         "Countess")
-        self.post("/user/delete", {"password": PASSWORD}, token=token)
-        self.assertError(self.post("/auth/check", token=token), 401, "Unauthorized")
-
-
-class SessionCacheUnitTest(unittest.TestCase):
-
-    def session(self, user_id, seconds=60):
-        return {"user_id": user_id, "user": {"_id": user_id},
-                "expires": now() + datetime.timedelta(seconds=seconds)}
-
-    def test_size_lifetime_and_expiry(self):
-        cache = SessionCache(lifetime=30, size=2)
-        for key in "abc":
-            cache.put(key, self.session("u"))
-        self.assertIsNone(cache.get("a"))  # the oldest went first
-        self.assertEqual(cache.get("c")["user_id"], "u")
-        cache.put("old", self.session("u", seconds=-1))
-        self.assertIsNone(cache.get("old"))  # the session itself expired
-        self.assertIsNone(SessionCache(lifetime=0).get("x"))
-        off = SessionCache(lifetime=0)
-        off.put("k", self.session("u"))
-        self.assertIsNone(off.get("k"))
-        aging = SessionCache(lifetime=0.01)
-        aging.put("k", self.session("u"))
-        time.sleep(0.02)
-        self.assertIsNone(aging.get("k"))
-
-    def test_forget_user_keeps_the_one_asked_for(self):
-        cache = SessionCache(lifetime=30)
-        for key, user in (("a", "u1"), ("b", "u1"), ("c", "u2")):
-            cache.put(key, self.session(user))
-        cache.forget_user("u1", keep="b")
-        self.assertEqual(sorted(cache.entries), ["b", "c"])

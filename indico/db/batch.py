@@ -1,0 +1,80 @@
+"""Group commit: concurrent requests share database commands.
+
+Each database command has a fixed cost on the server (a round trip, parsing,
+on nx-27017 a lock and, for a journaled write, a sync) that dwarfs the cost of
+one more document in it: on nx-27017 a ``find`` by ``_id`` costs about 0.5 ms
+of the server's CPU alone and 0.05 ms a document in a batch of 25; a
+journaled update 0.9 ms alone and 0.09 ms a document in a batch of 50. A
+:class:`Batcher` collects what concurrent requests ask and sends it in a few
+commands, so under load the fixed cost is shared, and without load a request
+waits for nothing.
+
+What this keeps: every item is answered by a command sent *after* the item
+was submitted, so a read sees every write acknowledged before its request
+arrived (a token revoked a moment ago is refused), and a write is answered
+only once its own command is acknowledged, with the command's write concern
+(a journaled write survives a crash).
+"""
+
+import asyncio
+
+
+class Batcher:
+    """Send the items of concurrent calls together, a few commands at a time.
+
+    Items wait while ``max_in_flight`` commands are out; each command carries
+    at most ``max_size`` items. More than one command in flight lets the
+    server work on one batch while this process prepares the next.
+
+    Args:
+        run: ``async run(items) -> results``: one command for a list of items;
+            ``results`` holds one entry per item, in order, each a value or an
+            exception instance to raise for that item alone. An exception
+            raised by ``run`` itself is raised for every item of the batch.
+        max_size: the most items in one command.
+        max_in_flight: the most commands out at once.
+    """
+
+    def __init__(self, run, max_size=25, max_in_flight=2):
+        self.run = run
+        self.max_size = max_size
+        self.max_in_flight = max_in_flight
+        self.pending = []
+        self.senders = 0
+
+    async def submit(self, item):
+        """Return the result for ``item`` once the command that carries it returns.
+
+        Raises:
+            the exception ``run`` gave for this item or for its whole batch.
+        """
+        future = asyncio.get_running_loop().create_future()
+        self.pending.append((item, future))
+        if self.senders < self.max_in_flight:
+            # Not started inline: the requests already queued on the IOLoop in
+            # this iteration get to join the first batch.
+            self.senders += 1
+            asyncio.ensure_future(self._send())
+        return await future
+
+    async def _send(self):
+        try:
+            while self.pending:
+                batch = self.pending[:self.max_size]
+                del self.pending[:self.max_size]
+                try:
+                    results = list(await self.run([item for item, _ in batch]))
+                    if len(results) != len(batch):
+                        raise RuntimeError(f"{self.run!r} gave {len(results)} results "
+                                           f"for {len(batch)} items")
+                except Exception as exc:  # one failure for the whole command
+                    results = [exc] * len(batch)
+                for (_, future), result in zip(batch, results):
+                    if future.done():  # the caller was cancelled
+                        continue
+                    if isinstance(result, BaseException):
+                        future.set_exception(result)
+                    else:
+                        future.set_result(result)
+        finally:
+            self.senders -= 1

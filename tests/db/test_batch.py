@@ -1,0 +1,111 @@
+"""db.batch: concurrent calls share commands; each item is answered by a later command."""
+
+import asyncio
+import unittest
+
+from indico.db.batch import Batcher
+
+
+class Recorder:
+    """A ``run`` that records the batches it gets and answers each item doubled."""
+
+    def __init__(self, delay=0.0):
+        self.batches = []
+        self.delay = delay
+        self.in_flight = 0
+        self.most_in_flight = 0
+
+    async def __call__(self, items):
+        self.batches.append(list(items))
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            await asyncio.sleep(self.delay)
+        finally:
+            self.in_flight -= 1
+        return [item * 2 for item in items]
+
+
+class BatcherTest(unittest.IsolatedAsyncioTestCase):
+
+    async def test_concurrent_calls_share_one_command_and_keep_their_order(self):
+        run = Recorder()
+        batcher = Batcher(run)
+        results = await asyncio.gather(*(batcher.submit(number) for number in range(10)))
+        self.assertEqual(results, [number * 2 for number in range(10)])
+        self.assertEqual(run.batches, [list(range(10))])
+
+    async def test_a_lone_call_waits_for_nothing_else(self):
+        run = Recorder()
+        batcher = Batcher(run)
+        self.assertEqual(await batcher.submit(21), 42)
+        self.assertEqual(await batcher.submit(5), 10)
+        self.assertEqual(run.batches, [[21], [5]])
+
+    async def test_an_item_submitted_during_a_command_goes_in_a_later_one(self):
+        run = Recorder(delay=0.05)
+        batcher = Batcher(run, max_in_flight=1)
+        first = asyncio.ensure_future(batcher.submit(1))
+        await asyncio.sleep(0.01)  # the first command is out now
+        self.assertEqual(run.batches, [[1]])
+        late = [asyncio.ensure_future(batcher.submit(number)) for number in (2, 3)]
+        self.assertEqual(await first, 2)
+        self.assertEqual(await asyncio.gather(*late), [4, 6])
+        self.assertEqual(run.batches, [[1], [2, 3]])
+
+    async def test_size_and_commands_in_flight_are_bounded(self):
+        run = Recorder(delay=0.01)
+        batcher = Batcher(run, max_size=3, max_in_flight=2)
+        results = await asyncio.gather(*(batcher.submit(number) for number in range(10)))
+        self.assertEqual(results, [number * 2 for number in range(10)])
+        self.assertEqual(sorted(item for batch in run.batches for item in batch), list(range(10)))
+        self.assertLessEqual(max(len(batch) for batch in run.batches), 3)
+        self.assertEqual(run.most_in_flight, 2)
+        self.assertEqual(batcher.senders, 0)
+
+    async def test_an_error_for_one_item_reaches_only_its_caller(self):
+        async def run(items):
+            return [ValueError(f"bad {item}") if item == 2 else item for item in items]
+        batcher = Batcher(run)
+        results = await asyncio.gather(*(batcher.submit(number) for number in range(4)),
+                                       return_exceptions=True)
+        self.assertEqual([results[0], results[1], results[3]], [0, 1, 3])
+        self.assertIsInstance(results[2], ValueError)
+        self.assertEqual(str(results[2]), "bad 2")
+
+    async def test_a_failed_command_fails_each_of_its_items_and_the_next_command_runs(self):
+        calls = []
+
+        async def run(items):
+            calls.append(list(items))
+            if len(calls) == 1:
+                raise ConnectionError("database down")
+            return items
+        batcher = Batcher(run)
+        results = await asyncio.gather(batcher.submit("a"), batcher.submit("b"),
+                                       return_exceptions=True)
+        self.assertEqual([type(result) for result in results], [ConnectionError] * 2)
+        self.assertEqual(str(results[0]), "database down")
+        self.assertEqual(await batcher.submit("c"), "c")
+
+    async def test_a_run_that_answers_the_wrong_number_of_items_fails_them(self):
+        async def run(items):
+            return items[:-1]
+        batcher = Batcher(run)
+        results = await asyncio.gather(batcher.submit(1), batcher.submit(2),
+                                       return_exceptions=True)
+        for result in results:
+            self.assertIsInstance(result, RuntimeError)
+            self.assertIn("gave 1 results for 2 items", str(result))
+
+    async def test_a_cancelled_caller_does_not_disturb_the_others(self):
+        run = Recorder(delay=0.02)
+        batcher = Batcher(run)
+        doomed = asyncio.ensure_future(batcher.submit(1))
+        kept = asyncio.ensure_future(batcher.submit(2))
+        await asyncio.sleep(0.005)
+        doomed.cancel()
+        self.assertEqual(await kept, 4)
+        with self.assertRaises(asyncio.CancelledError):
+            await doomed
+        self.assertEqual(run.batches, [[1, 2]])
