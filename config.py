@@ -55,6 +55,7 @@ class Config(BaseModel):
 
     # accounts
     session_ttl: int = Field(7 * 24 * 3600, ge=60)
+    session_cache: float = Field(5.0, ge=0, le=300)
     argon2_memory_kib: int = Field(19 * 1024, ge=8, le=4 * 1024 * 1024)
     argon2_time_cost: int = Field(2, ge=1, le=100)
     argon2_parallelism: int = Field(1, ge=1, le=64)
@@ -136,3 +137,8 @@ class Config(BaseModel):
     def data_path(self):
         """The data directory as an absolute path."""
         return os.path.abspath(self.data_dir)
+
+    @property
+    def marks_path(self):
+        """The change-marks file the processes of this host share (see indico.utils.marks)."""
+        return os.path.join(self.data_path, "change-marks")

@@ -20,6 +20,7 @@ from indico.services.passwords import Passwords
 from indico.services.portfolio import JobEvents, PortfolioService
 from indico.services.prices import PriceService
 from indico.services.users import UsersService
+from indico.utils.marks import ChangeMarks
 from indico.utils.logs import log_request
 
 ACTION_HANDLERS = (AuthHandler, UserHandler, PricesHandler, PortfolioHandler)
@@ -35,7 +36,7 @@ def build_services(config, db, cpu_executor, pool=None):
     passwords = Passwords(config, cpu_executor)
     prices = PriceService(db, config)
     events = JobEvents(db)
-    auth = AuthService(db, config, passwords)
+    auth = AuthService(db, config, passwords, ChangeMarks(config.marks_path))
     return Services(
         auth=auth,
         users=UsersService(db, passwords, auth),

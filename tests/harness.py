@@ -10,7 +10,12 @@ import concurrent.futures
 import json
 import os
 import shutil
+import signal
+import subprocess
+import sys
 import tempfile
+import time
+import urllib.request
 import uuid
 
 from pymongo import monitoring
@@ -21,7 +26,15 @@ from indico.app import make_app
 from indico.db import create_client, ensure_indexes
 from indico.db.embedded import EmbeddedServer
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _server = {}
+
+
+def server_command(*arguments):
+    """``python -m indico.server ARGS``, through coverage when the tests run under it."""
+    if "coverage" in sys.modules:
+        return [sys.executable, "-m", "coverage", "run", "-m", "indico.server", *arguments]
+    return [sys.executable, "-m", "indico.server", *arguments]
 # Cheapest Argon2 parameters: only tests use them (the default is OWASP's).
 TEST_SETTINGS = {"argon2_memory_kib": 8, "argon2_time_cost": 1, "argon2_parallelism": 1,
                  "load_sample_prices": False, "price_recheck": 0.0}
@@ -161,6 +174,37 @@ class ServerTest(AsyncHTTPTestCase):
             self.assertIn(message_part, body["error"]["message"])
         self.assertNotIn("Traceback", json.dumps(body))
         return body["error"]
+
+    def start_second_server(self, data_dir):
+        """Start ``python -m indico.server`` on this test's database; return its base URL.
+
+        A real second process, as a deployment runs several: it shares the
+        database and, through ``data_dir``, the host's change marks. It is
+        stopped with SIGTERM (and must exit 0) at cleanup.
+        """
+        from indico.db.embedded import _free_port
+        port = _free_port()
+        env = {key: value for key, value in os.environ.items() if not key.startswith("INDICO_")}
+        env.update({"INDICO_MONGODB_URI": self.config.mongodb_uri, "INDICO_DATABASE": self.db_name,
+                    "INDICO_LOAD_SAMPLE_PRICES": "false", "INDICO_DATA_DIR": data_dir,
+                    "INDICO_ARGON2_MEMORY_KIB": "8", "INDICO_ARGON2_TIME_COST": "1"})
+        process = subprocess.Popen(server_command(f"--port={port}"), cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL)
+
+        def stop():
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+            self.assertEqual(process.wait(30), 0)
+        self.addCleanup(stop)
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                urllib.request.urlopen(base + "/healthCheck", timeout=2)
+                return base
+            except OSError:
+                self.assertLess(time.monotonic(), deadline, "the second server never answered")
+                time.sleep(0.1)
 
     def signup(self, email="ada@example.com", password="correct horse", name="Ada"):
         """Create an account; return its token."""

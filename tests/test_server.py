@@ -4,8 +4,8 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -14,15 +14,7 @@ import urllib.error
 import urllib.request
 
 from indico.db.embedded import _free_port, _pid_alive
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def server_command(*arguments):
-    """``python -m indico.server ARGS``, through coverage when the tests run under it."""
-    if "coverage" in sys.modules:
-        return [sys.executable, "-m", "coverage", "run", "-m", "indico.server", *arguments]
-    return [sys.executable, "-m", "indico.server", *arguments]
+from tests.harness import REPO, server_command
 
 
 def http(method, url, body=None, timeout=10):
@@ -100,6 +92,22 @@ class ServerProcessTest(unittest.TestCase):
         log = process.stderr.read()
         self.assertIn('"message": "stopped"', log)
         self.assertIn('"path": "/auth/signup", "status": 201', log)
+
+    def test_a_request_whose_client_left_still_finishes_before_the_database_closes(self):
+        process = self.start(f"--port={self.port}", INDICO_ARGON2_TIME_COST="40",
+                             INDICO_ARGON2_MEMORY_KIB="65536")
+        self.wait_healthy(process)
+        body = json.dumps({"email": "gone@example.com", "password": "password1"}).encode()
+        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as client:
+            client.sendall(b"POST /auth/signup HTTP/1.1\r\nHost: x\r\n"
+                           b"Content-Type: application/json\r\n"
+                           b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+            time.sleep(0.15)  # hashing now
+        process.send_signal(signal.SIGTERM)
+        self.assertEqual(process.wait(30), 0)
+        log = process.stderr.read()
+        self.assertIn('"path": "/auth/signup", "status": 201', log)
+        self.assertNotIn('"level": "ERROR"', log)
 
     def test_sigint_also_stops_cleanly(self):
         process = self.start(f"--port={self.port}")

@@ -57,7 +57,7 @@ class AuthHandler(ActionHandler):
     @action(response=Empty)
     async def logout(self, body):
         """Revoke the token used for this request at once."""
-        await self.services.auth.logout(self.bearer_token())
+        await self.services.auth.logout(self.bearer_token(), self.user["_id"])
         return {}
 
     @action(response=UserResponse)

@@ -122,7 +122,18 @@ class BaseHandler(tornado.web.RequestHandler):
         self.application.settings["in_flight"].discard(self)
 
     def on_connection_close(self):
-        self.application.settings["in_flight"].discard(self)
+        """Run when the client goes away before the answer.
+
+        A request whose method already runs stays in flight until it finishes
+        (a shutdown must not close the database under it); one still waiting
+        for its body will never run, so it stops counting.
+        """
+        if not self.body_complete:
+            self.application.settings["in_flight"].discard(self)
+
+    # Tornado reads the whole body before prepare() runs, except for handlers
+    # that stream it (ActionHandler), which say when it is complete.
+    body_complete = True
 
     def set_default_headers(self):
         """Headers of every response, errors included."""
@@ -287,6 +298,8 @@ class ActionHandler(BaseHandler):
                 f"request body is {int(length)} bytes; the limit is {self.config.body_limit}"
             )
 
+    body_complete = False
+
     def data_received(self, chunk):
         """Collect body chunks up to the limit; past it, keep only the count."""
         self.received += len(chunk)
@@ -305,12 +318,14 @@ class ActionHandler(BaseHandler):
 
     def wrong_method(self, name, *args):
         """Unknown action: 404; known action with a method other than POST: 405."""
+        self.body_complete = True
         self.lookup(name)
         raise tornado.web.HTTPError(405)
 
     get = put = patch = delete = head = wrong_method
 
     async def post(self, name):
+        self.body_complete = True
         spec = self.lookup(name)
         if self.too_large:
             raise error.PayloadTooLarge(

@@ -4,9 +4,11 @@ Plain arguments in, stored documents out; no tornado. Tokens are 256-bit
 random strings given to the client once; only their SHA-256 is stored.
 """
 
+import collections
 import datetime
 import hashlib
 import secrets
+import time
 
 from pymongo.errors import DuplicateKeyError
 
@@ -23,6 +25,81 @@ def token_hash(token):
     return hashlib.sha256(token.encode("ascii")).hexdigest()
 
 
+def sessions_mark(user_id):
+    """The change mark of a user's sessions: bumped when any of them is revoked."""
+    return f"sessions:{user_id}"
+
+
+def profile_mark(user_id):
+    """The change mark of a user's profile: bumped when it changes or goes."""
+    return f"profile:{user_id}"
+
+
+class SessionCache:
+    """Sessions and users this process read recently, exact across the processes of a host.
+
+    Each entry is stamped with its :class:`indico.utils.marks.ChangeMarks`
+    mark as read *before* the database was read, and is used only while the
+    mark still holds that value. indico bumps the mark after every change it
+    makes to a user's sessions (logout, password change, deletion) or profile
+    (update, deletion), once the database has acknowledged the change, so a
+    revocation counts at once in every process that shares the marks file.
+    ``lifetime`` bounds what the marks cannot see: changes made to the
+    database by something other than indico, or by indico processes on
+    another host. 0 turns the cache off (every request reads the database).
+
+    Args:
+        marks: the host's ChangeMarks.
+        lifetime: seconds an entry may be used at most.
+        size: the most entries of each kind kept (the oldest go first).
+    """
+
+    def __init__(self, marks, lifetime, size=100_000):
+        self.marks = marks
+        self.lifetime = lifetime
+        self.size = size
+        self.sessions = collections.OrderedDict()  # token hash -> (session, stamp, until)
+        self.users = collections.OrderedDict()  # user id -> (user, stamp, until)
+
+    @property
+    def enabled(self):
+        return self.lifetime > 0
+
+    def _get(self, table, key, mark_of):
+        entry = table.get(key)
+        if entry is None:
+            return None
+        value, stamp, until = entry
+        if time.monotonic() >= until or self.marks.read(mark_of(value)) != stamp:
+            del table[key]
+            return None
+        return value
+
+    def _put(self, table, key, value, stamp):
+        table[key] = (value, stamp, time.monotonic() + self.lifetime)
+        table.move_to_end(key)
+        if len(table) > self.size:
+            table.popitem(last=False)
+
+    def get_session(self, key):
+        """The cached session under token hash ``key`` if nothing changed, else None."""
+        session = self._get(self.sessions, key, lambda value: sessions_mark(value["user_id"]))
+        if session is not None and session["expires"] <= now():
+            del self.sessions[key]
+            return None
+        return session
+
+    def put_session(self, key, session, stamp):
+        self._put(self.sessions, key, session, stamp)
+
+    def get_user(self, user_id):
+        """The cached user ``user_id`` if nothing changed, else None."""
+        return self._get(self.users, user_id, lambda value: profile_mark(user_id))
+
+    def put_user(self, user_id, user, stamp):
+        self._put(self.users, user_id, user, stamp)
+
+
 def _retry_after(expires):
     return max(1, int((expires - now()).total_seconds()) + 1)
 
@@ -35,22 +112,53 @@ class AuthService:
         config: the Config.
         passwords: a :class:`indico.services.passwords.Passwords`.
 
-    Every authenticated request reads its session and its user, so a change
-    or a revocation counts at once, in every process. The reads of concurrent
-    requests go to the database together (:class:`indico.db.batch.Batcher`).
+        marks: the host's :class:`indico.utils.marks.ChangeMarks`.
+
+    A request's session and user come from the :class:`SessionCache` when its
+    marks say nothing changed, else from the database; the reads of
+    concurrent requests go to the database together
+    (:class:`indico.db.batch.Batcher`).
     """
 
-    def __init__(self, db, config, passwords):
+    def __init__(self, db, config, passwords, marks):
         self.db = db
         self.config = config
         self.passwords = passwords
+        self.marks = marks
+        self.cache = SessionCache(marks, config.session_cache)
         self.session_reader = Batcher(lambda keys: sessions.get_sessions(db, keys))
         self.user_reader = Batcher(lambda ids: users.get_public_users(db, ids))
 
     async def get_user(self, user_id):
         """Return the user ``user_id`` as it is now, without its password hash, or None."""
+        user_id = str(user_id)
+        user = self.cache.get_user(user_id)
+        if user is not None:
+            return user
         oid = object_id(user_id)
-        return None if oid is None else await self.user_reader.submit(oid)
+        if oid is None:
+            return None
+        stamp = self.marks.read(profile_mark(user_id))
+        user = await self.user_reader.submit(oid)
+        if user is not None and self.cache.enabled:
+            self.cache.put_user(user_id, user, stamp)
+        return user
+
+    async def get_session(self, key):
+        """Return the unexpired session under token hash ``key``, or None."""
+        session = self.cache.get_session(key)
+        if session is not None:
+            return session
+        session = await self.session_reader.submit(key)
+        if session is None or not self.cache.enabled:
+            return session
+        # The mark lives under the user, known only now: read the session
+        # again after the mark, so a revocation between the two reads counts.
+        stamp = self.marks.read(sessions_mark(session["user_id"]))
+        session = await self.session_reader.submit(key)
+        if session is not None:
+            self.cache.put_session(key, session, stamp)
+        return session
 
     async def _new_session(self, user):
         token = secrets.token_urlsafe(32)
@@ -111,9 +219,10 @@ class AuthService:
             await users.update_user(self.db, user["_id"], {"password_hash": new_hash})
         return await self._new_session(user)
 
-    async def logout(self, token):
-        """Revoke the session of ``token`` at once."""
+    async def logout(self, token, user_id):
+        """Revoke the session of ``token`` (a session of ``user_id``) at once."""
         await sessions.delete_session(self.db, token_hash(token))
+        self.marks.bump(sessions_mark(user_id))
 
     async def authenticate(self, token):
         """Return the user (no password hash) of a valid, unexpired, unrevoked ``token``.
@@ -121,7 +230,7 @@ class AuthService:
         Raises:
             Unauthorized: otherwise, or when the user no longer exists.
         """
-        session = await self.session_reader.submit(token_hash(token))
+        session = await self.get_session(token_hash(token))
         if not session:
             raise error.Unauthorized("the token is invalid, expired or revoked")
         user = await self.get_user(session["user_id"])

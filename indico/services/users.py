@@ -6,7 +6,7 @@ from pymongo.errors import DuplicateKeyError
 from indico import error
 from indico.db import jobs, sessions, users
 from indico.db.batch import Batcher
-from indico.services.auth import token_hash
+from indico.services.auth import profile_mark, sessions_mark, token_hash
 
 
 class UsersService:
@@ -42,6 +42,7 @@ class UsersService:
             await self.updater.submit((ObjectId(user["_id"]), fields))
         except DuplicateKeyError:
             raise error.Conflict("an account with this email exists", field="email") from None
+        self.auth.marks.bump(profile_mark(user["_id"]))
         updated = await self.auth.get_user(user["_id"])
         if updated is None:
             raise error.Unauthorized("the account no longer exists")
@@ -62,6 +63,7 @@ class UsersService:
         new_hash = await self.passwords.hash(new_password)
         await users.update_user(self.db, stored["_id"], {"password_hash": new_hash})
         await sessions.delete_user_sessions(self.db, str(user["_id"]), keep=token_hash(token))
+        self.auth.marks.bump(sessions_mark(user["_id"]))
 
     async def delete(self, user, password):
         """Delete the user, their sessions and their results."""
@@ -69,3 +71,5 @@ class UsersService:
         await jobs.delete_owner_jobs(self.db, str(stored["_id"]))
         await sessions.delete_user_sessions(self.db, str(stored["_id"]))
         await users.delete_user(self.db, stored["_id"])
+        self.auth.marks.bump(sessions_mark(stored["_id"]))
+        self.auth.marks.bump(profile_mark(stored["_id"]))

@@ -3,11 +3,14 @@
 import datetime
 import hashlib
 import json
+import time
+import urllib.error
+import urllib.request
 
 from tornado.httpclient import HTTPRequest
 
 from indico.db.util import now
-from tests.harness import ServerTest
+from tests.harness import CommandCounter, ServerTest
 
 PASSWORD = "correct horse"
 
@@ -239,11 +242,114 @@ class SlowHashTest(ServerTest):
         self.assertEqual(order, ["banner", "signup"])
 
 
-class RevocationElsewhereTest(ServerTest):
-    """Default: every request reads its session, so a revocation by another process counts."""
+def http(method, url, body, token):
+    """A request to another server process: ``(status, parsed body)``."""
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), method=method, headers={
+        "Content-Type": "application/json", "Authorization": f"Bearer {token}"})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
 
-    def test_a_session_deleted_by_another_process_stops_working_at_once(self):
+
+class SessionCacheOffTest(ServerTest):
+    """INDICO_SESSION_CACHE=0: every request reads its session and its user."""
+
+    settings = {"session_cache": 0}
+
+    def client_options(self):
+        self.counter = CommandCounter()
+        return {"event_listeners": [self.counter]}
+
+    def test_every_check_reads_the_database(self):
+        token = self.signup()
+        for _ in range(2):
+            self.counter.names.clear()
+            self.assertEqual(self.post("/auth/check", token=token)[0], 200)
+            self.assertEqual(self.counter.names, ["find", "find"])  # session, user
+
+    def test_a_change_made_outside_indico_counts_at_once(self):
         token = self.signup()
         self.assertEqual(self.post("/auth/check", token=token)[0], 200)
         self.io_loop.run_sync(lambda: self.db.sessions.delete_many({}))
+        self.assertError(self.post("/auth/check", token=token), 401, "Unauthorized",
+                         "invalid, expired or revoked")
+
+
+class SessionCacheTest(ServerTest):
+    """The default cache: no command for a known session, every change by indico at once."""
+
+    def client_options(self):
+        self.counter = CommandCounter()
+        return {"event_listeners": [self.counter]}
+
+    def test_a_known_session_costs_no_command(self):
+        token = self.signup()
+        self.counter.names.clear()
+        self.assertEqual(self.post("/auth/check", token=token)[0], 200)
+        # The session, again after its mark, and the user.
+        self.assertEqual(self.counter.names, ["find", "find", "find"])
+        self.counter.names.clear()
+        status, body = self.post("/auth/check", token=token)
+        self.assertEqual((status, body["data"]["user"]["email"]), (200, "ada@example.com"))
+        self.assertEqual(self.counter.names, [])
+
+    def test_an_expired_session_is_refused_even_when_cached(self):
+        token = self.signup()
+        self.post("/auth/check", token=token)
+        [user] = self.find("users")
+        token = "s" * 43
+        # Whole seconds: nx-27017 compares dates to the second.
+        expires = (now() + datetime.timedelta(seconds=2)).replace(microsecond=0)
+        short = {"_id": hashlib.sha256(token.encode()).hexdigest(), "user_id": str(user["_id"]),
+                 "created": now(), "expires": expires}
+        self.io_loop.run_sync(lambda: self.db.sessions.insert_one(short))
+        self.assertEqual(self.post("/auth/check", token=token)[0], 200)
+        self.counter.names.clear()
+        self.assertEqual(self.post("/auth/check", token=token)[0], 200)
+        self.assertEqual(self.counter.names, [])  # cached
+        time.sleep(max(0.0, (expires - now()).total_seconds()) + 0.05)
+        self.assertError(self.post("/auth/check", token=token), 401, "Unauthorized")
+
+    def test_changes_made_by_a_second_process_count_here_at_once(self):
+        first = self.signup(password=PASSWORD)
+        second = self.post("/auth/login", {"email": "ada@example.com",
+                                           "password": PASSWORD})[1]["data"]["token"]
+        third = self.post("/auth/login", {"email": "ada@example.com",
+                                          "password": PASSWORD})[1]["data"]["token"]
+        base = self.start_second_server(self.data_dir)  # same host: same change marks
+        for token in (first, second, third):  # cached here
+            self.assertEqual(self.post("/auth/check", token=token)[0], 200)
+
+        def there(route, body, token):
+            return http("POST", base + route, body, token)
+
+        self.assertEqual(there("/user/update", {"update_user": {"name": "Countess"}}, first)[0],
+                         200)
+        self.assertEqual(self.post("/auth/check", token=first)[1]["data"]["user"]["name"],
+                         "Countess")
+        self.assertEqual(there("/auth/logout", {}, second)[0], 200)
+        self.assertError(self.post("/auth/check", token=second), 401, "Unauthorized")
+        self.assertEqual(self.post("/auth/check", token=third)[0], 200)
+        self.assertEqual(there("/user/password", {"current_password": PASSWORD,
+                                                  "new_password": "battery staple"}, first)[0],
+                         200)
+        self.assertError(self.post("/auth/check", token=third), 401, "Unauthorized")
+        self.assertEqual(self.post("/auth/check", token=first)[0], 200)
+        self.assertEqual(there("/user/delete", {"password": "battery staple"}, first)[0], 200)
+        self.assertError(self.post("/auth/check", token=first), 401, "Unauthorized")
+
+
+class SessionCacheLifetimeTest(ServerTest):
+    """What the marks cannot see (a change made outside indico) counts after the lifetime."""
+
+    settings = {"session_cache": 0.3}
+
+    def test_a_change_made_outside_indico_counts_after_the_lifetime(self):
+        token = self.signup()
+        self.assertEqual(self.post("/auth/check", token=token)[0], 200)
+        self.io_loop.run_sync(lambda: self.db.sessions.delete_many({}))
+        self.assertEqual(self.post("/auth/check", token=token)[0], 200)  # still trusted here
+        time.sleep(0.35)
         self.assertError(self.post("/auth/check", token=token), 401, "Unauthorized")

@@ -1,11 +1,13 @@
 """user/get, update, password, delete: the public shape, the allowlist (OWASP API3)."""
 
+import asyncio
 import datetime
+import json
 
 from bson import ObjectId
 
 from indico.db.util import now
-from tests.harness import ServerTest
+from tests.harness import CommandCounter, ServerTest
 
 PASSWORD = "correct horse"
 
@@ -177,3 +179,52 @@ class RateLimitWindowTest(ServerTest):
                      if doc["_id"] == "login:account:ada@example.com"]
         self.assertEqual(counter["count"], 1)
         self.assertGreater(counter["expires"], now() - datetime.timedelta(seconds=1))
+
+
+class ConcurrentRequestsTest(ServerTest):
+    """Concurrent requests share database commands and still get their own answers."""
+
+    settings = {"session_cache": 0}
+
+    def client_options(self):
+        self.counter = CommandCounter()
+        return {"event_listeners": [self.counter]}
+
+    def post_together(self, calls):
+        """Send ``(route, body, token)`` calls at once; return ``[(status, body)]`` in order."""
+        async def send():
+            return await asyncio.gather(*(self.http_client.fetch(
+                self.get_url(route), method="POST", body=json.dumps(body), raise_error=False,
+                headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"})
+                for route, body, token in calls))
+        return [(response.code, json.loads(response.body))
+                for response in self.io_loop.run_sync(send)]
+
+    def test_concurrent_checks_share_their_reads(self):
+        tokens = [self.signup(email=f"user{number}@example.com") for number in range(10)]
+        self.counter.names.clear()
+        answers = self.post_together([("/auth/check", {}, token) for token in tokens])
+        self.assertEqual([(status, body["data"]["user"]["email"]) for status, body in answers],
+                         [(200, f"user{number}@example.com") for number in range(10)])
+        # One find per request for the session and one for the user, unbatched: 20.
+        # (How many share depends on when the requests arrive; the Batcher's own
+        # tests pin that down.)
+        self.assertLess(self.counter.names.count("find"), 20, self.counter.names)
+
+    def test_concurrent_updates_one_email_taken_once(self):
+        tokens = [self.signup(email=f"user{number}@example.com") for number in range(3)]
+        before = self.snapshot("sessions")
+        answers = self.post_together(
+            [("/user/update", {"update_user": {"email": "same@example.com"}}, tokens[0]),
+             ("/user/update", {"update_user": {"email": "same@example.com"}}, tokens[1]),
+             ("/user/update", {"update_user": {"name": "Other"}}, tokens[2])])
+        self.assertEqual(sorted(status for status, _ in answers[:2]), [200, 409])
+        winner, loser = sorted(answers[:2], key=lambda answer: answer[0])
+        self.assertEqual(winner[1]["data"]["user"]["email"], "same@example.com")
+        self.assertEqual(loser[1]["error"]["type"], "Conflict")
+        self.assertEqual(loser[1]["error"]["field"], "email")
+        self.assertEqual((answers[2][0], answers[2][1]["data"]["user"]["name"]), (200, "Other"))
+        emails = sorted(user["email"] for user in self.find("users"))
+        self.assertEqual(emails.count("same@example.com"), 1)
+        self.assertEqual(len(emails), 3)
+        self.assertEqual(self.snapshot("sessions"), before)
