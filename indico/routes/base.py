@@ -17,8 +17,8 @@ import dataclasses
 import json
 import logging
 import re
+import os
 import time
-import uuid
 
 import pydantic
 import tornado.web
@@ -111,7 +111,7 @@ class BaseHandler(tornado.web.RequestHandler):
     def prepare(self):
         """Run before the method: request id, CORS and security headers."""
         supplied = self.request.headers.get("X-Request-ID", "")
-        self.request_id = supplied if REQUEST_ID_PATTERN.match(supplied) else uuid.uuid4().hex
+        self.request_id = supplied if REQUEST_ID_PATTERN.match(supplied) else os.urandom(16).hex()
         request_id_var.set(self.request_id)
         self.set_header("X-Request-ID", self.request_id)
         self.application.settings["in_flight"].add(self)
@@ -191,9 +191,16 @@ class BaseHandler(tornado.web.RequestHandler):
         return match.group(1)
 
     def write_json(self, status, data):
-        """Write the success envelope."""
+        """Write the success envelope around ``data`` (a dict, or a pydantic model).
+
+        A model is serialized by pydantic itself, in one pass, not dumped to a
+        dict and encoded again.
+        """
         self.set_status(status)
-        self.finish({"status": status, "data": data})
+        if isinstance(data, pydantic.BaseModel):
+            self.finish(b'{"status": %d, "data": %b}' % (status, data.model_dump_json().encode()))
+        else:
+            self.finish({"status": status, "data": data})
 
     def write_error(self, status_code, **kwargs):
         """Turn the exception being handled into the error envelope.
@@ -335,10 +342,8 @@ class ActionHandler(BaseHandler):
             self.user = await self.services.auth.authenticate(self.bearer_token())
         body = self.parse_body(spec.request)
         result = await spec.function(self, body)
-        if isinstance(result, pydantic.BaseModel):
-            result = result.model_dump(mode="json")
-        elif spec.response is not None:
-            result = spec.response.model_validate(result).model_dump(mode="json")
+        if spec.response is not None and not isinstance(result, pydantic.BaseModel):
+            result = spec.response.model_validate(result)
         status = getattr(self, "status_override", None) or spec.status
         self.write_json(status, result)
 

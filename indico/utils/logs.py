@@ -47,8 +47,10 @@ def setup_logging(level="INFO"):
 def log_request(handler):
     """Tornado ``log_function``: one access line per request, with latency."""
     status = handler.get_status()
-    latency_ms = 1000.0 * handler.request.request_time()
     level = logging.INFO if status < 500 else logging.ERROR
+    if not access_log.isEnabledFor(level):
+        return
+    latency_ms = 1000.0 * handler.request.request_time()
     access_log.log(level, "%s %s %d", handler.request.method, handler.request.path, status,
                    extra={
                        "request_id": getattr(handler, "request_id", "-"),
