@@ -104,10 +104,8 @@ class OptimizationError(Unprocessable):
     """
 
 
-class TooManyRequests(IndicoError):
-    """A rate limit or quota was exceeded; ``retry_after`` is in seconds."""
-
-    status = 429
+class RetryLater(IndicoError):
+    """An error that passes with time; ``retry_after`` (seconds) becomes a Retry-After header."""
 
     def __init__(self, message, retry_after=None, **details):
         super().__init__(message, **details)
@@ -116,7 +114,13 @@ class TooManyRequests(IndicoError):
             self.details["retry_after"] = retry_after
 
 
-class ServiceUnavailable(IndicoError):
+class TooManyRequests(RetryLater):
+    """A rate limit or quota was exceeded."""
+
+    status = 429
+
+
+class ServiceUnavailable(RetryLater):
     """A dependency (the database) does not answer."""
 
     status = 503

@@ -21,6 +21,7 @@ import os
 import time
 
 import pydantic
+import pymongo.errors
 import tornado.web
 
 from indico import error
@@ -38,6 +39,8 @@ HTTP_ERROR_TYPES = {
     415: error.UnsupportedMediaType,
 }
 REQUEST_ID_PATTERN = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+# Seconds a client is asked to wait when the database does not answer.
+DATABASE_RETRY_AFTER = 5
 BEARER_PATTERN = re.compile(r"^Bearer ([A-Za-z0-9_-]{16,128})$")
 
 
@@ -209,7 +212,7 @@ class BaseHandler(tornado.web.RequestHandler):
         and public message; tornado's HTTPError: its status; anything else: a
         generic 500 (the traceback was logged by :meth:`log_exception`).
         """
-        exception = kwargs.get("exc_info", (None, None, None))[1]
+        exception = _public(kwargs.get("exc_info", (None, None, None))[1])
         # send_error() cleared the headers set in prepare(); set them again.
         if self.request_id != "-":
             self.set_header("X-Request-ID", self.request_id)
@@ -238,7 +241,10 @@ class BaseHandler(tornado.web.RequestHandler):
 
     def log_exception(self, typ, value, tb):
         """Log unexpected exceptions with their traceback; client errors briefly."""
-        if isinstance(value, error.IndicoError):
+        if isinstance(value, pymongo.errors.ConnectionFailure):
+            log.warning("%s %s -> 503, the database does not answer: %s", self.request.method,
+                        self.request.path, value)
+        elif isinstance(value, error.IndicoError):
             log.info("%s %s -> %d %s", self.request.method, self.request.path,
                      value.status, value.message)
         elif isinstance(value, tornado.web.HTTPError) and value.status_code < 500:
@@ -249,6 +255,14 @@ class BaseHandler(tornado.web.RequestHandler):
 
     # request_id exists before prepare() runs, for errors raised earlier (405).
     request_id = "-"
+
+
+def _public(exception):
+    """The error a client sees for ``exception``: a database out of reach is a 503."""
+    if isinstance(exception, pymongo.errors.ConnectionFailure):
+        return error.ServiceUnavailable("the database does not answer; try again shortly",
+                                        retry_after=DATABASE_RETRY_AFTER)
+    return exception
 
 
 class NotFoundHandler(BaseHandler):

@@ -7,7 +7,7 @@ the document cannot drift from the code.
 
 from pydantic.json_schema import models_json_schema
 
-COMMON_ERRORS = (400, 404, 405, 413, 415)
+COMMON_ERRORS = (400, 404, 405, 413, 415, 503)
 ERROR_STATUSES = {
     400: "malformed body or invalid field (the message names the field)",
     401: "missing, malformed, expired or revoked bearer token, or wrong credentials",
@@ -19,6 +19,7 @@ ERROR_STATUSES = {
     415: "body not sent as application/json",
     422: "well-formed but cannot be carried out (the message says why)",
     429: "rate limit or quota exceeded; see Retry-After",
+    503: "the database does not answer; see Retry-After",
 }
 
 ERROR_SCHEMA = {

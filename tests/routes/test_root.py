@@ -86,6 +86,23 @@ class HealthWithoutDatabaseTest(ServerTest):
         self.own_client = create_client(config.mongodb_uri, timeout=1.0)
         return make_app(config, self.own_client[self.db_name], cpu_executor=CPU_EXECUTOR)
 
+    def test_actions_answer_503_while_the_database_is_down(self):
+        token = self.signup()
+        self.assertEqual(self.post("/auth/check", token=token)[0], 200)
+        self.own_server.stop()
+        # A known session still authenticates from the cache; what needs the
+        # database says it does not answer, and nothing else.
+        for route, body, token_used in (
+                ("/auth/signup", {"email": "b@example.com", "password": "password1"}, None),
+                ("/user/update", {"update_user": {"name": "x"}}, token)):
+            status, answer, response = self.request("POST", route, body, token=token_used)
+            self.assertEqual(status, 503, answer)
+            self.assertEqual(answer["error"]["type"], "ServiceUnavailable")
+            self.assertEqual(answer["error"]["message"],
+                             "the database does not answer; try again shortly")
+            self.assertEqual(response.headers["Retry-After"], "5")
+            self.assertNotIn("Traceback", json.dumps(answer))
+
     def test_503_when_the_database_is_down_then_recovery(self):
         self.assertEqual(self.request("GET", "/healthCheck")[0], 200)
         self.own_server.stop()
