@@ -104,8 +104,9 @@ class ServerTest(AsyncHTTPTestCase):
         super().setUp()
 
     def client_options(self):
-        """Extra ``AsyncMongoClient`` options (event listeners) for subclasses."""
-        return {}
+        """``AsyncMongoClient`` options: every command is recorded in ``self.counter``."""
+        self.counter = CommandCounter()
+        return {"event_listeners": [self.counter]}
 
     def get_app(self):
         self.client = create_client(self.config.mongodb_uri, timeout=5, **self.client_options())

@@ -10,7 +10,7 @@ import urllib.request
 from tornado.httpclient import HTTPRequest
 
 from indico.db.util import now
-from tests.harness import CommandCounter, ServerTest
+from tests.harness import ServerTest
 
 PASSWORD = "correct horse"
 
@@ -258,10 +258,6 @@ class SessionCacheOffTest(ServerTest):
 
     settings = {"session_cache": 0}
 
-    def client_options(self):
-        self.counter = CommandCounter()
-        return {"event_listeners": [self.counter]}
-
     def test_every_check_reads_the_database(self):
         token = self.signup()
         for _ in range(2):
@@ -279,10 +275,6 @@ class SessionCacheOffTest(ServerTest):
 
 class SessionCacheTest(ServerTest):
     """The default cache: no command for a known session, every change by indico at once."""
-
-    def client_options(self):
-        self.counter = CommandCounter()
-        return {"event_listeners": [self.counter]}
 
     def test_a_known_session_costs_no_command(self):
         token = self.signup()

@@ -14,7 +14,7 @@ import numpy
 import pandas
 
 from indico.services.prices import PriceService
-from tests.harness import CommandCounter, ServerTest
+from tests.harness import ServerTest
 
 DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(__file__))), "indico", "data")
 SYMBOLS = ["AAPL", "MSFT", "JPM", "KO", "XOM", "AMD"]
@@ -279,10 +279,6 @@ class TimeLimitTest(PortfolioTest):
 class CommandBudgetTest(PortfolioTest):
 
     settings = {"price_recheck": 30.0}
-
-    def client_options(self):
-        self.counter = CommandCounter()
-        return {"event_listeners": [self.counter]}
 
     def test_a_synchronous_optimize_costs_2_commands(self):
         self.assertEqual(self.optimize()[0], 200)  # warms the price cache

@@ -7,7 +7,7 @@ import json
 from bson import ObjectId
 
 from indico.db.util import now
-from tests.harness import CommandCounter, ServerTest
+from tests.harness import ServerTest
 
 PASSWORD = "correct horse"
 
@@ -185,10 +185,6 @@ class ConcurrentRequestsTest(ServerTest):
     """Concurrent requests share database commands and still get their own answers."""
 
     settings = {"session_cache": 0}
-
-    def client_options(self):
-        self.counter = CommandCounter()
-        return {"event_listeners": [self.counter]}
 
     def post_together(self, calls):
         """Send ``(route, body, token)`` calls at once; return ``[(status, body)]`` in order."""

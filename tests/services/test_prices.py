@@ -24,7 +24,7 @@ from indico.db import price_meta, prices
 from indico.services import prices as service_module
 from indico.services.price_files import FileRejected
 from indico.services.prices import PriceService, validate_symbols
-from tests.harness import CommandCounter, ServerTest, test_config
+from tests.harness import ServerTest, test_config
 from tests.test_prices_cli import ROOT, environment
 
 WIDE = ("Date,AAPL,MSFT\n"
@@ -241,10 +241,6 @@ class FrameTest(PricesTest):
 
 
 class CacheTest(PricesTest):
-
-    def client_options(self):
-        self.counter = CommandCounter()
-        return {"event_listeners": [self.counter]}
 
     def setUp(self):
         super().setUp()
