@@ -13,7 +13,8 @@ no trusted proxy, the embedded database under ``./var``.
 
 import os
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_validator,
+                      model_validator)
 
 from indico.error import ConfigError
 
@@ -26,6 +27,10 @@ def _split_list(value):
     if isinstance(value, str):
         return [item.strip() for item in value.split(",") if item.strip()]
     return value
+
+
+# Seconds of INDICO_SESSION_CACHE when it is not set and the database is the embedded one.
+EMBEDDED_SESSION_CACHE = 5.0
 
 
 class Config(BaseModel):
@@ -55,7 +60,9 @@ class Config(BaseModel):
 
     # accounts
     session_ttl: int = Field(7 * 24 * 3600, ge=60)
-    session_cache: float = Field(5.0, ge=0, le=300)
+    # None: 5 s with the embedded database (one host), 0 (off) with a MongoDB URI,
+    # whose processes may run on several machines that share no change marks.
+    session_cache: float = Field(EMBEDDED_SESSION_CACHE, ge=0, le=300)
     argon2_memory_kib: int = Field(19 * 1024, ge=8, le=4 * 1024 * 1024)
     argon2_time_cost: int = Field(2, ge=1, le=100)
     argon2_parallelism: int = Field(1, ge=1, le=64)
@@ -98,6 +105,14 @@ class Config(BaseModel):
         if value not in LOG_LEVELS:
             raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}")
         return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _session_cache(cls, values):
+        if isinstance(values, dict) and values.get("session_cache") in (None, ""):
+            values = {**values, "session_cache": 0.0 if values.get("mongodb_uri")
+                      else EMBEDDED_SESSION_CACHE}
+        return values
 
     @classmethod
     def from_environ(cls, environ=None, **overrides):

@@ -20,8 +20,8 @@ from indico.services.passwords import Passwords
 from indico.services.portfolio import JobEvents, PortfolioService
 from indico.services.prices import PriceService
 from indico.services.users import UsersService
-from indico.utils.marks import ChangeMarks
 from indico.utils.logs import log_request
+from indico.utils.marks import ChangeMarks
 
 ACTION_HANDLERS = (AuthHandler, UserHandler, PricesHandler, PortfolioHandler)
 WEBSOCKET_MAX_MESSAGE = 4096
@@ -36,10 +36,11 @@ def build_services(config, db, cpu_executor, pool=None):
     passwords = Passwords(config, cpu_executor)
     prices = PriceService(db, config)
     events = JobEvents(db)
-    auth = AuthService(db, config, passwords, ChangeMarks(config.marks_path))
+    marks = ChangeMarks(config.marks_path)
+    auth = AuthService(db, config, passwords, marks)
     return Services(
         auth=auth,
-        users=UsersService(db, passwords, auth),
+        users=UsersService(db, passwords, auth, marks),
         prices=prices,
         portfolio=PortfolioService(db, config, prices, events, pool),
         events=events,

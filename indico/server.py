@@ -98,6 +98,8 @@ async def serve(config):
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
         log.info("indico %s listening on http://%s:%d", __version__, config.address, config.port)
+        log.info("session cache: %s s, change marks in %s (shared by this host's processes)",
+                 config.session_cache, config.marks_path)
         await stop.wait()
         log.info("shutting down: no new connections, waiting for in-flight requests")
         server.stop()

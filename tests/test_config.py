@@ -20,6 +20,17 @@ class ConfigTest(unittest.TestCase):
                           config.argon2_parallelism), (19456, 2, 1))
         self.assertEqual(config.session_ttl, 7 * 24 * 3600)
 
+    def test_session_cache_is_on_only_where_one_host_is_sure(self):
+        self.assertEqual(Config.from_environ({}).session_cache, 5.0)  # embedded database
+        remote = {"INDICO_MONGODB_URI": "mongodb://db.example.com/"}
+        self.assertEqual(Config.from_environ(remote).session_cache, 0.0)
+        self.assertEqual(Config.from_environ({**remote, "INDICO_SESSION_CACHE": "2"})
+                         .session_cache, 2.0)
+        self.assertEqual(Config.from_environ({"INDICO_SESSION_CACHE": "0"}).session_cache, 0.0)
+        with self.assertRaises(ConfigError) as caught:
+            Config.from_environ({"INDICO_SESSION_CACHE": "301"})
+        self.assertIn("INDICO_SESSION_CACHE", str(caught.exception))
+
     def test_reads_the_injected_mapping(self):
         config = Config.from_environ({
             "INDICO_PORT": "8001", "INDICO_CORS_ORIGINS": "https://a.example, http://b:8080",

@@ -4,7 +4,8 @@ Each database command has a fixed cost on the server (a round trip, parsing,
 on nx-27017 a lock and, for a journaled write, a sync) that dwarfs the cost of
 one more document in it: on nx-27017 a ``find`` by ``_id`` costs about 0.5 ms
 of the server's CPU alone and 0.05 ms a document in a batch of 25; a
-journaled update 0.9 ms alone and 0.09 ms a document in a batch of 50. A
+journaled update 0.9 ms alone and 0.1-0.15 ms a document in a batch of 25
+(docs/PERFORMANCE.md). A
 :class:`Batcher` collects what concurrent requests ask and sends it in a few
 commands, so under load the fixed cost is shared, and without load a request
 waits for nothing.
@@ -17,6 +18,15 @@ only once its own command is acknowledged, with the command's write concern
 """
 
 import asyncio
+import copy
+
+
+def _own_copy(exception):
+    """A copy of ``exception`` for one caller, so callers do not share its traceback."""
+    try:
+        return copy.copy(exception)
+    except Exception:  # an exception class that cannot be rebuilt from its args
+        return exception
 
 
 class Batcher:
@@ -40,7 +50,7 @@ class Batcher:
         self.max_size = max_size
         self.max_in_flight = max_in_flight
         self.pending = []
-        self.senders = 0
+        self.senders = set()
 
     async def submit(self, item):
         """Return the result for ``item`` once the command that carries it returns.
@@ -50,31 +60,45 @@ class Batcher:
         """
         future = asyncio.get_running_loop().create_future()
         self.pending.append((item, future))
-        if self.senders < self.max_in_flight:
+        if len(self.senders) < self.max_in_flight:
             # Not started inline: the requests already queued on the IOLoop in
             # this iteration get to join the first batch.
-            self.senders += 1
-            asyncio.ensure_future(self._send())
+            sender = asyncio.ensure_future(self._send())
+            self.senders.add(sender)
+            sender.add_done_callback(self.senders.discard)
         return await future
 
+    def _next_batch(self):
+        """Take up to ``max_size`` pending items whose callers still wait."""
+        batch = []
+        while self.pending and len(batch) < self.max_size:
+            item, future = self.pending.pop(0)
+            if not future.done():  # a cancelled caller's item is not sent
+                batch.append((item, future))
+        return batch
+
     async def _send(self):
-        try:
-            while self.pending:
-                batch = self.pending[:self.max_size]
-                del self.pending[:self.max_size]
-                try:
-                    results = list(await self.run([item for item, _ in batch]))
-                    if len(results) != len(batch):
-                        raise RuntimeError(f"{self.run!r} gave {len(results)} results "
-                                           f"for {len(batch)} items")
-                except Exception as exc:  # one failure for the whole command
-                    results = [exc] * len(batch)
-                for (_, future), result in zip(batch, results):
-                    if future.done():  # the caller was cancelled
+        while batch := self._next_batch():
+            try:
+                results = list(await self.run([item for item, _ in batch]))
+                if len(results) != len(batch):
+                    raise RuntimeError(f"{self.run!r} gave {len(results)} results "
+                                       f"for {len(batch)} items")
+            except BaseException as exc:  # the command failed, or this task was cancelled
+                for _, future in batch:
+                    if future.done():
                         continue
-                    if isinstance(result, BaseException):
-                        future.set_exception(result)
+                    if isinstance(exc, asyncio.CancelledError):
+                        future.cancel()
                     else:
-                        future.set_result(result)
-        finally:
-            self.senders -= 1
+                        future.set_exception(_own_copy(exc))
+                if not isinstance(exc, Exception):
+                    raise
+                continue
+            for (_, future), result in zip(batch, results):
+                if future.done():  # the caller was cancelled meanwhile
+                    continue
+                if isinstance(result, BaseException):
+                    future.set_exception(result)
+                else:
+                    future.set_result(result)

@@ -1,7 +1,8 @@
 """The ``users`` collection: one document per account, unique by email.
 
 Stored shape: ``_id`` (ObjectId), ``email`` (normalized), ``name``,
-``password_hash`` (Argon2id), ``preferences`` (dict), ``created``,
+``password_hash`` (Argon2id), ``password_version`` (how many times the
+password was changed; absent means 0), ``preferences`` (dict), ``created``,
 ``updated``. Only ``indico.services`` reads the hash; responses are built
 from the public shape in ``indico.routes.models``.
 """
@@ -59,6 +60,18 @@ async def update_user(db, user_id, fields):
     result = await journaled(db, "users").update_one(
         {"_id": user_id}, {"$set": {**fields, "updated": now()}})
     return bool(result.matched_count)
+
+
+async def set_password(db, user_id, password_hash):
+    """Store a new password hash and count the change in ``password_version``.
+
+    (A re-hash of the same password at login goes through :func:`update_user`
+    and leaves the version alone.)
+    """
+    await journaled(db, "users").update_one(
+        {"_id": user_id},
+        {"$set": {"password_hash": password_hash, "updated": now()},
+         "$inc": {"password_version": 1}})
 
 
 async def update_users(db, changes):

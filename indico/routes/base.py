@@ -16,8 +16,8 @@ says.
 import dataclasses
 import json
 import logging
-import re
 import os
+import re
 import time
 
 import pydantic
@@ -127,10 +127,14 @@ class BaseHandler(tornado.web.RequestHandler):
     def on_connection_close(self):
         """Run when the client goes away before the answer.
 
-        A request whose method already runs stays in flight until it finishes
-        (a shutdown must not close the database under it); one still waiting
-        for its body will never run, so it stops counting.
+        Tornado's own hook ends a request still waiting for its body (it would
+        wait forever otherwise). A request whose method already runs stays in
+        flight until it finishes, so a shutdown does not close the database
+        under it; one still waiting for its body will never run, so it stops
+        counting. (A request whose body arrived but whose method has not been
+        called yet, one IOLoop step, counts as waiting.)
         """
+        super().on_connection_close()
         if not self.body_complete:
             self.application.settings["in_flight"].discard(self)
 

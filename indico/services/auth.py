@@ -63,6 +63,7 @@ class SessionCache:
 
     @property
     def enabled(self):
+        """True unless the lifetime is 0."""
         return self.lifetime > 0
 
     def _get(self, table, key, mark_of):
@@ -90,6 +91,7 @@ class SessionCache:
         return session
 
     def put_session(self, key, session, stamp):
+        """Cache ``session`` under token hash ``key``, stamped with its mark read before it."""
         self._put(self.sessions, key, session, stamp)
 
     def get_user(self, user_id):
@@ -97,6 +99,7 @@ class SessionCache:
         return self._get(self.users, user_id, lambda value: profile_mark(user_id))
 
     def put_user(self, user_id, user, stamp):
+        """Cache ``user``, stamped with its profile mark read before it."""
         self._put(self.users, user_id, user, stamp)
 
 
@@ -107,17 +110,15 @@ def _retry_after(expires):
 class AuthService:
     """Sign-up, login, logout and token checks.
 
+    A request's session and user come from the :class:`SessionCache` when their
+    marks say nothing changed, else from the database; the reads of concurrent
+    requests go to the database together (:class:`indico.db.batch.Batcher`).
+
     Args:
         db: the database handle.
         config: the Config.
         passwords: a :class:`indico.services.passwords.Passwords`.
-
         marks: the host's :class:`indico.utils.marks.ChangeMarks`.
-
-    A request's session and user come from the :class:`SessionCache` when its
-    marks say nothing changed, else from the database; the reads of
-    concurrent requests go to the database together
-    (:class:`indico.db.batch.Batcher`).
     """
 
     def __init__(self, db, config, passwords, marks):
@@ -217,12 +218,22 @@ class AuthService:
         if self.passwords.needs_rehash(stored_hash):
             new_hash = await self.passwords.hash(password)
             await users.update_user(self.db, user["_id"], {"password_hash": new_hash})
-        return await self._new_session(user)
+        opened = await self._new_session(user)
+        # A password change (or a deletion) that landed after the check above
+        # has already revoked the other sessions: this one must not outlive it.
+        now_stored = await users.get_user(self.db, user["_id"])
+        if (now_stored is None or now_stored.get("password_version", 0)
+                != user.get("password_version", 0)):
+            await sessions.delete_session(self.db, token_hash(opened["token"]))
+            raise error.Unauthorized(INVALID_CREDENTIALS)
+        return opened
 
     async def logout(self, token, user_id):
         """Revoke the session of ``token`` (a session of ``user_id``) at once."""
-        await sessions.delete_session(self.db, token_hash(token))
-        self.marks.bump(sessions_mark(user_id))
+        try:
+            await sessions.delete_session(self.db, token_hash(token))
+        finally:
+            self.marks.bump(sessions_mark(user_id))
 
     async def authenticate(self, token):
         """Return the user (no password hash) of a valid, unexpired, unrevoked ``token``.

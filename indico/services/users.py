@@ -16,12 +16,16 @@ class UsersService:
         db: the database handle.
         passwords: a :class:`indico.services.passwords.Passwords`.
         auth: the :class:`indico.services.auth.AuthService` (it reads users).
+        marks: the host's :class:`indico.utils.marks.ChangeMarks`, bumped after
+            every change to a user's sessions or profile, even one that failed
+            half-way (a needless bump only costs a re-read).
     """
 
-    def __init__(self, db, passwords, auth):
+    def __init__(self, db, passwords, auth, marks):
         self.db = db
         self.passwords = passwords
         self.auth = auth
+        self.marks = marks
         # Profile changes of concurrent requests share one journaled command.
         self.updater = Batcher(lambda changes: users.update_users(db, changes))
 
@@ -42,7 +46,8 @@ class UsersService:
             await self.updater.submit((ObjectId(user["_id"]), fields))
         except DuplicateKeyError:
             raise error.Conflict("an account with this email exists", field="email") from None
-        self.auth.marks.bump(profile_mark(user["_id"]))
+        finally:
+            self.marks.bump(profile_mark(user["_id"]))
         updated = await self.auth.get_user(user["_id"])
         if updated is None:
             raise error.Unauthorized("the account no longer exists")
@@ -61,15 +66,22 @@ class UsersService:
         """Set a new password and revoke every session but the caller's."""
         stored = await self._check_password(user, current_password, "current_password")
         new_hash = await self.passwords.hash(new_password)
-        await users.update_user(self.db, stored["_id"], {"password_hash": new_hash})
-        await sessions.delete_user_sessions(self.db, str(user["_id"]), keep=token_hash(token))
-        self.auth.marks.bump(sessions_mark(user["_id"]))
+        try:
+            # The new password first: a login that checked the old one and
+            # opens its session after this sees it changed and gives it up.
+            await users.set_password(self.db, stored["_id"], new_hash)
+            await sessions.delete_user_sessions(self.db, str(user["_id"]),
+                                                keep=token_hash(token))
+        finally:
+            self.marks.bump(sessions_mark(user["_id"]))
 
     async def delete(self, user, password):
         """Delete the user, their sessions and their results."""
         stored = await self._check_password(user, password, "password")
-        await jobs.delete_owner_jobs(self.db, str(stored["_id"]))
-        await sessions.delete_user_sessions(self.db, str(stored["_id"]))
-        await users.delete_user(self.db, stored["_id"])
-        self.auth.marks.bump(sessions_mark(stored["_id"]))
-        self.auth.marks.bump(profile_mark(stored["_id"]))
+        try:
+            await jobs.delete_owner_jobs(self.db, str(stored["_id"]))
+            await sessions.delete_user_sessions(self.db, str(stored["_id"]))
+            await users.delete_user(self.db, stored["_id"])
+        finally:
+            self.marks.bump(sessions_mark(stored["_id"]))
+            self.marks.bump(profile_mark(stored["_id"]))

@@ -56,4 +56,5 @@ class ChangeMarks:
         self.map[offset:offset + SLOT_SIZE] = os.urandom(SLOT_SIZE)
 
     def close(self):
+        """Unmap the file (the marks stay in it for the other processes)."""
         self.map.close()

@@ -61,7 +61,7 @@ class BatcherTest(unittest.IsolatedAsyncioTestCase):
         self.assertEqual(sorted(item for batch in run.batches for item in batch), list(range(10)))
         self.assertLessEqual(max(len(batch) for batch in run.batches), 3)
         self.assertEqual(run.most_in_flight, 2)
-        self.assertEqual(batcher.senders, 0)
+        self.assertEqual(batcher.senders, set())
 
     async def test_an_error_for_one_item_reaches_only_its_caller(self):
         async def run(items):
@@ -86,6 +86,7 @@ class BatcherTest(unittest.IsolatedAsyncioTestCase):
                                        return_exceptions=True)
         self.assertEqual([type(result) for result in results], [ConnectionError] * 2)
         self.assertEqual(str(results[0]), "database down")
+        self.assertIsNot(results[0], results[1])  # each caller its own traceback
         self.assertEqual(await batcher.submit("c"), "c")
 
     async def test_a_run_that_answers_the_wrong_number_of_items_fails_them(self):
@@ -109,3 +110,27 @@ class BatcherTest(unittest.IsolatedAsyncioTestCase):
         with self.assertRaises(asyncio.CancelledError):
             await doomed
         self.assertEqual(run.batches, [[1, 2]])
+
+    async def test_an_item_whose_caller_left_before_the_command_is_not_sent(self):
+        run = Recorder(delay=0.05)
+        batcher = Batcher(run, max_in_flight=1)
+        first = asyncio.ensure_future(batcher.submit(1))
+        await asyncio.sleep(0.01)  # the first command is out
+        gone = asyncio.ensure_future(batcher.submit(2))
+        kept = asyncio.ensure_future(batcher.submit(3))
+        await asyncio.sleep(0)
+        gone.cancel()
+        self.assertEqual((await first, await kept), (2, 6))
+        self.assertEqual(run.batches, [[1], [3]])
+
+    async def test_a_sender_cancelled_mid_command_cancels_its_callers(self):
+        run = Recorder(delay=1.0)
+        batcher = Batcher(run)
+        callers = [asyncio.ensure_future(batcher.submit(number)) for number in (1, 2)]
+        await asyncio.sleep(0.01)
+        [sender] = batcher.senders
+        sender.cancel()
+        results = await asyncio.gather(*callers, return_exceptions=True)
+        self.assertEqual([type(result) for result in results], [asyncio.CancelledError] * 2)
+        await asyncio.sleep(0)
+        self.assertEqual(batcher.senders, set())

@@ -10,6 +10,7 @@ import urllib.request
 from tornado.httpclient import HTTPRequest
 
 from indico.db.util import now
+from indico.services.auth import sessions_mark
 from tests.harness import ServerTest
 
 PASSWORD = "correct horse"
@@ -274,7 +275,9 @@ class SessionCacheOffTest(ServerTest):
 
 
 class SessionCacheTest(ServerTest):
-    """The default cache: no command for a known session, every change by indico at once."""
+    """The cache: no command for a known session, every change by indico at once."""
+
+    settings = {"session_cache": 300.0}
 
     def test_a_known_session_costs_no_command(self):
         token = self.signup()
@@ -336,12 +339,69 @@ class SessionCacheTest(ServerTest):
 class SessionCacheLifetimeTest(ServerTest):
     """What the marks cannot see (a change made outside indico) counts after the lifetime."""
 
-    settings = {"session_cache": 0.3}
+    settings = {"session_cache": 1.5}
 
     def test_a_change_made_outside_indico_counts_after_the_lifetime(self):
         token = self.signup()
         self.assertEqual(self.post("/auth/check", token=token)[0], 200)
         self.io_loop.run_sync(lambda: self.db.sessions.delete_many({}))
         self.assertEqual(self.post("/auth/check", token=token)[0], 200)  # still trusted here
-        time.sleep(0.35)
+        time.sleep(1.6)
         self.assertError(self.post("/auth/check", token=token), 401, "Unauthorized")
+
+
+class RevocationDuringAMissTest(ServerTest):
+    """A revocation between the two session reads of a cache miss is not cached."""
+
+    settings = {"session_cache": 300.0}
+
+    def test_a_session_revoked_between_the_reads_is_refused(self):
+        token = self.signup()
+        [user] = self.find("users")
+        auth = self._app.settings["services"].auth
+        read_sessions = auth.session_reader.run
+        reads = []
+
+        async def read_then_revoke(keys):
+            found = await read_sessions(keys)
+            reads.append(keys)
+            if len(reads) == 1:  # another process logs the token out now
+                await self.db.sessions.delete_many({})
+                auth.marks.bump(sessions_mark(str(user["_id"])))
+            return found
+        auth.session_reader.run = read_then_revoke
+        self.assertError(self.post("/auth/check", token=token), 401, "Unauthorized",
+                         "invalid, expired or revoked")
+        self.assertEqual(len(reads), 2)
+        self.assertEqual(auth.cache.sessions, {})
+
+
+class LoginDuringPasswordChangeTest(ServerTest):
+    """A login that checked the old password keeps no session past the change."""
+
+    def test_a_login_overlapping_a_password_change_gets_401_and_no_session(self):
+        token = self.signup(password=PASSWORD)
+        [user] = self.find("users")
+        services = self._app.settings["services"]
+        verify = services.auth.passwords.verify
+        overlapped = []
+
+        async def verify_then_change_elsewhere(stored_hash, password):
+            ok = await verify(stored_hash, password)
+            if not overlapped:  # the owner changes the password meanwhile
+                overlapped.append(True)
+                await services.users.change_password(user, PASSWORD, "battery staple", token)
+            return ok
+        services.auth.passwords.verify = verify_then_change_elsewhere
+        self.assertError(self.post("/auth/login", {"email": "ada@example.com",
+                                                   "password": PASSWORD}),
+                         401, "Unauthorized", "email or password is wrong")
+        self.assertEqual(overlapped, [True])
+        # Only the session of the request that changed the password is left.
+        sessions = self.find("sessions")
+        self.assertEqual([session["_id"] for session in sessions],
+                         [hashlib.sha256(token.encode()).hexdigest()])
+        self.assertEqual(self.find("users")[0]["password_version"], 1)
+        status, body = self.post("/auth/login", {"email": "ada@example.com",
+                                                 "password": "battery staple"})
+        self.assertEqual(status, 200, body)

@@ -1,5 +1,6 @@
 """The base handler: dispatch only to registered actions, the envelope, parsing, CORS."""
 
+import asyncio
 import json
 
 from tests.harness import ServerTest
@@ -148,6 +149,26 @@ class ParsingTest(ServerTest):
         self.assertEqual(response.code, 413)
         body = json.loads(response.body)
         self.assertEqual(body["error"]["type"], "PayloadTooLarge")
+
+    def test_a_client_that_leaves_mid_body_leaves_nothing_behind(self):
+        async def leave_mid_body():
+            reader, writer = await asyncio.open_connection("127.0.0.1", self.get_http_port())
+            writer.write(b"POST /auth/signup HTTP/1.1\r\nHost: x\r\n"
+                         b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{")
+            await writer.drain()
+            await asyncio.sleep(0.1)
+            self.assertEqual(len(self._app.settings["in_flight"]), 1)
+            writer.close()
+            for _ in range(100):
+                await asyncio.sleep(0.01)
+                waiting = [task for task in asyncio.all_tasks()
+                           if "RequestHandler._execute" in repr(task.get_coro())]
+                if not waiting and not self._app.settings["in_flight"]:
+                    return
+            self.fail(f"still waiting for the body: {waiting}, "
+                      f"in flight: {self._app.settings['in_flight']}")
+        self.io_loop.run_sync(leave_mid_body)
+        self.assertEqual(self.find("users"), [])
 
     def test_deeply_nested_json(self):
         raw = "[" * 5000 + "]" * 5000

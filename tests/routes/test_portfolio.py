@@ -278,7 +278,7 @@ class TimeLimitTest(PortfolioTest):
 
 class CommandBudgetTest(PortfolioTest):
 
-    settings = {"price_recheck": 30.0}
+    settings = {"price_recheck": 30.0, "session_cache": 300.0}
 
     def test_a_synchronous_optimize_costs_2_commands(self):
         self.assertEqual(self.optimize()[0], 200)  # warms the price cache

@@ -82,7 +82,7 @@ class HealthWithoutDatabaseTest(ServerTest):
 
     def make_app(self):
         config = test_config(mongodb_uri=self.own_server.uri, db_timeout=1.0,
-                             database=self.db_name)
+                             database=self.db_name, session_cache=300.0)
         self.own_client = create_client(config.mongodb_uri, timeout=1.0)
         return make_app(config, self.own_client[self.db_name], cpu_executor=CPU_EXECUTOR)
 
@@ -92,6 +92,8 @@ class HealthWithoutDatabaseTest(ServerTest):
         self.own_server.stop()
         # A known session still authenticates from the cache; what needs the
         # database says it does not answer, and nothing else.
+        status, answer = self.post("/auth/check", token=token)
+        self.assertEqual((status, answer["data"]["user"]["email"]), (200, "ada@example.com"))
         for route, body, token_used in (
                 ("/auth/signup", {"email": "b@example.com", "password": "password1"}, None),
                 ("/user/update", {"update_user": {"name": "x"}}, token)):

@@ -42,9 +42,10 @@ class ChangeMarksTest(unittest.TestCase):
         self.addCleanup(third.close)
         self.assertEqual(third.read("sessions:u"), first.read("sessions:u"))
 
-    def test_private_marks_touch_no_file(self):
-        marks = ChangeMarks()
-        self.addCleanup(marks.close)
-        marks.bump("k")
-        self.assertNotEqual(marks.read("k"), 0)
-        self.assertEqual(os.listdir(self.directory), [])
+    def test_private_marks_are_shared_with_nobody(self):
+        first, second = ChangeMarks(), ChangeMarks()
+        self.addCleanup(first.close)
+        self.addCleanup(second.close)
+        first.bump("k")
+        self.assertNotEqual(first.read("k"), 0)
+        self.assertEqual(second.read("k"), 0)
