@@ -39,10 +39,14 @@ async def get_public_users(db, user_ids):
     """Return each user of ``user_ids`` (ObjectIds) without its password hash, or None.
 
     One command for many lookups (see :mod:`indico.db.batch`); results in order.
+    The hash is dropped here rather than by a projection, which costs nx-27017
+    a fifth more per document.
     """
     keys = list(set(user_ids))
-    found = {user["_id"]: user async for user in db.users.find(
-        {"_id": {"$in": keys}}, {"password_hash": False}, batch_size=len(keys))}
+    found = {}
+    async for user in db.users.find({"_id": {"$in": keys}}, batch_size=len(keys)):
+        user.pop("password_hash", None)
+        found[user["_id"]] = user
     return [found.get(key) for key in user_ids]
 
 
