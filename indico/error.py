@@ -126,5 +126,9 @@ class ServiceUnavailable(RetryLater):
     status = 503
 
 
+class StartupError(RuntimeError):
+    """The server cannot start (its database cannot run or answer); the message says why."""
+
+
 class ConfigError(Exception):
     """A setting has a bad value; the message names the environment variable."""

@@ -10,16 +10,19 @@ import argparse
 import asyncio
 import gc
 import logging
+import os
 import signal
 import sys
 import time
+
+from pymongo.errors import ConnectionFailure
 
 from config import Config
 from indico import __version__
 from indico.app import make_app
 from indico.db import create_client, ensure_indexes, purge_all_expired
 from indico.db.embedded import EmbeddedServer
-from indico.error import ConfigError
+from indico.error import ConfigError, StartupError
 from indico.services.portfolio import JobRunner
 from indico.utils.logs import setup_logging
 
@@ -74,7 +77,18 @@ async def purge_forever(db, interval=PURGE_INTERVAL):
 
 
 async def serve(config):
-    """Run the server until SIGTERM or SIGINT."""
+    """Run the server until SIGTERM or SIGINT.
+
+    Raises:
+        ConfigError: INDICO_DATA_DIR cannot be used.
+        StartupError: the embedded database cannot start.
+        ConnectionFailure: the database does not answer at start.
+    """
+    try:
+        os.makedirs(config.data_path, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"INDICO_DATA_DIR: cannot use {config.data_path}: "
+                          f"{exc.strerror}") from None
     client, db, embedded = await open_database(config)
     try:
         purges_itself = await ensure_indexes(db)
@@ -126,7 +140,14 @@ def main(argv=None):
     except ConfigError as exc:
         sys.exit(f"indico: configuration error: {exc}")
     setup_logging(config.log_level)
-    asyncio.run(serve(config))
+    try:
+        asyncio.run(serve(config))
+    except (ConfigError, StartupError) as exc:
+        sys.exit(f"indico: cannot start: {exc}")
+    except ConnectionFailure as exc:
+        where = "INDICO_MONGODB_URI" if config.mongodb_uri else "the embedded database"
+        reason = str(exc).split(", Timeout:")[0]  # not the driver's topology dump
+        sys.exit(f"indico: cannot start: the database does not answer ({where}): {reason}")
     return 0
 
 

@@ -115,6 +115,24 @@ class ServerProcessTest(unittest.TestCase):
         process.send_signal(signal.SIGINT)
         self.assertEqual(process.wait(30), 0)
 
+    def test_an_unusable_data_dir_fails_at_start_naming_the_variable(self):
+        process = self.start(INDICO_DATA_DIR=os.path.join(REPO, "README.md", "data"))
+        self.assertEqual(process.wait(30), 1)
+        error = process.stderr.read()
+        self.assertIn("indico: cannot start: INDICO_DATA_DIR: cannot use", error)
+        self.assertIn("Not a directory", error)
+        self.assertNotIn("Traceback", error)
+
+    def test_a_database_that_does_not_answer_fails_at_start_in_one_line(self):
+        process = self.start(INDICO_MONGODB_URI=f"mongodb://127.0.0.1:{_free_port()}/",
+                             INDICO_DB_TIMEOUT="0.5")
+        self.assertEqual(process.wait(30), 1)
+        error = process.stderr.read()
+        self.assertIn("indico: cannot start: the database does not answer "
+                      "(INDICO_MONGODB_URI)", error)
+        self.assertNotIn("Traceback", error)
+        self.assertNotIn("Topology", error)
+
     def test_bad_configuration_fails_at_start_naming_the_variable(self):
         process = self.start(INDICO_PORT="http")
         self.assertNotEqual(process.wait(30), 0)

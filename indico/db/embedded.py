@@ -27,6 +27,8 @@ import time
 from pymongo import MongoClient
 from pymongo.errors import PyMongoError
 
+from indico.error import StartupError
+
 log = logging.getLogger(__name__)
 
 STATE_FILE = "server.json"
@@ -133,7 +135,7 @@ class EmbeddedServer:
         port = self.port or _free_port()
         if _port_in_use(port):
             # A ping would be answered by whatever listens there, not by our server.
-            raise RuntimeError(f"port {port} is already in use; the embedded database "
+            raise StartupError(f"port {port} is already in use; the embedded database "
                                "cannot listen there")
         uri = f"mongodb://127.0.0.1:{port}/"
         command = [
@@ -152,13 +154,13 @@ class EmbeddedServer:
         deadline = time.monotonic() + self.start_timeout
         while not _answers(uri, 0.5):
             if self.process.poll() is not None:
-                raise RuntimeError(
+                raise StartupError(
                     f"the embedded database exited with code {self.process.returncode}; "
                     f"see {os.path.join(self.directory, 'nx-27017.log')}"
                 )
             if time.monotonic() > deadline:
                 self.stop()
-                raise RuntimeError(
+                raise StartupError(
                     f"the embedded database did not answer within {self.start_timeout} s "
                     "(INDICO_EMBEDDED_START_TIMEOUT)"
                 )
