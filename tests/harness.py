@@ -35,9 +35,12 @@ def server_command(*arguments):
     if "coverage" in sys.modules:
         return [sys.executable, "-m", "coverage", "run", "-m", "indico.server", *arguments]
     return [sys.executable, "-m", "indico.server", *arguments]
-# Cheapest Argon2 parameters: only tests use them (the default is OWASP's).
+
+
+# Cheapest Argon2 parameters: only tests use them (the default is OWASP's). The session
+# cache as `make run` has it (on), although the tests give a database URI.
 TEST_SETTINGS = {"argon2_memory_kib": 8, "argon2_time_cost": 1, "argon2_parallelism": 1,
-                 "load_sample_prices": False, "price_recheck": 0.0}
+                 "load_sample_prices": False, "price_recheck": 0.0, "session_cache": 5.0}
 CPU_EXECUTOR = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="test-cpu")
 
 
@@ -188,7 +191,8 @@ class ServerTest(AsyncHTTPTestCase):
         env = {key: value for key, value in os.environ.items() if not key.startswith("INDICO_")}
         env.update({"INDICO_MONGODB_URI": self.config.mongodb_uri, "INDICO_DATABASE": self.db_name,
                     "INDICO_LOAD_SAMPLE_PRICES": "false", "INDICO_DATA_DIR": data_dir,
-                    "INDICO_ARGON2_MEMORY_KIB": "8", "INDICO_ARGON2_TIME_COST": "1"})
+                    "INDICO_ARGON2_MEMORY_KIB": "8", "INDICO_ARGON2_TIME_COST": "1",
+                    "INDICO_SESSION_CACHE": "5"})
         process = subprocess.Popen(server_command(f"--port={port}"), cwd=REPO, env=env, stdout=subprocess.DEVNULL,
                                    stderr=subprocess.DEVNULL)
 
