@@ -11,7 +11,7 @@ carry no copy of it, so a profile change is one write).
 
 from pymongo import ASCENDING
 
-from indico.db.util import journaled, now
+from indico.db.util import find_by_ids, journaled, now
 
 
 async def create_indexes(db):
@@ -32,10 +32,7 @@ async def get_sessions(db, token_hashes):
 
     One command for many lookups (see :mod:`indico.db.batch`).
     """
-    keys = list(set(token_hashes))
-    found = {session["_id"]: session async for session in db.sessions.find(
-        {"_id": {"$in": keys}, "expires": {"$gt": now()}}, batch_size=len(keys))}
-    return [found.get(key) for key in token_hashes]
+    return await find_by_ids(db.sessions, token_hashes, {"expires": {"$gt": now()}})
 
 
 async def delete_session(db, token_hash):

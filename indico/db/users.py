@@ -11,7 +11,7 @@ from bson import ObjectId
 from pymongo import ASCENDING, UpdateOne
 from pymongo.errors import BulkWriteError, DuplicateKeyError, OperationFailure
 
-from indico.db.util import journaled, now, object_id
+from indico.db.util import find_by_ids, journaled, now, object_id
 
 
 async def create_indexes(db):
@@ -42,12 +42,11 @@ async def get_public_users(db, user_ids):
     The hash is dropped here rather than by a projection, which costs nx-27017
     a fifth more per document.
     """
-    keys = list(set(user_ids))
-    found = {}
-    async for user in db.users.find({"_id": {"$in": keys}}, batch_size=len(keys)):
-        user.pop("password_hash", None)
-        found[user["_id"]] = user
-    return [found.get(key) for key in user_ids]
+    found = await find_by_ids(db.users, user_ids)
+    for user in found:
+        if user is not None:
+            user.pop("password_hash", None)
+    return found
 
 
 async def get_user_by_email(db, email):

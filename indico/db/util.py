@@ -28,6 +28,19 @@ def object_id(value):
         return None
 
 
+async def find_by_ids(collection, ids, conditions=None):
+    """Return the document of ``collection`` with each of ``ids``, or None, in order.
+
+    One command for all of them (see :mod:`indico.db.batch`); ``conditions``
+    are more filters every document must meet.
+    """
+    keys = list(set(ids))
+    query = {"_id": {"$in": keys}, **(conditions or {})}
+    found = {document["_id"]: document
+             async for document in collection.find(query, batch_size=len(keys))}
+    return [found.get(key) for key in ids]
+
+
 def journaled(db, name):
     """Return collection ``name`` with a journaled write concern (w=1, j=true)."""
     return db.get_collection(name, write_concern=JOURNALED)
