@@ -25,9 +25,7 @@ at their default and limited to 1 (threadpoolctl).
 import argparse
 import math
 import pathlib
-import statistics
 import sys
-import time
 import warnings
 
 import numpy as np
@@ -39,6 +37,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from indico.optimization import optimize
+from timing import median_seconds
 
 try:
     from pypfopt import EfficientFrontier, expected_returns, risk_models
@@ -52,17 +51,6 @@ RATIO_TOLERANCE = 1e-6
 
 def load_prices():
     return pd.read_csv(DATA / "sp500_prices.csv.gz", parse_dates=["Date"], index_col="Date")
-
-
-def median_seconds(function, repeat, warmup=2):
-    for _ in range(warmup):
-        function()
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 # --- references ---------------------------------------------------------------------

@@ -38,22 +38,13 @@ from config import Config
 from indico.db import create_client, ensure_indexes, price_meta
 from indico.db.embedded import EmbeddedServer
 from indico.services import price_files
+from timing import median_seconds
 from indico.services.prices import DATA_DIRECTORY, SAMPLE_FILES, PriceService
 
 SAMPLE = [os.path.join(DATA_DIRECTORY, name) for name in SAMPLE_FILES]
 SYMBOLS = ["AAPL", "AMD", "BAC", "BBY", "CVX", "GE", "HD", "JNJ", "JPM", "KO",
            "LLY", "MRK", "MSFT", "PEP", "PFE", "PG", "RRC", "UNH", "WMT", "XOM"]
 START, END = datetime.date(2017, 12, 29), datetime.date(2022, 12, 28)
-
-
-def median_time(function, runs):
-    """Median wall time of ``function()`` in seconds over ``runs`` calls."""
-    times = []
-    for _ in range(runs):
-        began = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - began)
-    return statistics.median(times)
 
 
 async def median_async(function, runs):
@@ -78,10 +69,10 @@ async def measure(uri, runs):
     try:
         # Quick to repeat, so repeated more: these are the yardsticks.
         many = max(runs, 20)
-        results["pandas_prices"] = median_time(lambda: pandas_read(SAMPLE[:1]), many)
-        results["pandas_both"] = median_time(lambda: pandas_read(SAMPLE), many)
-        results["parse"] = median_time(
-            lambda: [price_files.parse_file(path) for path in SAMPLE], many)
+        results["pandas_prices"] = median_seconds(lambda: pandas_read(SAMPLE[:1]), many, warmup=0)
+        results["pandas_both"] = median_seconds(lambda: pandas_read(SAMPLE), many, warmup=0)
+        results["parse"] = median_seconds(
+            lambda: [price_files.parse_file(path) for path in SAMPLE], many, warmup=0)
 
         imports, reimports = [], []
         for _ in range(runs):
