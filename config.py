@@ -48,6 +48,12 @@ class Config(BaseModel):
     cors_origins: list[str] = []
     trusted_proxies: list[str] = []
     shutdown_grace: float = Field(8.0, ge=0, le=60)
+    # Largest request head (request line and headers) answered normally; a
+    # larger one gets a JSON 431 (see indico.server.SERVER_MAX_HEADER).
+    header_limit: int = Field(16 * 1024, ge=1024, le=512 * 1024)
+    # Seconds between WebSocket pings on /ws/jobs (0: none); a proxy's read
+    # timeout must be longer (deploy/nginx.conf uses 75 s).
+    websocket_ping_interval: float = Field(20.0, ge=0, le=3600)
 
     # database
     mongodb_uri: str = ""

@@ -87,4 +87,5 @@ def make_app(config, db, *, cpu_executor=None, services=None, pool=None):
         services=services,
         cpu_executor=cpu_executor,
         websocket_max_message_size=WEBSOCKET_MAX_MESSAGE,
+        websocket_ping_interval=config.websocket_ping_interval or None,
     )

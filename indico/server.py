@@ -32,6 +32,9 @@ log = logging.getLogger(__name__)
 # so the server itself must accept the announcement; streamed bodies are
 # discarded past the limit.
 SERVER_MAX_BODY = 64 * 1024 * 1024
+# Request heads up to this size are read, so that one over INDICO_HEADER_LIMIT
+# gets a JSON 431 from the handler; past it Tornado closes the connection.
+SERVER_MAX_HEADER = 1024 * 1024
 # How often expired sessions and rate-limit windows are deleted on nx-27017,
 # which has no TTL monitor we can afford (see db.util.create_expiry_index).
 PURGE_INTERVAL = 60.0
@@ -106,6 +109,7 @@ async def serve(config):
         gc.collect()
         gc.freeze()
         server = app.listen(config.port, config.address, max_body_size=SERVER_MAX_BODY,
+                            max_header_size=SERVER_MAX_HEADER,
                             idle_connection_timeout=60, body_timeout=30)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
