@@ -7,6 +7,7 @@ true`` and every database call has an operation timeout (``timeoutMS``,
 (index creation at start, price imports, purges) run in :func:`long_operation`.
 """
 
+import asyncio
 import contextlib
 import datetime
 from collections.abc import AsyncIterator, Iterable
@@ -125,6 +126,27 @@ async def long_operation(db: AsyncDatabase,
         await db.command("ping")
     with pymongo.timeout(max(seconds, options.timeout or 0.0)):
         yield
+
+
+def reraise_lost_cancellation() -> None:
+    """Raise CancelledError when this task was cancelled but a database call swallowed it.
+
+    Python 3.11's ``asyncio.wait_for`` returns the result instead of raising
+    when the awaited operation completes in the same loop step as the
+    cancellation (python/cpython#86296, #107547; fixed by the 3.12 rewrite).
+    PyMongo's async network layer awaits every send through ``wait_for`` with
+    the operation timeout, so a task cancelled during a call (the job runner
+    and the event poller at shutdown) would go on as if nothing happened, and
+    whoever waits for it would wait forever. The request stays counted in
+    ``Task.cancelling()``, which this checks; loops that are stopped by
+    cancellation call it after their database calls.
+
+    Raises:
+        asyncio.CancelledError: the task was asked to stop.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError()
 
 
 async def is_embedded(db: AsyncDatabase) -> bool:
