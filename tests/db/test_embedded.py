@@ -9,8 +9,10 @@ import tempfile
 import unittest
 
 from indico.db.embedded import EmbeddedServer, _answers
+from tests.harness import needs_embedded
 
 
+@needs_embedded("starts, attaches to and kills nx-27017 processes of its own")
 class EmbeddedServerTest(unittest.TestCase):
 
     def setUp(self):
