@@ -56,6 +56,9 @@ def create_client(uri: str, timeout: float = 2.0, selection_timeout: float | Non
         # min(serverSelectionTimeoutMS, the remaining time); PyMongo (4.20,
         # measured) waits the remaining time, so for an operation the timeout
         # above is the bound; util.long_operation uses this one explicitly.
+        # A replica set has no primary for up to ~12 s during an election
+        # ("should not typically exceed 12 seconds", with the default 10 s
+        # electionTimeoutMillis): https://www.mongodb.com/docs/manual/core/replica-set-elections/
         serverSelectionTimeoutMS=selection_millis,
         connectTimeoutMS=selection_millis,
         # Reads from the primary only, whatever the URI says: a lagging
