@@ -14,8 +14,7 @@ bounds every call with an operation timeout.
 from pymongo import AsyncMongoClient
 
 from indico.db import jobs, price_meta, prices, rate_limits, sessions, users
-from indico.db.util import (DURABLE, create_expiry_index, is_embedded, long_operation,
-                            purge_expired)
+from indico.db.util import DURABLE, create_expiry_index, is_embedded, long_operation, purge_expired
 
 COLLECTION_MODULES = (users, sessions, rate_limits, prices, price_meta, jobs)
 # Collections whose documents carry an ``expires`` date and go away after it.

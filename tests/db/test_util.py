@@ -7,8 +7,13 @@ import unittest
 from bson import ObjectId
 
 from indico.db import purge_all_expired
-from indico.db.util import (create_expiry_index, is_embedded, now, object_id,
-                            reraise_lost_cancellation)
+from indico.db.util import (
+    create_expiry_index,
+    is_embedded,
+    now,
+    object_id,
+    reraise_lost_cancellation,
+)
 from tests.harness import ServerTest, needs_embedded
 
 

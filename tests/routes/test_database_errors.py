@@ -5,9 +5,18 @@ import time
 import unittest
 
 from pymongo import uri_parser
-from pymongo.errors import (AutoReconnect, BulkWriteError, ConnectionFailure, DuplicateKeyError,
-                            ExecutionTimeout, NetworkTimeout, OperationFailure,
-                            ServerSelectionTimeoutError, WriteConcernError, WTimeoutError)
+from pymongo.errors import (
+    AutoReconnect,
+    BulkWriteError,
+    ConnectionFailure,
+    DuplicateKeyError,
+    ExecutionTimeout,
+    NetworkTimeout,
+    OperationFailure,
+    ServerSelectionTimeoutError,
+    WriteConcernError,
+    WTimeoutError,
+)
 
 from indico import error
 from indico.app import make_app
