@@ -10,6 +10,10 @@ checks), as a server stuck on a lock or a stalled disk still answers them
 while every operation hangs. :meth:`Relay.thaw` lets the held bytes and the
 new ones through again.
 
+:meth:`Relay.fail_write_concern` makes the replies to writes carry a
+``writeConcernError`` (the write itself is applied), as a replica set answers
+when a majority cannot confirm a write in time or at all.
+
 It runs its own asyncio loop in a thread, so it keeps relaying while the test
 thread blocks (in ``AsyncHTTPTestCase.fetch``, in a subprocess wait, ...).
 Usable from any test, or from a script: ``with Relay(host, port) as relay:
@@ -21,9 +25,35 @@ import socket
 import struct
 import threading
 
+import bson
+
 # Wire protocol opcodes (https://www.mongodb.com/docs/manual/reference/mongodb-wire-protocol/).
 OP_QUERY, OP_MSG = 2004, 2013
 MONITORING_COMMANDS = (b"hello", b"isMaster", b"ismaster")
+WRITE_COMMANDS = (b"insert", b"update", b"delete", b"findAndModify")
+CHECKSUM_PRESENT = 1
+
+
+async def read_message(reader: asyncio.StreamReader) -> bytes:
+    """Read one whole wire-protocol message (raises IncompleteReadError at the end)."""
+    header = await reader.readexactly(16)
+    length = struct.unpack_from("<i", header)[0]
+    return header + await reader.readexactly(length - 16)
+
+
+def with_field(reply: bytes, name: str, value: dict) -> bytes:
+    """An OP_MSG reply with ``name: value`` added to its body (its checksum dropped)."""
+    request_id, response_to, opcode = struct.unpack_from("<iii", reply, 4)
+    flags = struct.unpack_from("<I", reply, 16)[0]
+    if opcode != OP_MSG or reply[20] != 0:
+        return reply
+    size = struct.unpack_from("<i", reply, 21)[0]
+    body = bson.decode(reply[21:21 + size])
+    body[name] = value
+    rest = reply[21 + size:len(reply) - 4 if flags & CHECKSUM_PRESENT else len(reply)]
+    payload = (struct.pack("<I", flags & ~CHECKSUM_PRESENT) + b"\0" + bson.encode(body)
+               + rest)
+    return struct.pack("<iiii", 16 + len(payload), request_id, response_to, opcode) + payload
 
 
 def command_name(message: bytes) -> bytes:
@@ -52,6 +82,7 @@ class Relay:
         self.flowing.set()
         self.monitoring_flows = False
         self.changed = asyncio.Event()
+        self.write_concern_error = None
         self.connections = 0
         self._writers = set()
         self._server = None
@@ -87,19 +118,21 @@ class Relay:
             self._writers.discard(client_writer)
             return
         self._writers.add(server_writer)
-        await asyncio.gather(self._requests(client_reader, server_writer),
-                             self._pump(server_reader, client_writer))
+        writes = set()  # request ids of the writes in flight on this connection
+        await asyncio.gather(self._requests(client_reader, server_writer, writes),
+                             self._replies(server_reader, client_writer, writes))
 
-    async def _requests(self, reader, writer):
+    async def _requests(self, reader, writer, writes):
         """Forward whole requests, each when it may pass (see :meth:`freeze`)."""
         try:
             while True:
-                header = await reader.readexactly(16)
-                length = struct.unpack_from("<i", header)[0]
-                message = header + await reader.readexactly(length - 16)
+                message = await read_message(reader)
+                name = command_name(message)
                 while not (self.flowing.is_set() or (
-                        self.monitoring_flows and command_name(message) in MONITORING_COMMANDS)):
+                        self.monitoring_flows and name in MONITORING_COMMANDS)):
                     await self.changed.wait()
+                if name in WRITE_COMMANDS:
+                    writes.add(struct.unpack_from("<i", message, 4)[0])
                 writer.write(message)
                 await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError, OSError):
@@ -108,19 +141,23 @@ class Relay:
             writer.close()
             self._writers.discard(writer)
 
-    async def _pump(self, reader, writer):
+    async def _replies(self, reader, writer, writes):
         """Forward the server's replies; frozen, only those to monitoring commands."""
         try:
             while True:
-                data = await reader.read(65536)
-                if not data:
-                    break
+                message = await read_message(reader)
                 # A reply read just before a full freeze waits here until the thaw.
                 while not (self.flowing.is_set() or self.monitoring_flows):
                     await self.changed.wait()
-                writer.write(data)
+                response_to = struct.unpack_from("<i", message, 8)[0]
+                if response_to in writes:
+                    writes.discard(response_to)
+                    if self.write_concern_error is not None:
+                        message = with_field(message, "writeConcernError",
+                                             self.write_concern_error)
+                writer.write(message)
                 await writer.drain()
-        except (ConnectionError, OSError):
+        except (asyncio.IncompleteReadError, ConnectionError, OSError):
             pass
         finally:
             writer.close()
@@ -148,6 +185,17 @@ class Relay:
     def thaw(self) -> None:
         """Forward everything again, the held requests first."""
         self.loop.call_soon_threadsafe(self._set, True, False)
+
+    def fail_write_concern(self, error: dict | None) -> None:
+        """Add ``writeConcernError: error`` to every reply to a write from now on (None: stop).
+
+        Args:
+            error: the server's error document, e.g. ``{"code": 64, "codeName":
+                "WriteConcernTimeout", "errmsg": "waiting for replication timed out"}``.
+        """
+        async def set_error():
+            self.write_concern_error = error
+        self._call(set_error())  # in force when this returns
 
     async def _close(self):
         self._server.close()

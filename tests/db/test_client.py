@@ -2,11 +2,11 @@
 
 import unittest
 
-from pymongo import ReadPreference
+from pymongo import ReadPreference, monitoring
 
 from indico.db import create_client, ensure_indexes
 from indico.db.util import DURABLE, LONG_OPERATION, find_by_ids, long_operation
-from tests.harness import TEST_DB_TIMEOUT, ServerTest
+from tests.harness import TEST_DB_TIMEOUT, CommandCounter, ServerTest
 
 
 class ClientOptionsTest(unittest.IsolatedAsyncioTestCase):
@@ -103,3 +103,16 @@ class CommandsTest(ServerTest):
         for command in creations:
             self.assertGreater(command["maxTimeMS"], TEST_DB_TIMEOUT * 1000)
             self.assertLessEqual(command["maxTimeMS"], LONG_OPERATION * 1000)
+
+
+class CommandCounterTest(unittest.TestCase):
+    """The harness counts the code's commands, not the driver's own (handshake, auth, sessions)."""
+
+    def test_driver_commands_are_left_out(self):
+        counter = CommandCounter()
+        for number, name in enumerate(("hello", "saslStart", "saslContinue", "find",
+                                       "isMaster", "authenticate", "update", "endSessions")):
+            counter.started(monitoring.CommandStartedEvent(
+                {name: 1, "$db": "admin"}, "admin", number, ("127.0.0.1", 27017), number))
+        self.assertEqual(counter.names, ["find", "update"])
+        self.assertEqual([next(iter(command)) for command in counter.commands], ["find", "update"])

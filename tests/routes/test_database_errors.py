@@ -93,11 +93,10 @@ class MappingTest(unittest.TestCase):
                 self.assertIs(_public(exception), exception)
 
 
-class SilentDatabaseTest(ServerTest):
-    """The app on a database that accepts connections but stops answering (a real relay).
+class RelayedDatabaseTest(ServerTest):
+    """The app on the test run's server through a relay (tests/relay.py) that can misbehave.
 
-    The relay (tests/relay.py) forwards to the test run's server; frozen, it
-    keeps every connection open and accepts new ones, but no request passes.
+    ``timeout`` is the app's operation timeout (INDICO_DB_TIMEOUT).
     """
 
     timeout = 1.0
@@ -132,10 +131,19 @@ class SilentDatabaseTest(ServerTest):
         self.relay.close()
 
     def wait_healthy(self):
+        """Poll the health check until it answers 200 again (a generous deadline)."""
         deadline = time.monotonic() + 60
         while self.request("GET", "/healthCheck")[0] != 200:
             self.assertLess(time.monotonic(), deadline, "the app did not recover")
             time.sleep(0.1)
+
+
+class SilentDatabaseTest(RelayedDatabaseTest):
+    """A database that accepts connections but stops answering.
+
+    Frozen, the relay keeps every connection open and accepts new ones, but
+    no request passes.
+    """
 
     def test_a_database_whose_operations_hang_answers_503_then_the_app_recovers(self):
         token = self.signup()
@@ -184,3 +192,41 @@ class SilentDatabaseTest(ServerTest):
         self.relay.thaw()
         self.wait_healthy()
         self.assertEqual(self.post("/auth/check", token=token)[0], 200)
+
+
+class UnconfirmedWritesTest(RelayedDatabaseTest):
+    """Replies that carry a writeConcernError, as a replica set's when no majority confirms."""
+
+    timeout = 5.0
+    MAJORITY_TIMED_OUT = {"code": 64, "codeName": "WriteConcernTimeout",
+                          "errmsg": "waiting for replication timed out",
+                          "errInfo": {"wtimeout": True, "writeConcern": {"w": "majority"}}}
+
+    def test_an_unconfirmed_write_answers_503_not_500(self):
+        token = self.signup()
+        self.relay.fail_write_concern(self.MAJORITY_TIMED_OUT)
+        # insert_one raises WriteConcernError.
+        with self.assertLogs("indico.routes.base", "WARNING") as logs:
+            status, body, response = self.request(
+                "POST", "/auth/signup", {"email": "b@example.com", "password": "password1"})
+        self.assertEqual((status, body), (503, {"status": 503, "error": {
+            "type": "ServiceUnavailable", "message": NOT_CONFIRMED,
+            "retry_after": DATABASE_RETRY_AFTER}}))
+        self.assertEqual(response.headers["Retry-After"], str(DATABASE_RETRY_AFTER))
+        self.assertEqual(len(logs.records), 1, logs.output)
+        self.assertIsNone(logs.records[0].exc_info)
+        self.assertIn("-> 503, the database did not confirm the write", logs.output[0])
+        self.assertIn("WTimeoutError", logs.output[0])  # a WriteConcernError
+        # Profile changes go through one bulk write (users.update_users), whose
+        # BulkWriteError carries the write-concern error.
+        with self.assertLogs("indico.routes.base", "WARNING") as logs:
+            self.assertError(self.post("/user/update", {"update_user": {"name": "Unsure"}},
+                                       token=token), 503, "ServiceUnavailable", NOT_CONFIRMED)
+        self.assertIn("BulkWriteError", logs.output[0])
+        # Applied all the same: a client that retries finds it done.
+        self.relay.fail_write_concern(None)
+        status, body = self.post("/user/get", token=token)
+        self.assertEqual((status, body["data"]["user"]["name"]), (200, "Unsure"))
+        self.assertError(self.post("/auth/signup", {"email": "b@example.com",
+                                                    "password": "password1"}),
+                         409, "Conflict")
