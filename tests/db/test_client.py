@@ -116,3 +116,20 @@ class CommandCounterTest(unittest.TestCase):
                 {name: 1, "$db": "admin"}, "admin", number, ("127.0.0.1", 27017), number))
         self.assertEqual(counter.names, ["find", "update"])
         self.assertEqual([next(iter(command)) for command in counter.commands], ["find", "update"])
+
+
+class SelectionTimeoutSettingTest(unittest.TestCase):
+
+    def test_unset_means_the_operation_timeout_and_a_bad_value_names_the_variable(self):
+        from config import Config
+        from indico.error import ConfigError
+
+        self.assertIsNone(Config.from_environ({}).db_selection_timeout)
+        self.assertIsNone(Config.from_environ({"INDICO_DB_SELECTION_TIMEOUT": ""})
+                          .db_selection_timeout)
+        self.assertEqual(Config.from_environ({"INDICO_DB_SELECTION_TIMEOUT": "15"})
+                         .db_selection_timeout, 15.0)
+        for bad in ("0", "-1", "soon", "301"):
+            with self.subTest(bad), self.assertRaises(ConfigError) as raised:
+                Config.from_environ({"INDICO_DB_SELECTION_TIMEOUT": bad})
+            self.assertIn("INDICO_DB_SELECTION_TIMEOUT", str(raised.exception))
