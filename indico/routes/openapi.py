@@ -18,7 +18,8 @@ ERROR_STATUSES = {
     413: "body over the configured limit",
     415: "body not sent as application/json",
     422: "well-formed but cannot be carried out (the message says why)",
-    429: "rate limit or quota exceeded; see Retry-After",
+    429: "rate limit or quota exceeded (too many wrong passwords, sign-ups or jobs); "
+         "see Retry-After",
     503: "the database does not answer; see Retry-After",
 }
 

@@ -64,14 +64,14 @@ class UserHandler(ActionHandler):
         updated = await self.services.users.update(self.user, fields)
         return UserResponse(user=UserPublic.from_document(updated))
 
-    @action(request=PasswordRequest, response=Empty, errors=(403,))
+    @action(request=PasswordRequest, response=Empty, errors=(403, 429))
     async def password(self, body):
         """Change the password; every other session of the user is revoked."""
         await self.services.users.change_password(
             self.user, body.current_password, body.new_password, self.bearer_token())
         return {}
 
-    @action("delete", request=DeleteRequest, response=Empty, errors=(403,))
+    @action("delete", request=DeleteRequest, response=Empty, errors=(403, 429))
     async def delete_user(self, body):
         """Delete the account, its sessions and its saved results (password required)."""
         await self.services.users.delete(self.user, body.password)

@@ -54,11 +54,20 @@ class UsersService:
         return updated
 
     async def _check_password(self, user, password, field):
-        """Return the stored user when ``password`` is theirs; raise Forbidden otherwise."""
+        """Return the stored user when ``password`` is theirs.
+
+        Wrong passwords count against the account's login limit
+        (:meth:`indico.services.auth.AuthService.confirm_password`).
+
+        Raises:
+            Unauthorized: the account is gone.
+            TooManyRequests: too many wrong passwords for the account.
+            Forbidden: the password is wrong.
+        """
         stored = await users.get_user(self.db, user["_id"])
         if stored is None:
             raise error.Unauthorized("the account no longer exists")
-        if not await self.passwords.verify(stored["password_hash"], password):
+        if not await self.auth.confirm_password(stored, password):
             raise error.Forbidden("the password is wrong", field=field)
         return stored
 
