@@ -73,7 +73,8 @@ def make_app(config, db, *, cpu_executor=None, services=None, pool=None):
         services = build_services(config, db, cpu_executor, pool)
     dependencies = {"config": config, "db": db, "services": services}
     routes = [(pattern, handler, dependencies) for pattern, handler in root.ROUTES]
-    routes += root.STATIC_ROUTES
+    routes += [(pattern, handler, {**dependencies, **options})
+               for pattern, handler, options in root.STATIC_ROUTES]
     routes += [(rf"/{handler.resource}/([^/]*)", handler, dependencies)
                for handler in ACTION_HANDLERS]
     routes.append((r"/ws/jobs", JobEventsHandler, dependencies))

@@ -305,8 +305,10 @@ class AuthService:
         """
         session = await self.get_session(token_hash(token))
         if not session:
-            raise error.Unauthorized("the token is invalid, expired or revoked")
+            raise error.Unauthorized("the token is invalid, expired or revoked",
+                                     bearer_error="invalid_token")
         user = await self.get_user(session["user_id"])
         if not user:
-            raise error.Unauthorized("the account no longer exists")
+            raise error.Unauthorized("the account no longer exists",
+                                     bearer_error="invalid_token")
         return user

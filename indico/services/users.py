@@ -50,7 +50,8 @@ class UsersService:
             self.marks.bump(profile_mark(user["_id"]))
         updated = await self.auth.get_user(user["_id"])
         if updated is None:
-            raise error.Unauthorized("the account no longer exists")
+            raise error.Unauthorized("the account no longer exists",
+                                     bearer_error="invalid_token")
         return updated
 
     async def _check_password(self, user, password, field):
@@ -66,7 +67,8 @@ class UsersService:
         """
         stored = await users.get_user(self.db, user["_id"])
         if stored is None:
-            raise error.Unauthorized("the account no longer exists")
+            raise error.Unauthorized("the account no longer exists",
+                                     bearer_error="invalid_token")
         if not await self.auth.confirm_password(stored, password):
             raise error.Forbidden("the password is wrong", field=field)
         return stored
