@@ -57,10 +57,13 @@ class UserHandler(ActionHandler):
 
     @action(request=UpdateRequest, response=UserResponse, errors=(409,))
     async def update(self, body):
-        """Change name, email (must stay unique: 409) or preferences."""
+        """Change name, email (must stay unique: 409) or preferences.
+
+        ``preferences`` is updated key by key: the keys given are set, the
+        others kept, and a key given as null is cleared.
+        """
+        # Only the keys given, nulls included: a null clears its key.
         fields = body.update_user.model_dump(exclude_unset=True)
-        if "preferences" in fields:
-            fields["preferences"] = body.update_user.preferences.model_dump(exclude_none=True)
         updated = await self.services.users.update(self.user, fields)
         return UserResponse(user=UserPublic.from_document(updated))
 

@@ -32,6 +32,9 @@ class UsersService:
     async def update(self, user, fields):
         """Apply already-validated ``fields`` (name, email, preferences) to ``user``.
 
+        ``preferences`` holds only the keys to change; a None value clears its
+        key (:func:`indico.db.users.profile_update`).
+
         Args:
             user: the caller (a user document).
 

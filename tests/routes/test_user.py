@@ -75,6 +75,71 @@ class UserTest(ServerTest):
                 self.assertEqual(error["field"], field)
         self.assertEqual(self.snapshot("users", "sessions"), before)
 
+    def update(self, fields, token=None):
+        return self.post("/user/update", {"update_user": fields}, token=token or self.token)
+
+    def stored_preferences(self):
+        [stored] = self.find("users")
+        return stored["preferences"]
+
+    def test_preferences_are_updated_key_by_key(self):
+        status, body = self.update({"preferences": {"currency": "EUR",
+                                                    "default_objective": "min_volatility"}})
+        self.assertEqual(status, 200, body)
+        status, body = self.update({"preferences": {"risk_free_rate": 0.02}})
+        self.assertEqual(status, 200, body)
+        expected = {"currency": "EUR", "default_objective": "min_volatility",
+                    "risk_free_rate": 0.02}
+        self.assertEqual(body["data"]["user"]["preferences"], expected)
+        self.assertEqual(self.stored_preferences(), expected)
+        status, body = self.update({"name": "Countess", "preferences": {}})
+        self.assertEqual((status, body["data"]["user"]["preferences"]), (200, expected))
+
+    def test_a_preference_set_to_null_is_cleared(self):
+        self.update({"preferences": {"currency": "EUR", "risk_free_rate": 0.02}})
+        status, body = self.update({"preferences": {"currency": None,
+                                                    "default_objective": "hrp"}})
+        self.assertError((status, body), 400, "ValidationError",
+                         "update_user.preferences.default_objective")
+        self.assertEqual(self.stored_preferences(), {"currency": "EUR", "risk_free_rate": 0.02})
+        status, body = self.update({"preferences": {"currency": None,
+                                                    "default_objective": "risk_parity"}})
+        self.assertEqual(status, 200, body)
+        self.assertEqual(body["data"]["user"]["preferences"],
+                         {"currency": None, "default_objective": "risk_parity",
+                          "risk_free_rate": 0.02})
+        self.assertEqual(self.stored_preferences(), {"default_objective": "risk_parity",
+                                                     "risk_free_rate": 0.02})
+        status, body = self.update({"preferences": {"currency": None, "risk_free_rate": None,
+                                                    "default_objective": None}})
+        self.assertEqual(status, 200, body)
+        self.assertEqual(self.stored_preferences(), {})
+
+    def test_an_unknown_preference_is_400_and_changes_nothing(self):
+        self.update({"preferences": {"currency": "EUR"}})
+        before = self.snapshot("users")
+        error = self.assertError(self.update({"preferences": {"risk_free_rate": 0.02,
+                                                              "theme": "dark"}}),
+                                 400, "ValidationError", "unknown field")
+        self.assertEqual(error["field"], "update_user.preferences.theme")
+        self.assertEqual(self.snapshot("users"), before)
+
+    def test_concurrent_updates_of_different_preferences_all_count(self):
+        other = self.post("/auth/login", {"email": "ada@example.com",
+                                          "password": PASSWORD})[1]["data"]["token"]
+
+        async def both():
+            return await asyncio.gather(*(self.http_client.fetch(
+                self.get_url("/user/update"), method="POST", raise_error=False,
+                body=json.dumps({"update_user": {"preferences": preferences}}),
+                headers={"Content-Type": "application/json",
+                         "Authorization": f"Bearer {token}"})
+                for token, preferences in ((self.token, {"currency": "EUR"}),
+                                           (other, {"risk_free_rate": 0.03}))))
+        self.assertEqual([response.code for response in self.io_loop.run_sync(both)],
+                         [200, 200])
+        self.assertEqual(self.stored_preferences(), {"currency": "EUR", "risk_free_rate": 0.03})
+
     def test_email_taken_by_another_user_is_409(self):
         self.signup(email="bob@example.com")
         before = self.snapshot("users")
