@@ -6,6 +6,7 @@ from indico.routes.base import ActionHandler, action
 from indico.routes.models import (
     Email,
     Empty,
+    GivenPassword,
     Name,
     Password,
     Preferences,
@@ -37,12 +38,12 @@ class UpdateRequest(Request):
 
 
 class PasswordRequest(Request):
-    current_password: Password
+    current_password: GivenPassword
     new_password: Password
 
 
 class DeleteRequest(Request):
-    password: Password
+    password: GivenPassword
 
 
 class UserHandler(ActionHandler):

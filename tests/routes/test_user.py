@@ -173,6 +173,24 @@ class UserTest(ServerTest):
             400, "ValidationError", "new_password")
         self.assertEqual(self.snapshot("users", "sessions"), before)
 
+    def test_a_password_older_than_the_length_rule_can_still_be_confirmed(self):
+        import argon2
+        hasher = argon2.PasswordHasher(time_cost=1, memory_cost=8, parallelism=1)
+        self.io_loop.run_sync(lambda: self.db.users.update_one(
+            {}, {"$set": {"password_hash": hasher.hash("short")}}))
+        error = self.assertError(self.post("/user/password", {
+            "current_password": "", "new_password": "battery staple"}, token=self.token),
+            400, "ValidationError", "at least 1")
+        self.assertEqual(error["field"], "current_password")
+        status, body = self.post("/user/password", {"current_password": "short",
+                                                    "new_password": "battery staple"},
+                                 token=self.token)
+        self.assertEqual((status, body), (200, {"status": 200, "data": {}}))
+        self.io_loop.run_sync(lambda: self.db.users.update_one(
+            {}, {"$set": {"password_hash": hasher.hash("tiny")}}))
+        status, body = self.post("/user/delete", {"password": "tiny"}, token=self.token)
+        self.assertEqual((status, body), (200, {"status": 200, "data": {}}))
+
     def test_delete_needs_the_password_then_removes_everything(self):
         user_id = str(self.find("users")[0]["_id"])
         self.io_loop.run_sync(lambda: self.db.jobs.insert_many([
