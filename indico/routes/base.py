@@ -47,6 +47,33 @@ BEARER_PATTERN = re.compile(r"^(?i:bearer) +([A-Za-z0-9_-]{16,128})$")
 BEARER_SCHEME = re.compile(r"^(?i:bearer)(?: |$)")
 
 
+def _http_error_message(exception: BaseException | None) -> str | None:
+    """The message of a tornado ``HTTPError`` raised without arguments, else None.
+
+    Tornado's own errors format their message from arguments (a static file's
+    path, say) meant for the log: the client gets the reason phrase instead.
+    """
+    if isinstance(exception, tornado.web.HTTPError) and not exception.args:
+        return exception.get_message()
+    return None
+
+
+def head_size(request) -> int:
+    """Return the size in bytes of ``request``'s head as Tornado received it.
+
+    The request line, each header line (``name: value`` and CRLF) and the
+    blank line; Tornado decodes the head as Latin-1, so characters are bytes.
+    Whitespace around values and obsolete line folding are not counted.
+
+    Args:
+        request: a ``tornado.httputil.HTTPServerRequest``.
+    """
+    size = len(request.method) + len(request.uri) + len(request.version) + 4
+    for name, value in request.headers.get_all():
+        size += len(name) + len(value) + 4
+    return size + 2
+
+
 class EmptyRequest(pydantic.BaseModel):
     """The body of an action that takes no arguments: ``{}``."""
 
@@ -237,9 +264,11 @@ class BaseHandler(tornado.web.RequestHandler):
     def write_error(self, status_code, **kwargs):
         """Turn the exception being handled into the error envelope.
 
-        Runs from ``send_error`` when a method raised. IndicoError: its status
-        and public message; tornado's HTTPError: its status; anything else: a
-        generic 500 (the traceback was logged by :meth:`log_exception`).
+        Runs from ``send_error`` when a method raised. IndicoError: its status,
+        public message and headers (:meth:`~indico.error.IndicoError.headers`:
+        ``Retry-After``, ``WWW-Authenticate``, ...); tornado's HTTPError: its
+        status; anything else: a generic 500 (the traceback was logged by
+        :meth:`log_exception`).
         """
         exception = _public(kwargs.get("exc_info", (None, None, None))[1])
         # send_error() cleared the headers set in prepare(); set them again.
@@ -264,8 +293,6 @@ class BaseHandler(tornado.web.RequestHandler):
             }
         if status_code == 405:
             self.set_header("Allow", self.allow_header)
-        if status_code == 401 and not isinstance(exception, error.Unauthorized):
-            self.set_header("WWW-Authenticate", error.BEARER_CHALLENGE)  # RFC 7235 §3.1
         self.set_status(status_code)
         self.finish({"status": status_code, "error": body})
 
@@ -293,33 +320,6 @@ def _public(exception):
         return error.ServiceUnavailable("the database does not answer; try again shortly",
                                         retry_after=DATABASE_RETRY_AFTER)
     return exception
-
-
-def _http_error_message(exception):
-    """The message of a tornado ``HTTPError`` raised without arguments, else None.
-
-    Tornado's own errors format their message from arguments (a static file's
-    path, say) meant for the log: the client gets the reason phrase instead.
-    """
-    if isinstance(exception, tornado.web.HTTPError) and not exception.args:
-        return exception.get_message()
-    return None
-
-
-def head_size(request) -> int:
-    """Return the size in bytes of ``request``'s head as Tornado received it.
-
-    The request line, each header line (``name: value`` and CRLF) and the
-    blank line; Tornado decodes the head as Latin-1, so characters are bytes.
-    Whitespace around values and obsolete line folding are not counted.
-
-    Args:
-        request: a ``tornado.httputil.HTTPServerRequest``.
-    """
-    size = len(request.method) + len(request.uri) + len(request.version) + 4
-    for name, value in request.headers.get_all():
-        size += len(name) + len(value) + 4
-    return size + 2
 
 
 class NotFoundHandler(BaseHandler):

@@ -87,12 +87,12 @@ class DocsStaticHandler(BaseHandler, tornado.web.StaticFileHandler):
 
     allow_header = "GET, HEAD, OPTIONS"
 
-    def initialize(self, path, config, db, services, **_):
+    def initialize(self, path: str, config, db, services, **_) -> None:
         """Take the route's ``path`` and the usual dependencies."""
         BaseHandler.initialize(self, config, db, services)
         tornado.web.StaticFileHandler.initialize(self, path)
 
-    def set_extra_headers(self, path):
+    def set_extra_headers(self, path: str) -> None:
         """A file is cached as tornado would (by its ETag), not ``no-store`` as API answers."""
         self.clear_header("Cache-Control")
 
@@ -102,6 +102,9 @@ class DocsStaticHandler(BaseHandler, tornado.web.StaticFileHandler):
         ``StaticFileHandler.get`` answers an unsatisfiable range by setting the
         status and returning, with an empty text/plain body; raising here sends
         it through :meth:`BaseHandler.write_error` instead.
+
+        Raises:
+            RangeNotSatisfiable: the status tornado set is 416.
         """
         if self.get_status() == 416 and chunk is None:
             raise error.RangeNotSatisfiable("the requested range is not within the file",

@@ -2,9 +2,9 @@
 
 Authenticate with an ``Authorization: Bearer <token>`` header (the scheme in
 any case), or (browsers cannot set headers on a WebSocket) with a first
-message ``{"token": "..."}`` within a few seconds. Each event is a JSON object: ``{"event": "queued" |
-"running" | "done" | "failed", "id": ..., "at": ...}``, with ``summary`` for
-done and ``error`` for failed. Browser origins must be in
+message ``{"token": "..."}`` within a few seconds. Each event is a JSON
+object: ``{"event": "queued" | "running" | "done" | "failed", "id": ...,
+"at": ...}``, with ``summary`` for done and ``error`` for failed. Browser origins must be in
 ``INDICO_CORS_ORIGINS`` or the server's own.
 
 Until the connection is upgraded this is an indico handler like any other
@@ -28,19 +28,22 @@ AUTH_TIMEOUT = 5.0
 CLOSE_UNAUTHORIZED = 4401
 
 
-# The handshake errors tornado's WebSocketHandler.get answers itself, as plain
-# text, by status; turned into indico errors by JobEventsHandler.finish.
+# The handshake refusals that tornado's WebSocketHandler.get answers itself, in
+# plain text, by status: the indico error each becomes, and its message (None:
+# tornado's text, which says which header is wrong).
 HANDSHAKE_ERRORS = {
-    400: error.BadRequest,
-    403: error.Forbidden,
-    426: error.UpgradeRequired,
+    400: (error.BadRequest, None),
+    403: (error.Forbidden, "this origin is not allowed (INDICO_CORS_ORIGINS)"),
+    426: (error.UpgradeRequired,
+          "only WebSocket version 13 is supported (Sec-WebSocket-Version: 13)"),
 }
 
 
 class JobEventsHandler(BaseHandler, tornado.websocket.WebSocketHandler):
     """One client's stream of job events."""
 
-    def initialize(self, config, db, services, **_):
+    def initialize(self, config, db, services, **_) -> None:
+        """Run for each request with the route's dependencies."""
         super().initialize(config, db, services)
         self.owner = None
         self.auth_timer = None
@@ -51,15 +54,14 @@ class JobEventsHandler(BaseHandler, tornado.websocket.WebSocketHandler):
         Tornado answers a bad handshake from ``get`` with a status and a plain
         text (or empty) body; raising here instead sends it through
         :meth:`BaseHandler.write_error`, which finishes with a dict.
+
+        Raises:
+            BadRequest, Forbidden, UpgradeRequired: as the status tornado set.
         """
         status = self.get_status()
         if status in HANDSHAKE_ERRORS and not isinstance(chunk, dict):
-            kind = HANDSHAKE_ERRORS[status]
-            if kind is error.Forbidden:
-                raise kind("this origin is not allowed (INDICO_CORS_ORIGINS)")
-            if kind is error.UpgradeRequired:
-                raise kind("only WebSocket version 13 is supported (Sec-WebSocket-Version: 13)")
-            raise kind(f"GET /ws/jobs takes a WebSocket handshake: {chunk or 'bad request'}")
+            kind, message = HANDSHAKE_ERRORS[status]
+            raise kind(message or f"GET /ws/jobs takes a WebSocket handshake: {chunk}")
         return super().finish(chunk)
 
     def check_origin(self, origin):

@@ -76,6 +76,8 @@ class BearerHeaderTest(ServerTest):
                 connection = self.connect({"Authorization": f"{scheme} {token}"})
                 self.assertEqual(self.read(connection),
                                  {"event": "subscribed", "user": str(user["_id"])})
+                # Upgraded, it no longer counts as a request in flight (shutdown waits for those).
+                self.assertEqual(self._app.settings["in_flight"], set())
                 connection.close()
 
     def test_a_bad_token_is_refused_after_the_upgrade(self):
