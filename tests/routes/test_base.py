@@ -201,6 +201,16 @@ class ParsingTest(ServerTest):
     def test_empty_body_counts_as_empty_object(self):
         error = self.assertError(self.signup_body(b""), 400, "ValidationError")
         self.assertEqual(error["field"], "email")
+        error = self.assertError(self.signup_body(b" \r\n\t"), 400, "ValidationError")
+        self.assertEqual(error["field"], "email")
+
+    def test_white_space_that_is_not_json_is_not_an_empty_body(self):
+        token = self.signup()
+        for raw in (b"\x0c", b"\x0b", b" \x0c "):
+            with self.subTest(raw=raw):
+                status, body = self.post("/prices/symbols", raw, token=token,
+                                         headers={"Content-Type": "application/json"})
+                self.assertError((status, body), 400, "BadRequest", "not valid JSON")
 
 
 class CorsTest(ServerTest):
