@@ -54,7 +54,11 @@ async def increment(db, key: str, window: float) -> tuple[int, datetime.datetime
         expires = moment + datetime.timedelta(seconds=window)
         # No live window: drop an expired counter, then open a new one. (A
         # delete and an insert, not a $set: nx-27017 stores dates written by
-        # $set as strings, which would break the expiry comparisons.)
+        # $set as strings, which would break the expiry comparisons. Nor one
+        # upsert: nx-27017 ignores $setOnInsert and refuses pipeline updates,
+        # and on MongoDB an upsert filtered on a live window collides with the
+        # expired counter's _id. The insert is still the one write that decides:
+        # the unique _id lets only one caller open the window.)
         await collection.delete_one({"_id": key, "expires": {"$lte": moment}})
         try:
             await collection.insert_one({"_id": key, "count": 1, "expires": expires})
