@@ -23,9 +23,12 @@ import socket
 import time
 import uuid
 
+from pymongo.errors import PyMongoError
+
 from indico import error
 from indico.db import jobs
 from indico.optimization import Objective, configure_worker, optimize
+from indico.utils.logs import describe_database_error
 
 log = logging.getLogger(__name__)
 
@@ -286,22 +289,30 @@ class JobRunner:
         interval: seconds between looks when there is nothing to do.
     """
 
-    def __init__(self, service, interval=1.0):
+    def __init__(self, service, interval=1.0, max_backoff=30.0, sleep=asyncio.sleep):
         self.service = service
         self.interval = interval
+        self.max_backoff = max_backoff
+        self.sleep = sleep
         self.task = None
 
     def start(self):
         self.task = asyncio.ensure_future(self.run())
 
     async def run(self):
+        delay = self.interval
         while True:
             try:
                 while await self.service.claim_and_run():
                     pass
-            except Exception:  # keep claiming after a database hiccup
+                delay = self.interval
+            except PyMongoError as exc:  # the database is down or slow: one line, then back off
+                delay = min(delay * 2, self.max_backoff)
+                log.warning("job runner: claim failed (%s); next try in %g s",
+                            describe_database_error(exc), delay)
+            except Exception:  # a bug: keep its traceback, and keep claiming
                 log.exception("job runner: claim failed")
-            await asyncio.sleep(self.interval)
+            await self.sleep(delay)
 
     async def stop(self):
         if self.task:
@@ -362,14 +373,22 @@ class JobEvents:
             callback(message)
 
     async def _poll(self, since):
+        failures = 0
         while self.subscribers:
-            await asyncio.sleep(self.interval)
+            # After failures, wait longer (doubling, at most 32 intervals) between polls.
+            await asyncio.sleep(self.interval * 2 ** min(failures, 5))
             moment = time.time()
             try:
                 changed = await jobs.list_changed_jobs(self.db, self.subscribers, since - 2.0)
-            except Exception:  # the next poll tries again
+            except PyMongoError as exc:  # the database is down or slow: one line, no traceback
+                failures += 1
+                log.warning("job events: poll failed (%s); next try in %g s",
+                            describe_database_error(exc), self.interval * 2 ** min(failures, 5))
+                continue
+            except Exception:  # a bug: keep its traceback; the next poll tries again
                 log.exception("job events: poll failed")
                 continue
+            failures = 0
             window = since - 2.0
             for job in sorted(changed, key=lambda item: item["updated"]):
                 for event in job.get("events", []):
