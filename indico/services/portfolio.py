@@ -20,6 +20,7 @@ import logging
 import multiprocessing
 import os
 import socket
+import threading
 import time
 import uuid
 
@@ -43,13 +44,58 @@ def run_optimization(prices, benchmark, params):
     ).to_dict()
 
 
+def _exit_with_the_server(lifeline) -> None:
+    """Worker thread: end this worker process as soon as the server is gone.
+
+    A pool worker blocks reading its call queue, whose write end it holds
+    itself, so it never sees the server die; and it holds the forkserver's
+    alive pipe and the resource tracker's pipe, which keeps those two running
+    too (CPython 3.11 ``multiprocessing/forkserver.py``, ``resource_tracker.py``).
+    Only the server holds the write end of ``lifeline``: when the server exits,
+    however it exits, the read here ends with EOF.
+    """
+    try:
+        lifeline.recv_bytes()
+    except (EOFError, OSError):
+        pass
+    os._exit(0)  # pragma: no cover - the process ends here, before coverage can save
+
+
+def start_worker(lifeline) -> None:
+    """Pool initializer: watch ``lifeline`` in a daemon thread, then configure the worker.
+
+    Args:
+        lifeline: the read end of a pipe whose only writer is the server.
+    """
+    threading.Thread(target=_exit_with_the_server, args=(lifeline,), daemon=True,
+                     name="indico-lifeline").start()
+    configure_worker()
+
+
+class WorkerPool(concurrent.futures.ProcessPoolExecutor):
+    """A process pool whose workers exit when the server process is gone.
+
+    The server keeps the write end of a pipe (never written to) for as long as
+    this object lives; each worker watches the read end (see
+    :func:`start_worker`). A SIGKILL of the server closes the write end, so the
+    workers exit, then the forkserver (at EOF of its alive pipe) and the resource
+    tracker (at EOF of its pipe): nothing is left behind.
+    """
+
+    def __init__(self, workers: int):
+        context = multiprocessing.get_context("forkserver")
+        # The write end stays in this process only: pipe fds are not inherited,
+        # and multiprocessing passes a child only the fds it pickles (the read end).
+        self.lifeline, self._lifeline_writer = context.Pipe(duplex=False)
+        super().__init__(max_workers=workers, initializer=start_worker,
+                         initargs=(self.lifeline,), mp_context=context)
+
+
 def create_pool(workers):
-    """The process pool of the optimization workers."""
+    """The process pool of the optimization workers (a :class:`WorkerPool`)."""
     # forkserver, not fork: the server has threads (the driver's, the hashing
     # pool's), and forking a threaded process can deadlock the child.
-    return concurrent.futures.ProcessPoolExecutor(
-        max_workers=workers, initializer=configure_worker,
-        mp_context=multiprocessing.get_context("forkserver"))
+    return WorkerPool(workers)
 
 
 def encode_cursor(job):
