@@ -373,6 +373,14 @@ def job_summary(job):
             "stats": result.get("stats")}
 
 
+# How far behind this machine's clock another machine's may be without its job
+# events being missed: ``updated`` and an event's ``at`` are stamped with the
+# writer's clock, and each poll looks this much further back than the last one
+# (events have ids, so none is sent twice). Kept below the 60 s memory of sent
+# ids less the poll interval, or an event could be sent again.
+EVENT_CLOCK_SKEW = 10.0
+
+
 class JobEvents:
     """Tells subscribers (WebSocket connections) about their jobs' transitions.
 
@@ -425,7 +433,8 @@ class JobEvents:
             await asyncio.sleep(self.interval * 2 ** min(failures, 5))
             moment = time.time()
             try:
-                changed = await jobs.list_changed_jobs(self.db, self.subscribers, since - 2.0)
+                changed = await jobs.list_changed_jobs(self.db, self.subscribers,
+                                                       since - EVENT_CLOCK_SKEW)
             except PyMongoError as exc:  # the database is down or slow: one line, no traceback
                 failures += 1
                 log.warning("job events: poll failed (%s); next try in %g s",
@@ -435,7 +444,7 @@ class JobEvents:
                 log.exception("job events: poll failed")
                 continue
             failures = 0
-            window = since - 2.0
+            window = since - EVENT_CLOCK_SKEW
             for job in sorted(changed, key=lambda item: item["updated"]):
                 for event in job.get("events", []):
                     # Older events were sent before, or happened before anyone listened.
