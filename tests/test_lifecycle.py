@@ -155,8 +155,8 @@ class LifecycleTest(unittest.TestCase):
                 answers.append(http("GET", base + "/healthCheck", timeout=10))
             except OSError as exc:  # pragma: no cover - a failure, shown below
                 answers.append((None, repr(exc)))
-            return answers[-1][0] == 200 and os.path.exists(
-                os.path.join(self.data_dir, "db", "server.json"))
+            return answers[-1][0] == 200 and "restart attempt 1 succeeded" in self.read_log(
+                log_path)
         self.wait_for(recovered, "the API never recovered", process=process, log_path=log_path)
         # While it was down, every answer was the JSON 503; then a 200.
         for status, body in answers[:-1]:

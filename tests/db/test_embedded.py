@@ -192,9 +192,9 @@ class EmbeddedServerTest(unittest.TestCase):
                 raise Stop
             if server.alive():
                 self.kill(server)
-        with self.assertLogs("indico.db.embedded", logging.WARNING) as logs:
-            with self.assertRaises(Stop):
-                asyncio.run(server.watch(sleep, interval=0.01))
+        with (self.assertLogs("indico.db.embedded", logging.WARNING) as logs,
+              self.assertRaises(Stop)):
+            asyncio.run(server.watch(sleep, interval=0.01))
         self.assertEqual(len(set(started)), 3)
         self.assertTrue(server.alive())
         self.assertEqual(server.uri, uri)

@@ -63,25 +63,26 @@ class DatabaseDownTest(unittest.IsolatedAsyncioTestCase):
             message = record.getMessage()
             self.assertEqual(record.levelno, logging.WARNING)
             self.assertIsNone(record.exc_info, message)
-            self.assertTrue(message.startswith(prefix + " (ServerSelectionTimeoutError (timeout): "), message)
+            self.assertTrue(message.startswith(f"{prefix} (ServerSelectionTimeoutError (timeout): "),
+                            message)
             self.assertTrue(message.endswith(f"; next try in {wait:g} s"), message)
             self.assertNotIn("Topology", message)
 
     async def test_job_runner_logs_one_line_per_failure_and_backs_off(self):
         sleep, waits = recording_sleep(6)
         runner = JobRunner(self.portfolio(), interval=1.0, max_backoff=10.0, sleep=sleep)
-        with self.assertLogs("indico.services.portfolio", logging.WARNING) as logs:
-            with self.assertRaises(Stop):
-                await runner.run()
+        with (self.assertLogs("indico.services.portfolio", logging.WARNING) as logs,
+              self.assertRaises(Stop)):
+            await runner.run()
         self.assertEqual(waits, [2.0, 4.0, 8.0, 10.0, 10.0, 10.0])
         self.assert_one_line_each(logs.records, "job runner: claim failed", waits)
 
     async def test_job_runner_keeps_the_traceback_of_a_bug(self):
         sleep, waits = recording_sleep(2)
         runner = JobRunner(self.portfolio(BrokenService), interval=1.0, sleep=sleep)
-        with self.assertLogs("indico.services.portfolio", logging.ERROR) as logs:
-            with self.assertRaises(Stop):
-                await runner.run()
+        with (self.assertLogs("indico.services.portfolio", logging.ERROR) as logs,
+              self.assertRaises(Stop)):
+            await runner.run()
         self.assertEqual(waits, [1.0, 1.0])
         self.assertEqual([record.getMessage() for record in logs.records],
                          ["job runner: claim failed"] * 2)
@@ -101,17 +102,15 @@ class DatabaseDownTest(unittest.IsolatedAsyncioTestCase):
 
     async def test_purge_logs_one_line_per_failure_and_backs_off(self):
         sleep, waits = recording_sleep(6)
-        with self.assertLogs("indico.server", logging.WARNING) as logs:
-            with self.assertRaises(Stop):
-                await purge_forever(self.db, interval=60.0, sleep=sleep, retry=5.0)
+        with self.assertLogs("indico.server", logging.WARNING) as logs, self.assertRaises(Stop):
+            await purge_forever(self.db, interval=60.0, sleep=sleep, retry=5.0)
         self.assertEqual(waits, [5.0, 10.0, 20.0, 40.0, 60.0, 60.0])
         self.assert_one_line_each(logs.records, "purge of expired documents failed", waits)
 
     async def test_purge_keeps_the_traceback_of_a_bug(self):
         sleep, waits = recording_sleep(2)
-        with self.assertLogs("indico.server", logging.ERROR) as logs:
-            with self.assertRaises(Stop):
-                await purge_forever(None, interval=60.0, sleep=sleep)  # not a database handle
+        with self.assertLogs("indico.server", logging.ERROR) as logs, self.assertRaises(Stop):
+            await purge_forever(None, interval=60.0, sleep=sleep)  # not a database handle
         self.assertEqual(waits, [60.0, 60.0])
         self.assertIsNotNone(logs.records[0].exc_info)
 
