@@ -333,6 +333,9 @@ class JobRunner:
     Args:
         service: the PortfolioService that runs them.
         interval: seconds between looks when there is nothing to do.
+        max_backoff: longest wait after database failures (the wait doubles
+            from ``interval`` with each failed round).
+        sleep: ``await sleep(seconds)``, injectable for tests.
     """
 
     def __init__(self, service, interval=1.0, max_backoff=30.0, sleep=asyncio.sleep):
