@@ -27,13 +27,16 @@ ACTION_HANDLERS = (AuthHandler, UserHandler, PricesHandler, PortfolioHandler)
 WEBSOCKET_MAX_MESSAGE = 4096
 
 
-def build_services(config, db, cpu_executor, pool=None):
+def build_services(config, db, cpu_executor, pool=None, passwords=None):
     """Create the service objects of one application.
 
     Args:
         pool: the optimization process pool; a new one if None.
+        passwords: the :class:`~indico.services.passwords.Passwords` to use;
+            one on ``cpu_executor`` if None (tests give a subclass).
     """
-    passwords = Passwords(config, cpu_executor)
+    if passwords is None:
+        passwords = Passwords(config, cpu_executor)
     prices = PriceService(db, config)
     events = JobEvents(db)
     marks = ChangeMarks(config.marks_path)
@@ -70,7 +73,8 @@ def make_app(config, db, *, cpu_executor=None, services=None, pool=None):
         services = build_services(config, db, cpu_executor, pool)
     dependencies = {"config": config, "db": db, "services": services}
     routes = [(pattern, handler, dependencies) for pattern, handler in root.ROUTES]
-    routes += root.STATIC_ROUTES
+    routes += [(pattern, handler, {**dependencies, **options})
+               for pattern, handler, options in root.STATIC_ROUTES]
     routes += [(rf"/{handler.resource}/([^/]*)", handler, dependencies)
                for handler in ACTION_HANDLERS]
     routes.append((r"/ws/jobs", JobEventsHandler, dependencies))

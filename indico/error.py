@@ -6,9 +6,13 @@ the ``error`` object of the response envelope. Any other exception is a bug and
 becomes a generic 500 whose details stay in the log.
 
 These classes hold data only; turning them into responses happens in one
-place, ``indico.routes.base.BaseHandler.write_error``. Every layer may import
-this module.
+place, ``indico.routes.base.BaseHandler.write_error``, which also sends the
+headers an error calls for (:meth:`IndicoError.headers`: ``Retry-After``,
+``WWW-Authenticate``, ...). Every layer may import this module.
 """
+
+# RFC 6750 §3: the challenge of every 401; the realm names the protection space.
+BEARER_CHALLENGE = 'Bearer realm="indico"'
 
 
 class IndicoError(Exception):
@@ -31,6 +35,10 @@ class IndicoError(Exception):
         """Return the ``error`` object of the response envelope."""
         return {"type": type(self).__name__, "message": self.message, **self.details}
 
+    def headers(self) -> dict[str, str]:
+        """Return the response headers this error calls for (none by default)."""
+        return {}
+
 
 class BadRequest(IndicoError):
     """The request could not be parsed (not JSON, wrong type, bad encoding)."""
@@ -45,9 +53,28 @@ class ValidationError(IndicoError):
 
 
 class Unauthorized(IndicoError):
-    """No valid, unexpired, unrevoked bearer token, or wrong credentials."""
+    """No valid, unexpired, unrevoked bearer token, or wrong credentials.
+
+    Args:
+        message: what went wrong, for humans.
+        bearer_error: the RFC 6750 §3.1 error code of the challenge:
+            ``"invalid_token"`` when a bearer token was presented and is
+            malformed, unknown, expired or revoked; None when the request
+            carried no bearer token (or the failure is not about one).
+        **details: extra fields for the error object.
+    """
 
     status = 401
+
+    def __init__(self, message, bearer_error=None, **details):
+        super().__init__(message, **details)
+        self.bearer_error = bearer_error
+
+    def headers(self) -> dict[str, str]:
+        """``WWW-Authenticate: Bearer realm="indico"``, with the error code if any."""
+        if self.bearer_error is None:
+            return {"WWW-Authenticate": BEARER_CHALLENGE}
+        return {"WWW-Authenticate": f'{BEARER_CHALLENGE}, error="{self.bearer_error}"'}
 
 
 class Forbidden(IndicoError):
@@ -86,6 +113,41 @@ class UnsupportedMediaType(IndicoError):
     status = 415
 
 
+class RangeNotSatisfiable(IndicoError):
+    """A ``Range`` outside the file asked of a static file (RFC 9110 §15.5.17).
+
+    Args:
+        message: what went wrong, for humans.
+        size: the file's size in bytes, for ``Content-Range: bytes */<size>``.
+    """
+
+    status = 416
+
+    def __init__(self, message, size, **details):
+        super().__init__(message, **details)
+        self.size = size
+
+    def headers(self) -> dict[str, str]:
+        """The file's size, as RFC 9110 §14.4 asks of a 416."""
+        return {"Content-Range": f"bytes */{self.size}"}
+
+
+class UpgradeRequired(IndicoError):
+    """A WebSocket handshake of a version other than 13 (RFC 6455 §4.4)."""
+
+    status = 426
+
+    def headers(self) -> dict[str, str]:
+        """The version the server speaks (RFC 6455 §4.4)."""
+        return {"Sec-WebSocket-Version": "13"}
+
+
+class RequestHeaderFieldsTooLarge(IndicoError):
+    """The request head (request line and headers) is over the configured limit (RFC 6585 §5)."""
+
+    status = 431
+
+
 class Unprocessable(IndicoError):
     """Well-formed, but the request cannot be carried out as asked."""
 
@@ -112,6 +174,12 @@ class RetryLater(IndicoError):
         self.retry_after = retry_after
         if retry_after is not None:
             self.details["retry_after"] = retry_after
+
+    def headers(self) -> dict[str, str]:
+        """``Retry-After`` in whole seconds, when known."""
+        if self.retry_after is None:
+            return {}
+        return {"Retry-After": str(int(self.retry_after))}
 
 
 class TooManyRequests(RetryLater):

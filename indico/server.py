@@ -1,9 +1,11 @@
 """The server process: ``python -m indico.server [--port=8001] [--address=...] [--debug]``.
 
 ``main`` reads the configuration, starts (or attaches to) the embedded
-database when no MongoDB URI is set, creates the indexes, serves HTTP, and on
-SIGTERM or SIGINT stops accepting, lets in-flight requests finish (bounded by
-``INDICO_SHUTDOWN_GRACE``), stops the embedded database and exits 0.
+database when no MongoDB URI is set, and restarts it whenever it dies (the
+same port and data, so the client reconnects by itself); creates the indexes,
+serves HTTP, and on SIGTERM or SIGINT stops accepting, lets in-flight requests
+finish (bounded by ``INDICO_SHUTDOWN_GRACE``), stops the embedded database and
+exits 0.
 """
 
 import argparse
@@ -15,7 +17,7 @@ import signal
 import sys
 import time
 
-from pymongo.errors import ConnectionFailure
+from pymongo.errors import ConnectionFailure, PyMongoError
 
 from config import Config
 from indico import __version__
@@ -24,7 +26,7 @@ from indico.db import create_client, ensure_indexes, purge_all_expired
 from indico.db.embedded import EmbeddedServer
 from indico.error import ConfigError, StartupError
 from indico.services.portfolio import JobRunner
-from indico.utils.logs import setup_logging
+from indico.utils.logs import describe_database_error, setup_logging
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +40,9 @@ SERVER_MAX_HEADER = 1024 * 1024
 # How often expired sessions and rate-limit windows are deleted on nx-27017,
 # which has no TTL monitor we can afford (see db.util.create_expiry_index).
 PURGE_INTERVAL = 60.0
+# After a failed purge (the database is down), wait this long, doubling up to
+# PURGE_INTERVAL, instead of logging the same failure every round.
+PURGE_RETRY = 5.0
 
 
 def parse_args(argv):
@@ -67,16 +72,32 @@ async def wait_for_requests(app, grace):
         await asyncio.sleep(0.02)
 
 
-async def purge_forever(db, interval=PURGE_INTERVAL):
-    """Delete expired documents every ``interval`` seconds until cancelled."""
+async def purge_forever(db, interval: float = PURGE_INTERVAL, sleep=asyncio.sleep,
+                        retry: float = PURGE_RETRY) -> None:
+    """Delete expired documents every ``interval`` seconds until cancelled.
+
+    Args:
+        db: the database handle.
+        interval: seconds between rounds.
+        sleep: ``await sleep(seconds)``, injectable for tests.
+        retry: seconds before the round after a database error, doubled after
+            each further one up to ``interval``.
+    """
+    delay = retry
     while True:
         try:
             removed = await purge_all_expired(db)
             if removed:
                 log.info("purged %d expired sessions and rate-limit windows", removed)
-        except Exception:  # the next round tries again
+            wait, delay = interval, retry
+        except PyMongoError as exc:  # down or timing out: one line, no traceback
+            log.warning("purge of expired documents failed (%s); next try in %g s",
+                        describe_database_error(exc), delay)
+            wait, delay = delay, min(delay * 2, interval)
+        except Exception:  # a bug: keep its traceback; the next round tries again
             log.exception("purge of expired documents failed")
-        await asyncio.sleep(interval)
+            wait = interval
+        await sleep(wait)
 
 
 async def serve(config):
@@ -93,6 +114,7 @@ async def serve(config):
         raise ConfigError(f"INDICO_DATA_DIR: cannot use {config.data_path}: "
                           f"{exc.strerror}") from None
     client, db, embedded = await open_database(config)
+    watcher = asyncio.ensure_future(embedded.watch()) if embedded else None
     try:
         purges_itself = await ensure_indexes(db)
         purger = asyncio.ensure_future(purge_forever(db)) if purges_itself else None
@@ -130,6 +152,9 @@ async def serve(config):
         await asyncio.wait_for(server.close_all_connections(), 2.0)
         app.settings["cpu_executor"].shutdown(wait=False, cancel_futures=True)
     finally:
+        if watcher:
+            watcher.cancel()
+            await asyncio.gather(watcher, return_exceptions=True)
         await client.close()
         if embedded:
             embedded.stop()

@@ -28,6 +28,7 @@ from config import Config
 from indico.app import make_app
 from indico.db import create_client, ensure_indexes
 from indico.db.embedded import EmbeddedServer
+from indico.server import SERVER_MAX_HEADER
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _server = {}
@@ -149,6 +150,11 @@ class ServerTest(AsyncHTTPTestCase):
         """``AsyncMongoClient`` options: every command is recorded in ``self.counter``."""
         self.counter = CommandCounter()
         return {"event_listeners": [self.counter]}
+
+    def get_httpserver_options(self):
+        """The server's own head buffer, as ``indico.server`` listens: a head over
+        INDICO_HEADER_LIMIT reaches the handler and gets its JSON 431."""
+        return {"max_header_size": SERVER_MAX_HEADER}
 
     def get_app(self):
         self.client = create_client(self.config.mongodb_uri, timeout=TEST_DB_TIMEOUT,

@@ -15,6 +15,9 @@ Run as ``python -m indico.db.embedded ARGS`` this module is the child process:
 nx-27017's own entry point with its per-command INFO logging turned down.
 """
 
+import asyncio
+import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -48,14 +51,21 @@ def _port_in_use(port, address="127.0.0.1"):
         return sock.connect_ex((address, port)) == 0
 
 
-def _pid_alive(pid):
+def _pid_alive(pid: int) -> bool:
+    """True when process ``pid`` exists and is not a zombie."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    # A server whose parent was killed may stay a zombie for as long as its new
+    # parent does not reap it: it answers nothing, so it counts as gone.
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except (OSError, IndexError):
+        return True
 
 
 def _answers(uri, timeout):
@@ -72,12 +82,13 @@ def _answers(uri, timeout):
 
 
 class EmbeddedServer:
-    """Start, find, and stop the nx-27017 server for one data directory.
+    """Start, find, watch and stop the nx-27017 server for one data directory.
 
     Args:
         data_dir: indico's data directory; the server's files go under ``db/``.
         start_timeout: seconds to wait for the server to answer a ping.
-        port: the port to listen on; a free one if None.
+        port: the port to listen on; a free one if None. Once started (or
+            attached), the server's port is kept: a restart listens there again.
     """
 
     def __init__(self, data_dir, start_timeout=20.0, port=None):
@@ -85,6 +96,7 @@ class EmbeddedServer:
         self.start_timeout = start_timeout
         self.port = port
         self.process = None
+        self.pid = None
         self.uri = None
         self.owned = False
 
@@ -97,7 +109,7 @@ class EmbeddedServer:
         return os.path.join(self.directory, "nx-27017.pid")
 
     def _running(self):
-        """Return the URI of a live server for this directory, or None.
+        """Return ``(pid, uri)`` of a live server for this directory, or None.
 
         Removes state and pid files that a crashed server left behind.
         """
@@ -108,7 +120,7 @@ class EmbeddedServer:
         except (OSError, ValueError, KeyError, TypeError):
             state = None
         if state and _pid_alive(pid) and _answers(uri, 2.0):
-            return uri
+            return pid, uri
         for path in (self.state_path, self.pid_path):
             try:
                 os.remove(path)
@@ -124,14 +136,33 @@ class EmbeddedServer:
             the ``mongodb://`` URI of the server.
 
         Raises:
-            RuntimeError: the server did not answer within ``start_timeout``.
+            StartupError: the port is taken by something else, or the server
+                exited or did not answer within ``start_timeout``.
         """
         os.makedirs(self.directory, exist_ok=True)
-        uri = self._running()
-        if uri:
-            log.info("attached to the embedded database at %s", uri)
-            self.uri = uri
-            return uri
+        with self._lock():
+            return self._start_locked()
+
+    @contextlib.contextmanager
+    def _lock(self):
+        """Hold ``db/start.lock`` exclusively (blocking until it is free).
+
+        Held from the look for a live server to the state file written, so two
+        processes (or a restart racing a take-over) start one server; and by
+        :meth:`stop`, so a stop waits for a start in progress and stops its server.
+        """
+        with open(os.path.join(self.directory, "start.lock"), "w") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            yield
+
+    def _start_locked(self):
+        running = self._running()
+        if running:
+            self.pid, self.uri = running
+            self.process, self.owned = None, False
+            self.port = int(self.uri.rstrip("/").rsplit(":", 1)[1])
+            log.info("attached to the embedded database at %s", self.uri)
+            return self.uri
         port = self.port or _free_port()
         if _port_in_use(port):
             # A ping would be answered by whatever listens there, not by our server.
@@ -146,20 +177,23 @@ class EmbeddedServer:
             "--log-file", os.path.join(self.directory, "nx-27017.log"),
         ]
         # A session of its own: Ctrl-C in a terminal reaches indico, which then
-        # stops the server in order, instead of killing both at once.
+        # stops the server in order, instead of killing both at once; and a
+        # SIGKILL of indico leaves it running for the next start to attach to.
         self.process = subprocess.Popen(
             command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL, start_new_session=True,
         )
+        self.port, self.pid, self.owned = port, self.process.pid, True
         deadline = time.monotonic() + self.start_timeout
         while not _answers(uri, 0.5):
             if self.process.poll() is not None:
+                self.owned = False
                 raise StartupError(
                     f"the embedded database exited with code {self.process.returncode}; "
                     f"see {os.path.join(self.directory, 'nx-27017.log')}"
                 )
             if time.monotonic() > deadline:
-                self.stop()
+                self._stop_locked()
                 raise StartupError(
                     f"the embedded database did not answer within {self.start_timeout} s "
                     "(INDICO_EMBEDDED_START_TIMEOUT)"
@@ -167,12 +201,76 @@ class EmbeddedServer:
             time.sleep(0.05)
         with open(self.state_path, "w") as handle:
             json.dump({"pid": self.process.pid, "uri": uri}, handle)
-        self.uri, self.owned = uri, True
+        self.uri = uri
         log.info("started the embedded database at %s (pid %d)", uri, self.process.pid)
         return uri
 
+    def alive(self) -> bool:
+        """True while the server this object started or attached to runs.
+
+        Returns:
+            False once that process has exited (for a server started here,
+            its exit status is collected, so it leaves no zombie).
+        """
+        if self.process is not None:
+            return self.process.poll() is None
+        return self.pid is not None and _pid_alive(self.pid)
+
+    async def recover(self, sleep=asyncio.sleep, first_delay=0.5, max_delay=10.0) -> int:
+        """Start the dead server again on the same port, retrying with a back-off.
+
+        Each attempt logs one line. A server started meanwhile by another
+        process on this directory is attached to instead (see :meth:`start`).
+
+        Args:
+            sleep: ``await sleep(seconds)`` between attempts (injectable for tests).
+            first_delay: seconds before the second attempt; doubled after each
+                failure up to ``max_delay``.
+
+        Returns:
+            how many attempts it took.
+        """
+        loop = asyncio.get_running_loop()
+        delay, attempt = first_delay, 1
+        while True:
+            try:
+                await loop.run_in_executor(None, self.start)
+            except (StartupError, OSError) as exc:
+                log.warning("embedded database: restart attempt %d failed (%s); next in %g s",
+                            attempt, exc, delay)
+                await sleep(delay)
+                delay, attempt = min(delay * 2, max_delay), attempt + 1
+                continue
+            log.warning("embedded database: restart attempt %d succeeded, %s at %s (pid %d)",
+                        attempt, "started" if self.owned else "attached", self.uri, self.pid)
+            return attempt
+
+    async def watch(self, sleep=asyncio.sleep, interval=0.5, **backoff) -> None:
+        """Restart the server whenever it dies, until cancelled.
+
+        Args:
+            sleep: ``await sleep(seconds)``, injectable for tests.
+            interval: seconds between looks at the process.
+            **backoff: ``first_delay`` and ``max_delay`` of :meth:`recover`.
+        """
+        while True:
+            await sleep(interval)
+            if self.alive():
+                continue
+            code = self.process.returncode if self.process is not None else None
+            log.warning("embedded database: the server at %s (pid %s) exited%s; restarting it "
+                        "on the same port", self.uri, self.pid,
+                        "" if code is None else f" with code {code}")
+            await self.recover(sleep, **backoff)
+
     def stop(self, timeout=10.0):
         """Stop the server if this object started it; a no-op otherwise."""
+        if self.pid is None:  # never started nor attached
+            return
+        with self._lock():
+            self._stop_locked(timeout)
+
+    def _stop_locked(self, timeout=10.0):
         if not self.owned or self.process is None:
             return
         if self.process.poll() is None:

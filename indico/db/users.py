@@ -2,8 +2,8 @@
 
 Stored shape: ``_id`` (ObjectId), ``email`` (normalized), ``name``,
 ``password_hash`` (Argon2id), ``password_version`` (how many times the
-password was changed; absent means 0), ``preferences`` (dict), ``created``,
-``updated``. Only ``indico.services`` reads the hash; responses are built
+password was changed; absent means 0), ``preferences`` (an object, ``{}`` at
+creation, holding only the keys that are set), ``created``, ``updated``. Only ``indico.services`` reads the hash; responses are built
 from the public shape in ``indico.routes.models``.
 """
 
@@ -53,15 +53,50 @@ async def get_user_by_email(db, email):
     return await db.users.find_one({"email": email})
 
 
-async def update_user(db, user_id, fields):
-    """Set ``fields`` (already validated); False when there is no such user.
+def profile_update(fields: dict, stamp) -> dict:
+    """Return the update document that applies validated ``fields`` to a user.
 
-    Raises DuplicateKeyError when a new email is taken.
+    Top-level fields are set whole; ``preferences`` is applied key by key:
+    ``{"preferences": {"risk_free_rate": 0.02}}`` sets
+    ``preferences.risk_free_rate`` and keeps the other keys, and a key given
+    as None is removed (``$unset``). The keys come from the request model's
+    allowlist, so no dotted path is made of anything a client chose freely.
+    (nx-27017 handles these dotted ``$set``/``$unset`` paths as MongoDB does,
+    a missing ``preferences`` included; a ``preferences`` of null, which
+    MongoDB refuses to descend into and nx-27017 silently leaves alone,
+    cannot occur, since :func:`create_user` writes ``{}``.)
+
+    Args:
+        fields: the fields to change, as the request model validated them.
+        stamp: the ``updated`` date to write.
+    """
+    to_set = {"updated": stamp}
+    to_unset = {}
+    for name, value in fields.items():
+        if name != "preferences":
+            to_set[name] = value
+            continue
+        for key, item in value.items():
+            if item is None:
+                to_unset[f"preferences.{key}"] = ""
+            else:
+                to_set[f"preferences.{key}"] = item
+    return {"$set": to_set, "$unset": to_unset} if to_unset else {"$set": to_set}
+
+
+async def update_user(db, user_id, fields):
+    """Apply ``fields`` (already validated; see :func:`profile_update`).
+
+    Returns:
+        False when there is no such user.
+
+    Raises:
+        DuplicateKeyError: a new email is taken.
     """
     # update_one, not find_one_and_update: nx-27017 answers a unique-index
     # violation in findAndModify with null instead of error 11000.
     result = await journaled(db, "users").update_one(
-        {"_id": user_id}, {"$set": {**fields, "updated": now()}})
+        {"_id": user_id}, profile_update(fields, now()))
     return bool(result.matched_count)
 
 
@@ -80,6 +115,9 @@ async def set_password(db, user_id, password_hash):
 async def update_users(db, changes):
     """Apply many ``(user_id, fields)`` changes in one journaled command.
 
+    Each change is applied as :func:`profile_update` says (preferences key by
+    key), so concurrent changes of different keys of one user all count.
+
     Returns:
         one entry per change, in order: None when applied, else the error of
         that change alone (DuplicateKeyError when its new email is taken); the
@@ -89,7 +127,7 @@ async def update_users(db, changes):
         BulkWriteError: the write concern failed, so no change is known durable.
     """
     stamp = now()
-    requests = [UpdateOne({"_id": user_id}, {"$set": {**fields, "updated": stamp}})
+    requests = [UpdateOne({"_id": user_id}, profile_update(fields, stamp))
                 for user_id, fields in changes]
     results = [None] * len(changes)
     try:

@@ -41,7 +41,38 @@ HTTP_ERROR_TYPES = {
 REQUEST_ID_PATTERN = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 # Seconds a client is asked to wait when the database does not answer.
 DATABASE_RETRY_AFTER = 5
-BEARER_PATTERN = re.compile(r"^Bearer ([A-Za-z0-9_-]{16,128})$")
+JSON_WHITESPACE = b" \t\r\n"
+# RFC 7235 §2.1: the auth-scheme is case-insensitive, and one or more spaces
+# separate it from the credentials. Our tokens are base64url without padding.
+BEARER_PATTERN = re.compile(r"^(?i:bearer) +([A-Za-z0-9_-]{16,128})$")
+BEARER_SCHEME = re.compile(r"^(?i:bearer)(?: |$)")
+
+
+def _http_error_message(exception: BaseException | None) -> str | None:
+    """The message of a tornado ``HTTPError`` raised without arguments, else None.
+
+    Tornado's own errors format their message from arguments (a static file's
+    path, say) meant for the log: the client gets the reason phrase instead.
+    """
+    if isinstance(exception, tornado.web.HTTPError) and not exception.args:
+        return exception.get_message()
+    return None
+
+
+def head_size(request) -> int:
+    """Return the size in bytes of ``request``'s head as Tornado received it.
+
+    The request line, each header line (``name: value`` and CRLF) and the
+    blank line; Tornado decodes the head as Latin-1, so characters are bytes.
+    Whitespace around values and obsolete line folding are not counted.
+
+    Args:
+        request: a ``tornado.httputil.HTTPServerRequest``.
+    """
+    size = len(request.method) + len(request.uri) + len(request.version) + 4
+    for name, value in request.headers.get_all():
+        size += len(name) + len(value) + 4
+    return size + 2
 
 
 class EmptyRequest(pydantic.BaseModel):
@@ -112,13 +143,26 @@ class BaseHandler(tornado.web.RequestHandler):
         self.started = time.monotonic()
 
     def prepare(self):
-        """Run before the method: request id, CORS and security headers."""
+        """Run before the method: request id, CORS and security headers, the head's size.
+
+        Raises:
+            RequestHeaderFieldsTooLarge: the request head is over
+                ``INDICO_HEADER_LIMIT`` (the server reads heads up to
+                ``indico.server.SERVER_MAX_HEADER``, so that this answer can be
+                sent; past that Tornado closes the connection).
+        """
         supplied = self.request.headers.get("X-Request-ID", "")
         self.request_id = supplied if REQUEST_ID_PATTERN.match(supplied) else os.urandom(16).hex()
         request_id_var.set(self.request_id)
         self.set_header("X-Request-ID", self.request_id)
         self.application.settings["in_flight"].add(self)
         self.set_cors_headers()
+        size = head_size(self.request)
+        if size > self.config.header_limit:
+            raise error.RequestHeaderFieldsTooLarge(
+                f"the request line and headers are {size} bytes; the limit is "
+                f"{self.config.header_limit}"
+            )
 
     def on_finish(self):
         """Run after the response is sent: the request no longer counts as in flight."""
@@ -161,7 +205,8 @@ class BaseHandler(tornado.web.RequestHandler):
         origin = self.allowed_origin
         if origin:
             self.set_header("Access-Control-Allow-Origin", origin)
-            self.set_header("Access-Control-Expose-Headers", "X-Request-ID, Retry-After")
+            self.set_header("Access-Control-Expose-Headers",
+                            "X-Request-ID, Retry-After, WWW-Authenticate")
 
     def options(self, *args):
         """Answer a CORS preflight for a configured origin; 403 for another."""
@@ -188,13 +233,21 @@ class BaseHandler(tornado.web.RequestHandler):
         return peer
 
     def bearer_token(self):
-        """Return the bearer token of the request, or raise Unauthorized."""
+        """Return the bearer token of the request (the scheme in any case).
+
+        Raises:
+            Unauthorized: no ``Authorization`` header, another scheme, or a
+                malformed bearer token (then with ``error="invalid_token"``
+                in the challenge, RFC 6750 §3.1).
+        """
         header = self.request.headers.get("Authorization")
         if not header:
             raise error.Unauthorized("missing Authorization: Bearer <token> header")
         match = BEARER_PATTERN.match(header)
         if not match:
-            raise error.Unauthorized("malformed Authorization header; expected 'Bearer <token>'")
+            raise error.Unauthorized(
+                "malformed Authorization header; expected 'Bearer <token>'",
+                bearer_error="invalid_token" if BEARER_SCHEME.match(header) else None)
         return match.group(1)
 
     def write_json(self, status, data):
@@ -212,9 +265,11 @@ class BaseHandler(tornado.web.RequestHandler):
     def write_error(self, status_code, **kwargs):
         """Turn the exception being handled into the error envelope.
 
-        Runs from ``send_error`` when a method raised. IndicoError: its status
-        and public message; tornado's HTTPError: its status; anything else: a
-        generic 500 (the traceback was logged by :meth:`log_exception`).
+        Runs from ``send_error`` when a method raised. IndicoError: its status,
+        public message and headers (:meth:`~indico.error.IndicoError.headers`:
+        ``Retry-After``, ``WWW-Authenticate``, ...); tornado's HTTPError: its
+        status; anything else: a generic 500 (the traceback was logged by
+        :meth:`log_exception`).
         """
         exception = _public(kwargs.get("exc_info", (None, None, None))[1])
         # send_error() cleared the headers set in prepare(); set them again.
@@ -224,12 +279,11 @@ class BaseHandler(tornado.web.RequestHandler):
         if isinstance(exception, error.IndicoError):
             body = exception.to_dict()
             status_code = exception.status
-            retry_after = getattr(exception, "retry_after", None)
-            if retry_after is not None:
-                self.set_header("Retry-After", str(int(retry_after)))
+            for name, value in exception.headers().items():
+                self.set_header(name, value)
         elif status_code < 500:
             kind = HTTP_ERROR_TYPES.get(status_code, error.BadRequest)
-            reason = getattr(exception, "log_message", None) or self._reason
+            reason = _http_error_message(exception) or self._reason
             if status_code == 405:
                 reason = f"method {self.request.method} is not allowed here"
             body = {"type": kind.__name__, "message": reason}
@@ -412,7 +466,9 @@ class ActionHandler(BaseHandler):
             ValidationError: the object does not fit ``model``; names the field.
         """
         raw = b"".join(self.chunks)
-        if raw.strip():
+        # Only JSON's own white space (RFC 8259 section 2) makes a body empty;
+        # bytes.strip() would also drop a form feed or a vertical tab.
+        if raw.strip(JSON_WHITESPACE):
             content_type = self.request.headers.get("Content-Type", "")
             media_type = content_type.split(";")[0].strip().lower()
             if media_type != "application/json":

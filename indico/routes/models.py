@@ -35,6 +35,9 @@ Email = Annotated[str, StringConstraints(max_length=320), AfterValidator(_email)
 LoginEmail = Annotated[str, StringConstraints(strip_whitespace=True, to_lower=True,
                                               min_length=1, max_length=320)]
 Password = Annotated[str, StringConstraints(min_length=8, max_length=1024)]
+# A password given to prove who one is, not chosen: any non-empty string up to
+# the maximum, since an account's password may predate today's rules.
+GivenPassword = Annotated[str, StringConstraints(min_length=1, max_length=1024)]
 def _name(value):
     value = value.strip()
     if not value:

@@ -7,7 +7,7 @@ the document cannot drift from the code.
 
 from pydantic.json_schema import models_json_schema
 
-COMMON_ERRORS = (400, 404, 405, 413, 415, 503)
+COMMON_ERRORS = (400, 404, 405, 413, 415, 431, 503)
 ERROR_STATUSES = {
     400: "malformed body or invalid field (the message names the field)",
     401: "missing, malformed, expired or revoked bearer token, or wrong credentials",
@@ -17,9 +17,19 @@ ERROR_STATUSES = {
     409: "conflicts with existing data (an email in use)",
     413: "body over the configured limit",
     415: "body not sent as application/json",
+    431: "request line and headers over the configured limit (INDICO_HEADER_LIMIT)",
     422: "well-formed but cannot be carried out (the message says why)",
-    429: "rate limit or quota exceeded; see Retry-After",
+    429: "rate limit or quota exceeded (too many wrong passwords, sign-ups or jobs); "
+         "see Retry-After",
     503: "the database does not answer; see Retry-After",
+}
+
+# Every 401 carries a challenge (RFC 7235 §3.1, RFC 6750 §3).
+CHALLENGE_HEADER = {
+    "required": True,
+    "description": 'Bearer realm="indico", with error="invalid_token" when the token given '
+                   "is malformed, unknown, expired or revoked",
+    "schema": {"type": "string"},
 }
 
 ERROR_SCHEMA = {
@@ -86,6 +96,8 @@ def build_openapi(handlers, version, extra_paths=None):
         statuses = set(COMMON_ERRORS) | set(spec.errors) | ({401} if spec.auth else set())
         for status in sorted(statuses):
             responses[str(status)] = _json(error_ref, ERROR_STATUSES[status])
+            if status == 401:
+                responses["401"]["headers"] = {"WWW-Authenticate": CHALLENGE_HEADER}
         operation = {
             "operationId": f"{resource}_{spec.name}",
             "tags": [resource],

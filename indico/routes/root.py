@@ -78,8 +78,38 @@ class DocsInitHandler(BaseHandler):
         self.finish(DOCS_INIT)
 
 
-class DocsStaticHandler(tornado.web.StaticFileHandler):
-    """Swagger UI's assets from the installed package."""
+class DocsStaticHandler(BaseHandler, tornado.web.StaticFileHandler):
+    """Swagger UI's assets from the installed package.
+
+    An indico handler first (for its errors: a missing file is a JSON 404),
+    a tornado static file handler for the rest.
+    """
+
+    allow_header = "GET, HEAD, OPTIONS"
+
+    def initialize(self, path: str, config, db, services, **_) -> None:
+        """Take the route's ``path`` and the usual dependencies."""
+        BaseHandler.initialize(self, config, db, services)
+        tornado.web.StaticFileHandler.initialize(self, path)
+
+    def set_extra_headers(self, path: str) -> None:
+        """A file is cached as tornado would (by its ETag), not ``no-store`` as API answers."""
+        self.clear_header("Cache-Control")
+
+    def finish(self, chunk=None):
+        """Send the response; tornado's own answer to a bad ``Range`` becomes a JSON 416.
+
+        ``StaticFileHandler.get`` answers an unsatisfiable range by setting the
+        status and returning, with an empty text/plain body; raising here sends
+        it through :meth:`BaseHandler.write_error` instead.
+
+        Raises:
+            RangeNotSatisfiable: the status tornado set is 416.
+        """
+        if self.get_status() == 416 and chunk is None:
+            raise error.RangeNotSatisfiable("the requested range is not within the file",
+                                            size=self.get_content_size())
+        return super().finish(chunk)
 
 
 ROUTES = [

@@ -6,6 +6,7 @@ from indico.routes.base import ActionHandler, action
 from indico.routes.models import (
     Email,
     Empty,
+    GivenPassword,
     Name,
     Password,
     Preferences,
@@ -37,12 +38,12 @@ class UpdateRequest(Request):
 
 
 class PasswordRequest(Request):
-    current_password: Password
+    current_password: GivenPassword
     new_password: Password
 
 
 class DeleteRequest(Request):
-    password: Password
+    password: GivenPassword
 
 
 class UserHandler(ActionHandler):
@@ -57,21 +58,24 @@ class UserHandler(ActionHandler):
 
     @action(request=UpdateRequest, response=UserResponse, errors=(409,))
     async def update(self, body):
-        """Change name, email (must stay unique: 409) or preferences."""
+        """Change name, email (must stay unique: 409) or preferences.
+
+        ``preferences`` is updated key by key: the keys given are set, the
+        others kept, and a key given as null is cleared.
+        """
+        # Only the keys given, nulls included: a null clears its key.
         fields = body.update_user.model_dump(exclude_unset=True)
-        if "preferences" in fields:
-            fields["preferences"] = body.update_user.preferences.model_dump(exclude_none=True)
         updated = await self.services.users.update(self.user, fields)
         return UserResponse(user=UserPublic.from_document(updated))
 
-    @action(request=PasswordRequest, response=Empty, errors=(403,))
+    @action(request=PasswordRequest, response=Empty, errors=(403, 429))
     async def password(self, body):
         """Change the password; every other session of the user is revoked."""
         await self.services.users.change_password(
             self.user, body.current_password, body.new_password, self.bearer_token())
         return {}
 
-    @action("delete", request=DeleteRequest, response=Empty, errors=(403,))
+    @action("delete", request=DeleteRequest, response=Empty, errors=(403, 429))
     async def delete_user(self, body):
         """Delete the account, its sessions and its saved results (password required)."""
         await self.services.users.delete(self.user, body.password)

@@ -1,11 +1,15 @@
 """``/ws/jobs``: a WebSocket that pushes the caller's job events as they happen.
 
-Authenticate with an ``Authorization: Bearer <token>`` header, or (browsers
-cannot set headers on a WebSocket) with a first message ``{"token": "..."}``
-within a few seconds. Each event is a JSON object: ``{"event": "queued" |
-"running" | "done" | "failed", "id": ..., "at": ...}``, with ``summary`` for
-done and ``error`` for failed. Browser origins must be in
+Authenticate with an ``Authorization: Bearer <token>`` header (the scheme in
+any case), or (browsers cannot set headers on a WebSocket) with a first
+message ``{"token": "..."}`` within a few seconds. Each event is a JSON
+object: ``{"event": "queued" | "running" | "done" | "failed", "id": ...,
+"at": ...}``, with ``summary`` for done and ``error`` for failed. Browser origins must be in
 ``INDICO_CORS_ORIGINS`` or the server's own.
+
+Until the connection is upgraded this is an indico handler like any other
+(:class:`~indico.routes.base.BaseHandler` comes first in its bases): a bad
+handshake, another method or an oversized head gets the JSON error envelope.
 """
 
 import asyncio
@@ -16,7 +20,7 @@ import urllib.parse
 import tornado.websocket
 
 from indico import error
-from indico.routes.base import BEARER_PATTERN
+from indico.routes.base import BEARER_PATTERN, BaseHandler
 
 log = logging.getLogger(__name__)
 
@@ -24,14 +28,41 @@ AUTH_TIMEOUT = 5.0
 CLOSE_UNAUTHORIZED = 4401
 
 
-class JobEventsHandler(tornado.websocket.WebSocketHandler):
+# The handshake refusals that tornado's WebSocketHandler.get answers itself, in
+# plain text, by status: the indico error each becomes, and its message (None:
+# tornado's text, which says which header is wrong).
+HANDSHAKE_ERRORS = {
+    400: (error.BadRequest, None),
+    403: (error.Forbidden, "this origin is not allowed (INDICO_CORS_ORIGINS)"),
+    426: (error.UpgradeRequired,
+          "only WebSocket version 13 is supported (Sec-WebSocket-Version: 13)"),
+}
+
+
+class JobEventsHandler(BaseHandler, tornado.websocket.WebSocketHandler):
     """One client's stream of job events."""
 
-    def initialize(self, config, db, services, **_):
-        self.config = config
-        self.services = services
+    def initialize(self, config, db, services, **_) -> None:
+        """Run for each request with the route's dependencies."""
+        super().initialize(config, db, services)
         self.owner = None
         self.auth_timer = None
+
+    def finish(self, chunk=None):
+        """Send the response; a handshake refused by tornado becomes an indico error.
+
+        Tornado answers a bad handshake from ``get`` with a status and a plain
+        text (or empty) body; raising here instead sends it through
+        :meth:`BaseHandler.write_error`, which finishes with a dict.
+
+        Raises:
+            BadRequest, Forbidden, UpgradeRequired: as the status tornado set.
+        """
+        status = self.get_status()
+        if status in HANDSHAKE_ERRORS and not isinstance(chunk, dict):
+            kind, message = HANDSHAKE_ERRORS[status]
+            raise kind(message or f"GET /ws/jobs takes a WebSocket handshake: {chunk}")
+        return super().finish(chunk)
 
     def check_origin(self, origin):
         """Allow configured origins and the server's own host; refuse the rest."""

@@ -107,6 +107,20 @@ def _retry_after(expires):
     return max(1, int((expires - now()).total_seconds()) + 1)
 
 
+def account_key(email: str) -> str:
+    """The key of an account's counter of wrong passwords, shared by login and the token actions."""
+    return f"login:account:{email}"
+
+
+def user_key(user_id) -> str:
+    """The key of a user's counter of wrong passwords given with a token.
+
+    Kept by user id, so that changing the account's email (which needs no
+    password) does not give a token's holder a fresh count.
+    """
+    return f"password:user:{user_id}"
+
+
 class AuthService:
     """Sign-up, login, logout and token checks.
 
@@ -167,18 +181,35 @@ class AuthService:
         await sessions.create_session(self.db, token_hash(token), user, expires)
         return {"user": user, "token": token, "expires": expires}
 
+    async def _count(self, key: str, limit: int, window: float,
+                     message: str) -> datetime.datetime:
+        """Count one attempt under ``key`` before doing what it guards.
+
+        Returns:
+            the end of the window the attempt was counted in.
+
+        Raises:
+            TooManyRequests: the attempt is past ``limit`` in the window.
+        """
+        count, expires = await rate_limits.increment(self.db, key, window)
+        if count > limit:
+            raise error.TooManyRequests(message, retry_after=_retry_after(expires))
+        return expires
+
     async def signup(self, email, password, name, address):
         """Create an account and its first session.
+
+        Every attempt that reaches this call counts against the limit of
+        ``address``, a refused one (409) too: it bounds how many addresses one
+        client can probe for an account as well as how many it can create.
 
         Raises:
             TooManyRequests: too many sign-ups from ``address`` in the window.
             Conflict: the email is taken.
         """
-        key = f"signup:address:{address}"
-        count, expires = await rate_limits.get_counter(self.db, key)
-        if count >= self.config.signup_max_per_address:
-            raise error.TooManyRequests("too many sign-ups from this address; try later",
-                                        retry_after=_retry_after(expires))
+        await self._count(f"signup:address:{address}", self.config.signup_max_per_address,
+                          self.config.signup_window,
+                          "too many sign-ups from this address; try later")
         if await users.get_user_by_email(self.db, email):
             raise error.Conflict("an account with this email exists", field="email")
         password_hash = await self.passwords.hash(password)
@@ -186,35 +217,34 @@ class AuthService:
             user = await users.create_user(self.db, email, password_hash, name)
         except DuplicateKeyError:
             raise error.Conflict("an account with this email exists", field="email") from None
-        await rate_limits.increment(self.db, key, self.config.signup_window)
         return await self._new_session(user)
 
     async def login(self, email, password, address):
         """Check credentials and open a session.
 
-        Failures are counted per account and per address; past the thresholds
-        the answer is 429 until the window ends, whether or not the password
-        is right, so guessing gains nothing.
+        Every attempt is counted, per account and per address, before the
+        password is checked; past either limit the answer is 429 until the
+        window ends, whether or not the password is right, so guessing gains
+        nothing, and concurrent attempts get at most the limit's number of
+        password checks. A success resets the account's counters and gives
+        the address its attempt back (so the limits count failures).
 
         Raises:
             TooManyRequests: a threshold is reached (``retry_after`` set).
             Unauthorized: unknown email or wrong password (the same message).
         """
-        account_key = f"login:account:{email}"
+        message = "too many failed logins; try later"
+        window = self.config.login_window
+        await self._count(account_key(email), self.config.login_max_failures, window, message)
         address_key = f"login:address:{address}"
-        for key, limit in ((account_key, self.config.login_max_failures),
-                           (address_key, self.config.login_address_max_failures)):
-            count, expires = await rate_limits.get_counter(self.db, key)
-            if count >= limit:
-                raise error.TooManyRequests("too many failed logins; try later",
-                                            retry_after=_retry_after(expires))
+        counted_until = await self._count(address_key, self.config.login_address_max_failures,
+                                          window, message)
         user = await users.get_user_by_email(self.db, email)
         stored_hash = user["password_hash"] if user else None
         if not await self.passwords.verify(stored_hash, password):
-            for key in (account_key, address_key):
-                await rate_limits.increment(self.db, key, self.config.login_window)
             raise error.Unauthorized(INVALID_CREDENTIALS)
-        await rate_limits.reset(self.db, account_key)
+        await self._forgive(user)
+        await rate_limits.give_back(self.db, address_key, counted_until)
         if self.passwords.needs_rehash(stored_hash):
             new_hash = await self.passwords.hash(password)
             await users.update_user(self.db, user["_id"], {"password_hash": new_hash})
@@ -227,6 +257,38 @@ class AuthService:
             await sessions.delete_session(self.db, token_hash(opened["token"]))
             raise error.Unauthorized(INVALID_CREDENTIALS)
         return opened
+
+    async def _forgive(self, user) -> None:
+        """Reset the counters of wrong passwords of ``user``, who just gave the right one."""
+        await rate_limits.reset(self.db, account_key(user["email"]))
+        await rate_limits.reset(self.db, user_key(user["_id"]))
+
+    async def confirm_password(self, user, password: str) -> bool:
+        """Check the password that confirms an action of the signed-in ``user``.
+
+        Counted like a login, before the check, against the same per-account
+        limit (``login:account:<email>``) and against one of the user's own
+        (:func:`user_key`) with the same threshold; a right password resets
+        both.
+
+        Args:
+            user: the stored user (with its password hash).
+            password: the password given.
+
+        Returns:
+            True when ``password`` is the user's.
+
+        Raises:
+            TooManyRequests: either limit is reached (``retry_after`` set).
+        """
+        message = "too many wrong passwords for this account; try later"
+        limit, window = self.config.login_max_failures, self.config.login_window
+        await self._count(account_key(user["email"]), limit, window, message)
+        await self._count(user_key(user["_id"]), limit, window, message)
+        if not await self.passwords.verify(user["password_hash"], password):
+            return False
+        await self._forgive(user)
+        return True
 
     async def logout(self, token, user_id):
         """Revoke the session of ``token`` (a session of ``user_id``) at once."""
@@ -243,8 +305,10 @@ class AuthService:
         """
         session = await self.get_session(token_hash(token))
         if not session:
-            raise error.Unauthorized("the token is invalid, expired or revoked")
+            raise error.Unauthorized("the token is invalid, expired or revoked",
+                                     bearer_error="invalid_token")
         user = await self.get_user(session["user_id"])
         if not user:
-            raise error.Unauthorized("the account no longer exists")
+            raise error.Unauthorized("the account no longer exists",
+                                     bearer_error="invalid_token")
         return user

@@ -20,12 +20,16 @@ import logging
 import multiprocessing
 import os
 import socket
+import threading
 import time
 import uuid
+
+from pymongo.errors import PyMongoError
 
 from indico import error
 from indico.db import jobs
 from indico.optimization import Objective, configure_worker, optimize
+from indico.utils.logs import describe_database_error
 
 log = logging.getLogger(__name__)
 
@@ -40,13 +44,58 @@ def run_optimization(prices, benchmark, params):
     ).to_dict()
 
 
+def _exit_with_the_server(lifeline) -> None:
+    """Worker thread: end this worker process as soon as the server is gone.
+
+    A pool worker blocks reading its call queue, whose write end it holds
+    itself, so it never sees the server die; and it holds the forkserver's
+    alive pipe and the resource tracker's pipe, which keeps those two running
+    too (CPython 3.11 ``multiprocessing/forkserver.py``, ``resource_tracker.py``).
+    Only the server holds the write end of ``lifeline``: when the server exits,
+    however it exits, the read here ends with EOF.
+    """
+    try:
+        lifeline.recv_bytes()
+    except (EOFError, OSError):
+        pass
+    os._exit(0)  # pragma: no cover - the process ends here, before coverage can save
+
+
+def start_worker(lifeline) -> None:
+    """Pool initializer: watch ``lifeline`` in a daemon thread, then configure the worker.
+
+    Args:
+        lifeline: the read end of a pipe whose only writer is the server.
+    """
+    threading.Thread(target=_exit_with_the_server, args=(lifeline,), daemon=True,
+                     name="indico-lifeline").start()
+    configure_worker()
+
+
+class WorkerPool(concurrent.futures.ProcessPoolExecutor):
+    """A process pool whose workers exit when the server process is gone.
+
+    The server keeps the write end of a pipe (never written to) for as long as
+    this object lives; each worker watches the read end (see
+    :func:`start_worker`). A SIGKILL of the server closes the write end, so the
+    workers exit, then the forkserver (at EOF of its alive pipe) and the resource
+    tracker (at EOF of its pipe): nothing is left behind.
+    """
+
+    def __init__(self, workers: int):
+        context = multiprocessing.get_context("forkserver")
+        # The write end stays in this process only: pipe fds are not inherited,
+        # and multiprocessing passes a child only the fds it pickles (the read end).
+        self.lifeline, self._lifeline_writer = context.Pipe(duplex=False)
+        super().__init__(max_workers=workers, initializer=start_worker,
+                         initargs=(self.lifeline,), mp_context=context)
+
+
 def create_pool(workers):
-    """The process pool of the optimization workers."""
+    """The process pool of the optimization workers (a :class:`WorkerPool`)."""
     # forkserver, not fork: the server has threads (the driver's, the hashing
     # pool's), and forking a threaded process can deadlock the child.
-    return concurrent.futures.ProcessPoolExecutor(
-        max_workers=workers, initializer=configure_worker,
-        mp_context=multiprocessing.get_context("forkserver"))
+    return WorkerPool(workers)
 
 
 def encode_cursor(job):
@@ -284,24 +333,35 @@ class JobRunner:
     Args:
         service: the PortfolioService that runs them.
         interval: seconds between looks when there is nothing to do.
+        max_backoff: longest wait after database failures (the wait doubles
+            from ``interval`` with each failed round).
+        sleep: ``await sleep(seconds)``, injectable for tests.
     """
 
-    def __init__(self, service, interval=1.0):
+    def __init__(self, service, interval=1.0, max_backoff=30.0, sleep=asyncio.sleep):
         self.service = service
         self.interval = interval
+        self.max_backoff = max_backoff
+        self.sleep = sleep
         self.task = None
 
     def start(self):
         self.task = asyncio.ensure_future(self.run())
 
     async def run(self):
+        delay = self.interval
         while True:
             try:
                 while await self.service.claim_and_run():
                     pass
-            except Exception:  # keep claiming after a database hiccup
+                delay = self.interval
+            except PyMongoError as exc:  # the database is down or slow: one line, then back off
+                delay = min(delay * 2, self.max_backoff)
+                log.warning("job runner: claim failed (%s); next try in %g s",
+                            describe_database_error(exc), delay)
+            except Exception:  # a bug: keep its traceback, and keep claiming
                 log.exception("job runner: claim failed")
-            await asyncio.sleep(self.interval)
+            await self.sleep(delay)
 
     async def stop(self):
         if self.task:
@@ -314,6 +374,14 @@ def job_summary(job):
     result = job.get("result") or {}
     return {"objective": result.get("objective"), "allocations": result.get("allocations"),
             "stats": result.get("stats")}
+
+
+# How far behind this machine's clock another machine's may be without its job
+# events being missed: ``updated`` and an event's ``at`` are stamped with the
+# writer's clock, and each poll looks this much further back than the last one
+# (events have ids, so none is sent twice). Kept below the 60 s memory of sent
+# ids less the poll interval, or an event could be sent again.
+EVENT_CLOCK_SKEW = 10.0
 
 
 class JobEvents:
@@ -362,15 +430,24 @@ class JobEvents:
             callback(message)
 
     async def _poll(self, since):
+        failures = 0
         while self.subscribers:
-            await asyncio.sleep(self.interval)
+            # After failures, wait longer (doubling, at most 32 intervals) between polls.
+            await asyncio.sleep(self.interval * 2 ** min(failures, 5))
             moment = time.time()
             try:
-                changed = await jobs.list_changed_jobs(self.db, self.subscribers, since - 2.0)
-            except Exception:  # the next poll tries again
+                changed = await jobs.list_changed_jobs(self.db, self.subscribers,
+                                                       since - EVENT_CLOCK_SKEW)
+            except PyMongoError as exc:  # the database is down or slow: one line, no traceback
+                failures += 1
+                log.warning("job events: poll failed (%s); next try in %g s",
+                            describe_database_error(exc), self.interval * 2 ** min(failures, 5))
+                continue
+            except Exception:  # a bug: keep its traceback; the next poll tries again
                 log.exception("job events: poll failed")
                 continue
-            window = since - 2.0
+            failures = 0
+            window = since - EVENT_CLOCK_SKEW
             for job in sorted(changed, key=lambda item: item["updated"]):
                 for event in job.get("events", []):
                     # Older events were sent before, or happened before anyone listened.

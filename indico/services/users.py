@@ -32,6 +32,9 @@ class UsersService:
     async def update(self, user, fields):
         """Apply already-validated ``fields`` (name, email, preferences) to ``user``.
 
+        ``preferences`` holds only the keys to change; a None value clears its
+        key (:func:`indico.db.users.profile_update`).
+
         Args:
             user: the caller (a user document).
 
@@ -50,15 +53,26 @@ class UsersService:
             self.marks.bump(profile_mark(user["_id"]))
         updated = await self.auth.get_user(user["_id"])
         if updated is None:
-            raise error.Unauthorized("the account no longer exists")
+            raise error.Unauthorized("the account no longer exists",
+                                     bearer_error="invalid_token")
         return updated
 
     async def _check_password(self, user, password, field):
-        """Return the stored user when ``password`` is theirs; raise Forbidden otherwise."""
+        """Return the stored user when ``password`` is theirs.
+
+        Wrong passwords count against the account's login limit
+        (:meth:`indico.services.auth.AuthService.confirm_password`).
+
+        Raises:
+            Unauthorized: the account is gone.
+            TooManyRequests: too many wrong passwords for the account.
+            Forbidden: the password is wrong.
+        """
         stored = await users.get_user(self.db, user["_id"])
         if stored is None:
-            raise error.Unauthorized("the account no longer exists")
-        if not await self.passwords.verify(stored["password_hash"], password):
+            raise error.Unauthorized("the account no longer exists",
+                                     bearer_error="invalid_token")
+        if not await self.auth.confirm_password(stored, password):
             raise error.Forbidden("the password is wrong", field=field)
         return stored
 

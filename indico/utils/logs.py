@@ -33,6 +33,22 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
+def describe_database_error(exc: Exception) -> str:
+    """One line saying how a database call failed: for a warning, instead of a traceback.
+
+    Args:
+        exc: the driver's error (a ``pymongo.errors.PyMongoError``); its
+            ``timeout`` attribute tells an operation or selection timeout.
+
+    Returns:
+        for example ``"AutoReconnect: ..."`` or ``"ServerSelectionTimeoutError
+        (timeout): ..."``, without the driver's topology description.
+    """
+    reason = str(exc).split(", Timeout:")[0]
+    kind = type(exc).__name__ + (" (timeout)" if getattr(exc, "timeout", False) else "")
+    return f"{kind}: {reason}"
+
+
 def setup_logging(level="INFO"):
     """Send every logger's records to stderr as JSON lines at ``level``."""
     handler = logging.StreamHandler()

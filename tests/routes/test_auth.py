@@ -9,9 +9,11 @@ import urllib.request
 
 from tornado.httpclient import HTTPRequest
 
+from indico.app import build_services, make_app
 from indico.db.util import now
 from indico.services.auth import sessions_mark
-from tests.harness import ServerTest
+from indico.services.passwords import Passwords
+from tests.harness import CPU_EXECUTOR, ServerTest, shared_pool
 
 PASSWORD = "correct horse"
 
@@ -159,8 +161,11 @@ class TrustedProxyTest(ServerTest):
         status, _ = self.post("/auth/login", {"email": "ada@example.com", "password": PASSWORD},
                               headers={"X-Real-IP": "198.51.100.1"})
         self.assertEqual(status, 200)
-        [counter] = [doc for doc in self.find("rate_limits") if doc["_id"].startswith("login:address:")]
-        self.assertEqual(counter["_id"], "login:address:203.0.113.7")
+        # The success from the second address gave its attempt back.
+        counts = {doc["_id"]: doc["count"] for doc in self.find("rate_limits")
+                  if doc["_id"].startswith("login:address:")}
+        self.assertEqual(counts, {"login:address:203.0.113.7": 3,
+                                  "login:address:198.51.100.1": 0})
 
 
 class SignupLimitTest(ServerTest):
@@ -376,23 +381,41 @@ class RevocationDuringAMissTest(ServerTest):
         self.assertEqual(auth.cache.sessions, {})
 
 
+class VerifyThenAct(Passwords):
+    """Passwords that run ``during_next_verify`` (once) after the next verification."""
+
+    def __init__(self, config, executor):
+        super().__init__(config, executor)
+        self.during_next_verify = None
+
+    async def verify(self, password_hash, password):
+        """Verify, then run the pending action, as if another request ran meanwhile."""
+        ok = await super().verify(password_hash, password)
+        action, self.during_next_verify = self.during_next_verify, None
+        if action is not None:
+            await action()
+        return ok
+
+
 class LoginDuringPasswordChangeTest(ServerTest):
     """A login that checked the old password keeps no session past the change."""
+
+    def make_app(self):
+        self.passwords = VerifyThenAct(self.config, CPU_EXECUTOR)
+        services = build_services(self.config, self.db, CPU_EXECUTOR, shared_pool(),
+                                  passwords=self.passwords)
+        return make_app(self.config, self.db, cpu_executor=CPU_EXECUTOR, services=services)
 
     def test_a_login_overlapping_a_password_change_gets_401_and_no_session(self):
         token = self.signup(password=PASSWORD)
         [user] = self.find("users")
         services = self._app.settings["services"]
-        verify = services.auth.passwords.verify
         overlapped = []
 
-        async def verify_then_change_elsewhere(stored_hash, password):
-            ok = await verify(stored_hash, password)
-            if not overlapped:  # the owner changes the password meanwhile
-                overlapped.append(True)
-                await services.users.change_password(user, PASSWORD, "battery staple", token)
-            return ok
-        services.auth.passwords.verify = verify_then_change_elsewhere
+        async def change_elsewhere():  # the owner changes the password meanwhile
+            overlapped.append(True)
+            await services.users.change_password(user, PASSWORD, "battery staple", token)
+        self.passwords.during_next_verify = change_elsewhere
         self.assertError(self.post("/auth/login", {"email": "ada@example.com",
                                                    "password": PASSWORD}),
                          401, "Unauthorized", "email or password is wrong")

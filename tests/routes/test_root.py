@@ -44,6 +44,12 @@ class RootTest(ServerTest):
         self.assertIs(schema["additionalProperties"], False)
         user_public = document["components"]["schemas"]["UserPublic"]
         self.assertNotIn("password_hash", user_public["properties"])
+        for path in ("/auth/login", "/user/get"):
+            responses = document["paths"][path]["post"]["responses"]
+            self.assertIn("431", responses)
+            self.assertTrue(responses["401"]["headers"]["WWW-Authenticate"]["required"])
+        for path in ("/user/password", "/user/delete"):
+            self.assertIn("429", document["paths"][path]["post"]["responses"])
 
     def test_docs_page(self):
         status, _, response = self.request("GET", "/docs")
@@ -120,3 +126,62 @@ class HealthWithoutDatabaseTest(ServerTest):
             time.sleep(0.2)
         status, body, _ = self.request("GET", "/healthCheck")
         self.assertEqual(json.dumps(body), json.dumps({"status": 200, "data": {"database": "ok"}}))
+
+
+JSON = "application/json; charset=UTF-8"
+
+
+class StaticErrorsTest(ServerTest):
+    """Swagger UI's files: every error is the JSON envelope, not tornado's HTML page."""
+
+    def check(self, method, route, status, error_type, headers=None):
+        code, body, response = self.request(method, route, headers=headers)
+        self.assertEqual(code, status, response.body[:200])
+        self.assertEqual(response.headers["Content-Type"], JSON)
+        if method == "HEAD":  # no body, by definition
+            self.assertEqual(response.body, b"")
+            return response
+        self.assertError((code, body), status, error_type)
+        self.assertNotIn(b"<html", response.body)
+        return response
+
+    def test_a_missing_file_is_a_json_404(self):
+        response = self.check("GET", "/docs/static/missing.js", 404, "NotFound")
+        self.assertEqual(json.loads(response.body)["error"]["message"], "Not Found")
+        self.check("HEAD", "/docs/static/missing.js", 404, "NotFound")
+
+    def test_paths_out_of_the_directory_or_not_files(self):
+        for route in ("/docs/static/", "/docs/static/../../../config.py",
+                      "/docs/static/%2e%2e/%2e%2e/setup.py"):
+            with self.subTest(route=route):
+                code, body, response = self.request("GET", route)
+                self.assertIn(code, (403, 404))
+                self.assertEqual(response.headers["Content-Type"], JSON)
+                self.assertIn(body["error"]["type"], ("Forbidden", "NotFound"))
+                # The message is the reason phrase: no path of the server's.
+                self.assertIn(body["error"]["message"], ("Forbidden", "Not Found"))
+
+    def test_other_methods_are_a_json_405(self):
+        for method in ("POST", "PUT", "DELETE", "PATCH"):
+            with self.subTest(method=method):
+                response = self.check(method, "/docs/static/swagger-ui.css", 405,
+                                      "MethodNotAllowed")
+                self.assertEqual(response.headers["Allow"], "GET, HEAD, OPTIONS")
+
+    def test_a_range_outside_the_file_is_a_json_416(self):
+        response = self.check("GET", "/docs/static/swagger-ui.css", 416, "RangeNotSatisfiable",
+                              headers={"Range": "bytes=99999999-"})
+        self.assertRegex(response.headers["Content-Range"], r"^bytes \*/\d+$")
+
+    def test_files_are_still_served(self):
+        for method in ("GET", "HEAD"):
+            status, _, response = self.request(method, "/docs/static/swagger-ui.css")
+            self.assertEqual(status, 200)
+            self.assertTrue(response.headers["Content-Type"].startswith("text/css"))
+            self.assertNotIn("Cache-Control", response.headers)
+            self.assertIn("Etag", response.headers)
+        status, _, response = self.request("OPTIONS", "/docs/static/swagger-ui.css")
+        self.assertEqual((status, response.headers["Allow"]), (204, "GET, HEAD, OPTIONS"))
+        status, _, response = self.request("GET", "/docs/static/swagger-ui.css",
+                                           headers={"Range": "bytes=0-9"})
+        self.assertEqual((status, len(response.body)), (206, 10))

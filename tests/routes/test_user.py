@@ -1,7 +1,6 @@
 """user/get, update, password, delete: the public shape, the allowlist (OWASP API3)."""
 
 import asyncio
-import datetime
 import json
 
 from bson import ObjectId
@@ -76,6 +75,71 @@ class UserTest(ServerTest):
                 self.assertEqual(error["field"], field)
         self.assertEqual(self.snapshot("users", "sessions"), before)
 
+    def update(self, fields, token=None):
+        return self.post("/user/update", {"update_user": fields}, token=token or self.token)
+
+    def stored_preferences(self):
+        [stored] = self.find("users")
+        return stored["preferences"]
+
+    def test_preferences_are_updated_key_by_key(self):
+        status, body = self.update({"preferences": {"currency": "EUR",
+                                                    "default_objective": "min_volatility"}})
+        self.assertEqual(status, 200, body)
+        status, body = self.update({"preferences": {"risk_free_rate": 0.02}})
+        self.assertEqual(status, 200, body)
+        expected = {"currency": "EUR", "default_objective": "min_volatility",
+                    "risk_free_rate": 0.02}
+        self.assertEqual(body["data"]["user"]["preferences"], expected)
+        self.assertEqual(self.stored_preferences(), expected)
+        status, body = self.update({"name": "Countess", "preferences": {}})
+        self.assertEqual((status, body["data"]["user"]["preferences"]), (200, expected))
+
+    def test_a_preference_set_to_null_is_cleared(self):
+        self.update({"preferences": {"currency": "EUR", "risk_free_rate": 0.02}})
+        status, body = self.update({"preferences": {"currency": None,
+                                                    "default_objective": "hrp"}})
+        self.assertError((status, body), 400, "ValidationError",
+                         "update_user.preferences.default_objective")
+        self.assertEqual(self.stored_preferences(), {"currency": "EUR", "risk_free_rate": 0.02})
+        status, body = self.update({"preferences": {"currency": None,
+                                                    "default_objective": "risk_parity"}})
+        self.assertEqual(status, 200, body)
+        self.assertEqual(body["data"]["user"]["preferences"],
+                         {"currency": None, "default_objective": "risk_parity",
+                          "risk_free_rate": 0.02})
+        self.assertEqual(self.stored_preferences(), {"default_objective": "risk_parity",
+                                                     "risk_free_rate": 0.02})
+        status, body = self.update({"preferences": {"currency": None, "risk_free_rate": None,
+                                                    "default_objective": None}})
+        self.assertEqual(status, 200, body)
+        self.assertEqual(self.stored_preferences(), {})
+
+    def test_an_unknown_preference_is_400_and_changes_nothing(self):
+        self.update({"preferences": {"currency": "EUR"}})
+        before = self.snapshot("users")
+        error = self.assertError(self.update({"preferences": {"risk_free_rate": 0.02,
+                                                              "theme": "dark"}}),
+                                 400, "ValidationError", "unknown field")
+        self.assertEqual(error["field"], "update_user.preferences.theme")
+        self.assertEqual(self.snapshot("users"), before)
+
+    def test_concurrent_updates_of_different_preferences_all_count(self):
+        other = self.post("/auth/login", {"email": "ada@example.com",
+                                          "password": PASSWORD})[1]["data"]["token"]
+
+        async def both():
+            return await asyncio.gather(*(self.http_client.fetch(
+                self.get_url("/user/update"), method="POST", raise_error=False,
+                body=json.dumps({"update_user": {"preferences": preferences}}),
+                headers={"Content-Type": "application/json",
+                         "Authorization": f"Bearer {token}"})
+                for token, preferences in ((self.token, {"currency": "EUR"}),
+                                           (other, {"risk_free_rate": 0.03}))))
+        self.assertEqual([response.code for response in self.io_loop.run_sync(both)],
+                         [200, 200])
+        self.assertEqual(self.stored_preferences(), {"currency": "EUR", "risk_free_rate": 0.03})
+
     def test_email_taken_by_another_user_is_409(self):
         self.signup(email="bob@example.com")
         before = self.snapshot("users")
@@ -108,6 +172,24 @@ class UserTest(ServerTest):
             "current_password": PASSWORD, "new_password": "short"}, token=self.token),
             400, "ValidationError", "new_password")
         self.assertEqual(self.snapshot("users", "sessions"), before)
+
+    def test_a_password_older_than_the_length_rule_can_still_be_confirmed(self):
+        import argon2
+        hasher = argon2.PasswordHasher(time_cost=1, memory_cost=8, parallelism=1)
+        self.io_loop.run_sync(lambda: self.db.users.update_one(
+            {}, {"$set": {"password_hash": hasher.hash("short")}}))
+        error = self.assertError(self.post("/user/password", {
+            "current_password": "", "new_password": "battery staple"}, token=self.token),
+            400, "ValidationError", "at least 1")
+        self.assertEqual(error["field"], "current_password")
+        status, body = self.post("/user/password", {"current_password": "short",
+                                                    "new_password": "battery staple"},
+                                 token=self.token)
+        self.assertEqual((status, body), (200, {"status": 200, "data": {}}))
+        self.io_loop.run_sync(lambda: self.db.users.update_one(
+            {}, {"$set": {"password_hash": hasher.hash("tiny")}}))
+        status, body = self.post("/user/delete", {"password": "tiny"}, token=self.token)
+        self.assertEqual((status, body), (200, {"status": 200, "data": {}}))
 
     def test_delete_needs_the_password_then_removes_everything(self):
         user_id = str(self.find("users")[0]["_id"])
@@ -158,27 +240,6 @@ class UserTest(ServerTest):
         self.assertIn("m=8,t=1,p=1", stored["password_hash"])
         self.assertEqual(self.post("/auth/login", {"email": "ada@example.com",
                                                    "password": PASSWORD})[0], 200)
-
-
-class RateLimitWindowTest(ServerTest):
-
-    settings = {"login_max_failures": 1, "login_window": 1}
-
-    def test_owner_is_not_locked_out_for_long(self):
-        import time
-        self.signup(email="ada@example.com", password=PASSWORD)
-        self.post("/auth/login", {"email": "ada@example.com", "password": "wrong password"})
-        self.assertError(self.post("/auth/login", {"email": "ada@example.com",
-                                                   "password": PASSWORD}), 429, "TooManyRequests")
-        time.sleep(1.1)
-        self.assertEqual(self.post("/auth/login", {"email": "ada@example.com",
-                                                   "password": PASSWORD})[0], 200)
-        # The expired window's document is reused for the next failure.
-        self.post("/auth/login", {"email": "ada@example.com", "password": "wrong password"})
-        [counter] = [doc for doc in self.find("rate_limits")
-                     if doc["_id"] == "login:account:ada@example.com"]
-        self.assertEqual(counter["count"], 1)
-        self.assertGreater(counter["expires"], now() - datetime.timedelta(seconds=1))
 
 
 class ConcurrentRequestsTest(ServerTest):

@@ -1,0 +1,131 @@
+"""The background loops (job runner, job-event poller, expiry purge) while the database is down.
+
+The database is a real client pointed at a port where nothing listens, so
+every call fails as it does after ``kill -9`` of the database: a server
+selection timeout. Each failure must be one warning line with no traceback,
+followed by a longer wait; a bug (any other exception) keeps its traceback.
+Sleeps are injected where the loop takes them, so no test waits for real.
+"""
+
+import asyncio
+import logging
+import unittest
+
+from indico.app import build_services
+from indico.db import create_client
+from indico.db.embedded import _free_port
+from indico.server import purge_forever
+from indico.services.portfolio import JobEvents, JobRunner, PortfolioService
+from tests.harness import CPU_EXECUTOR, shared_pool, test_config
+
+
+class Stop(Exception):
+    """Raised by a test's sleep to end a loop that otherwise runs forever."""
+
+
+def recording_sleep(rounds):
+    """An injectable sleep that records its arguments and raises Stop after ``rounds`` calls."""
+    waits = []
+
+    async def sleep(seconds):
+        waits.append(seconds)
+        if len(waits) >= rounds:
+            raise Stop
+    return sleep, waits
+
+
+class BrokenService(PortfolioService):
+    """A portfolio service with a bug in claiming: not a database failure."""
+
+    async def claim_and_run(self):
+        raise RuntimeError("a bug")
+
+
+class DatabaseDownTest(unittest.IsolatedAsyncioTestCase):
+
+    async def asyncSetUp(self):
+        # Nothing listens there: every operation fails after 0.2 s of server selection.
+        self.client = create_client(f"mongodb://127.0.0.1:{_free_port()}/", timeout=0.2)
+        self.db = self.client["down"]
+        self.config = test_config(database="down")
+
+    async def asyncTearDown(self):
+        await self.client.close()
+
+    def portfolio(self, service_class=PortfolioService):
+        services = build_services(self.config, self.db, CPU_EXECUTOR, shared_pool())
+        return service_class(self.db, self.config, services.prices, services.events,
+                             shared_pool())
+
+    def assert_one_line_each(self, records, prefix, waits):
+        self.assertEqual(len(records), len(waits), [record.getMessage() for record in records])
+        for record, wait in zip(records, waits):
+            message = record.getMessage()
+            self.assertEqual(record.levelno, logging.WARNING)
+            self.assertIsNone(record.exc_info, message)
+            self.assertTrue(message.startswith(f"{prefix} (ServerSelectionTimeoutError (timeout): "),
+                            message)
+            self.assertTrue(message.endswith(f"; next try in {wait:g} s"), message)
+            self.assertNotIn("Topology", message)
+
+    async def test_job_runner_logs_one_line_per_failure_and_backs_off(self):
+        sleep, waits = recording_sleep(6)
+        runner = JobRunner(self.portfolio(), interval=1.0, max_backoff=10.0, sleep=sleep)
+        with (self.assertLogs("indico.services.portfolio", logging.WARNING) as logs,
+              self.assertRaises(Stop)):
+            await runner.run()
+        self.assertEqual(waits, [2.0, 4.0, 8.0, 10.0, 10.0, 10.0])
+        self.assert_one_line_each(logs.records, "job runner: claim failed", waits)
+
+    async def test_job_runner_keeps_the_traceback_of_a_bug(self):
+        sleep, waits = recording_sleep(2)
+        runner = JobRunner(self.portfolio(BrokenService), interval=1.0, sleep=sleep)
+        with (self.assertLogs("indico.services.portfolio", logging.ERROR) as logs,
+              self.assertRaises(Stop)):
+            await runner.run()
+        self.assertEqual(waits, [1.0, 1.0])
+        self.assertEqual([record.getMessage() for record in logs.records],
+                         ["job runner: claim failed"] * 2)
+        self.assertIsInstance(logs.records[0].exc_info[1], RuntimeError)
+
+    async def test_event_poller_logs_one_line_per_failure_and_backs_off(self):
+        events = JobEvents(self.db, interval=0.001)
+        with self.assertLogs("indico.services.portfolio", logging.WARNING) as logs:
+            events.subscribe("someone", lambda message: None)
+            for _ in range(200):  # up to 20 s: each failed poll takes 0.2 s
+                if len(logs.records) >= 3:
+                    break
+                await asyncio.sleep(0.1)
+            await events.stop()
+        self.assert_one_line_each(logs.records[:3], "job events: poll failed",
+                                  [0.002, 0.004, 0.008])
+
+    async def test_purge_logs_one_line_per_failure_and_backs_off(self):
+        sleep, waits = recording_sleep(6)
+        with self.assertLogs("indico.server", logging.WARNING) as logs, self.assertRaises(Stop):
+            await purge_forever(self.db, interval=60.0, sleep=sleep, retry=5.0)
+        self.assertEqual(waits, [5.0, 10.0, 20.0, 40.0, 60.0, 60.0])
+        self.assert_one_line_each(logs.records, "purge of expired documents failed", waits)
+
+    async def test_purge_keeps_the_traceback_of_a_bug(self):
+        sleep, waits = recording_sleep(2)
+        with self.assertLogs("indico.server", logging.ERROR) as logs, self.assertRaises(Stop):
+            await purge_forever(None, interval=60.0, sleep=sleep)  # not a database handle
+        self.assertEqual(waits, [60.0, 60.0])
+        self.assertIsNotNone(logs.records[0].exc_info)
+
+
+class PurgeTest(unittest.IsolatedAsyncioTestCase):
+
+    async def test_purge_waits_the_interval_after_a_successful_round(self):
+        config = test_config()
+        client = create_client(config.mongodb_uri, timeout=5)
+        self.addAsyncCleanup(client.close)
+        sleep, waits = recording_sleep(2)
+        with self.assertRaises(Stop):
+            await purge_forever(client["purge_test_empty"], interval=60.0, sleep=sleep)
+        self.assertEqual(waits, [60.0, 60.0])
+
+
+if __name__ == "__main__":
+    unittest.main()
