@@ -25,7 +25,7 @@ import pymongo.errors
 import tornado.web
 
 from indico import error
-from indico.utils.logs import request_id_var
+from indico.utils.logs import describe_database_error, request_id_var
 
 log = logging.getLogger(__name__)
 
@@ -302,8 +302,8 @@ class BaseHandler(tornado.web.RequestHandler):
         reason = database_unavailable(value)
         if reason is not None:
             # Expected while a database is down or failing over: one line, no traceback.
-            log.warning("%s %s -> 503, %s: %s: %s", self.request.method, self.request.path,
-                        reason, type(value).__name__, str(value).split(", Timeout:")[0])
+            log.warning("%s %s -> 503, %s: %s", self.request.method, self.request.path,
+                        reason, describe_database_error(value))
         elif isinstance(value, error.IndicoError):
             log.info("%s %s -> %d %s", self.request.method, self.request.path,
                      value.status, value.message)
