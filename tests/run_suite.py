@@ -31,7 +31,7 @@ from collections.abc import Callable
 from tests.summary import SUMMARY_FILE
 
 NOSE2 = ["-m", "nose2", "-c", "setup.cfg", "--start-dir", "tests", "--top-level-directory", "."]
-SUMMARY = re.compile(r"^(\d+) passed, (\d+) failed(?:, (\d+) skipped)?$")
+SUMMARY = re.compile(r"^(?:[\w-]+: )?(\d+) passed, (\d+) failed(?:, (\d+) skipped)?$")
 # How long the separately started database may take to answer.
 DATABASE_START = 60.0
 
@@ -65,6 +65,26 @@ def nose2_outcome(status: int) -> Outcome:
         match = None
     if not match:
         return Outcome(ok=False, note="the run ended without its summary")
+    passed, failed, skipped = (int(group or 0) for group in match.groups())
+    return Outcome(passed, failed, skipped, ok=status == 0 and failed == 0)
+
+
+def command_step(argv: list[str], env: dict | None = None) -> Outcome:
+    """A step that is one command ending with a line ``[word:] N passed, N failed[, N skipped]``.
+
+    Its output goes straight through; the last such line gives the counts
+    (none: one failure when the command failed, one pass when it did not).
+    """
+    process = subprocess.Popen(argv, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, bufsize=1)
+    match = None
+    for line in process.stdout:
+        sys.stdout.write(line)
+        match = SUMMARY.match(line.strip()) or match
+    status = process.wait()
+    if match is None:
+        return Outcome(passed=int(status == 0), ok=status == 0,
+                       note="" if status == 0 else f"exit status {status}")
     passed, failed, skipped = (int(group or 0) for group in match.groups())
     return Outcome(passed, failed, skipped, ok=status == 0 and failed == 0)
 
@@ -150,6 +170,9 @@ def suite_on_a_separate_database() -> Outcome:
         shutil.rmtree(directory, ignore_errors=True)
 
 
+# (name, step): each step returns its Outcome. A command that ends with a
+# summary line is one more entry, e.g.
+# ("contract fuzzing", lambda: command_step([sys.executable, "-m", "tests.contract"])).
 STEPS: list[tuple[str, Callable[[], Outcome]]] = [
     ("the suite on the embedded database, with coverage", suite_with_coverage),
     ("the suite on a separately started database (INDICO_MONGODB_URI)",
