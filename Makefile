@@ -17,15 +17,10 @@ install: $(STAMP)
 run: $(STAMP)
 	$(PY) -m indico.server
 
-## test: set everything up, then run the whole suite with branch coverage
+## test: set everything up, then run the whole suite twice (embedded database with branch
+## coverage; a separately started database by INDICO_MONGODB_URI): see tests/run_suite.py
 test: $(STAMP)
-	@rm -f .coverage .coverage.* .test-summary
-	@status=0; \
-	$(PY) -m coverage run -m nose2 -c setup.cfg --start-dir tests --top-level-directory . || status=1; \
-	$(PY) -m coverage combine -q; \
-	$(PY) -m coverage report || status=1; \
-	cat .test-summary 2>/dev/null || { echo "0 passed, 1 failed"; status=1; }; \
-	exit $$status
+	@$(PY) -m tests.run_suite
 
 lint: $(STAMP)
 	$(PY) -m pip install -q ruff

@@ -59,7 +59,15 @@ class Config(BaseModel):
     mongodb_uri: str = ""
     database: str = Field("indico", pattern=r"^[A-Za-z0-9_-]{1,60}$")
     data_dir: str = "var"
+    # Seconds any one database call may take, all included (the driver's
+    # operation timeout, timeoutMS): a database that accepts connections but
+    # does not answer costs a request this long, then a 503.
     db_timeout: float = Field(2.0, gt=0, le=60)
+    # Seconds to wait for a usable server (the primary) and to open a
+    # connection; None: db_timeout. Bounds the wait before the long operations
+    # (index creation at start, price imports, purges); see README, "MongoDB
+    # and replica sets", for how it combines with db_timeout.
+    db_selection_timeout: float | None = Field(None, gt=0, le=300)
     embedded_start_timeout: float = Field(20.0, gt=0, le=300)
     load_sample_prices: bool = True
     price_recheck: float = Field(0.5, ge=0, le=60)
@@ -103,6 +111,11 @@ class Config(BaseModel):
                     "without a path or a trailing slash ('*' is not allowed)"
                 )
         return origins
+
+    @field_validator("db_selection_timeout", mode="before")
+    @classmethod
+    def _unset(cls, value):
+        return None if value == "" else value
 
     @field_validator("log_level", mode="before")
     @classmethod

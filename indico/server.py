@@ -61,7 +61,7 @@ async def open_database(config):
     if not uri:
         embedded = EmbeddedServer(config.data_path, config.embedded_start_timeout)
         uri = await asyncio.get_running_loop().run_in_executor(None, embedded.start)
-    client = create_client(uri, config.db_timeout)
+    client = create_client(uri, config.db_timeout, config.db_selection_timeout)
     return client, client[config.database], embedded
 
 

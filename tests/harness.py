@@ -1,8 +1,10 @@
 """The test harness: one embedded database server per test run, one database per test.
 
-With ``INDICO_MONGODB_URI`` set, tests use that server instead. Each
-``ServerTest`` builds the real application on a database of its own and drops
-that database afterwards; requests go over HTTP through Tornado's client.
+With ``INDICO_MONGODB_URI`` set, tests use that server instead (``make test``
+runs the suite both ways), and the tests that need the embedded server itself
+are skipped with the reason (:func:`needs_embedded`). Each ``ServerTest``
+builds the real application on a database of its own and drops that database
+afterwards; requests go over HTTP through Tornado's client.
 """
 
 import atexit
@@ -15,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import unittest
 import urllib.request
 import uuid
 
@@ -42,6 +45,9 @@ def server_command(*arguments):
 # cache as `make run` has it (on), although the tests give a database URI.
 TEST_SETTINGS = {"argon2_memory_kib": 8, "argon2_time_cost": 1, "argon2_parallelism": 1,
                  "load_sample_prices": False, "price_recheck": 0.0, "session_cache": 5.0}
+# The operation timeout of the tests' clients: generous, so that a slow command on
+# a loaded machine is not a failure; the tests of the timeouts set their own.
+TEST_DB_TIMEOUT = 30.0
 CPU_EXECUTOR = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="test-cpu")
 
 
@@ -54,14 +60,30 @@ def shared_pool():
     return _server["pool"]
 
 
+# Commands a client sends on its own, whatever the code asks: the connection
+# handshake, authentication (with INDICO_MONGODB_URI's credentials) and the
+# release of sessions at close. They depend on the server and the pool, not on
+# the code under test, so command counts leave them out.
+DRIVER_COMMANDS = frozenset({"hello", "isMaster", "ismaster", "saslStart", "saslContinue",
+                             "authenticate", "getnonce", "logout", "endSessions"})
+
+
 class CommandCounter(monitoring.CommandListener):
-    """Records the name of every command a client sends (PyMongo command monitoring)."""
+    """Records the command a client sends (PyMongo command monitoring).
+
+    ``names`` holds the name of each command the code sent, in order
+    (:data:`DRIVER_COMMANDS` left out); ``commands`` the command documents.
+    """
 
     def __init__(self):
         self.names = []
+        self.commands = []
 
     def started(self, event):
+        if event.command_name in DRIVER_COMMANDS:
+            return
         self.names.append(event.command_name)
+        self.commands.append(dict(event.command))
 
     def succeeded(self, event):
         pass
@@ -70,9 +92,26 @@ class CommandCounter(monitoring.CommandListener):
         pass
 
 
+def external_database():
+    """The ``INDICO_MONGODB_URI`` the suite runs against, or "" for the embedded server."""
+    return os.environ.get("INDICO_MONGODB_URI", "")
+
+
+def needs_embedded(reason):
+    """Skip a test or class when the suite runs against ``INDICO_MONGODB_URI``.
+
+    For tests of the embedded server itself (starting, attaching to, killing
+    nx-27017) and of its quirks; the skip names ``reason``, and the run's
+    closing summary lists it.
+    """
+    return unittest.skipIf(bool(external_database()),
+                           f"needs the embedded database ({reason}); "
+                           "INDICO_MONGODB_URI is set")
+
+
 def database_uri():
-    """The URI of the test run's server, started on first use."""
-    uri = os.environ.get("INDICO_MONGODB_URI")
+    """The URI of the test run's server: ``INDICO_MONGODB_URI``, or nx-27017 started on first use."""
+    uri = external_database()
     if uri:
         return uri
     if "uri" not in _server:
@@ -118,7 +157,8 @@ class ServerTest(AsyncHTTPTestCase):
         return {"max_header_size": SERVER_MAX_HEADER}
 
     def get_app(self):
-        self.client = create_client(self.config.mongodb_uri, timeout=5, **self.client_options())
+        self.client = create_client(self.config.mongodb_uri, timeout=TEST_DB_TIMEOUT,
+                                    **self.client_options())
         self.db = self.client[self.db_name]
         self.io_loop.run_sync(lambda: ensure_indexes(self.db))
         return self.make_app()

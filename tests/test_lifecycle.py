@@ -17,7 +17,7 @@ import urllib.error
 import urllib.request
 
 from indico.db.embedded import _free_port
-from tests.harness import REPO, server_command
+from tests.harness import REPO, needs_embedded, server_command
 
 SEED_BODY = {"symbols": ["AAPL", "MSFT", "JPM"], "startDate": "01-01-12",
              "endDate": "03-20-16", "initialInvestment": 1000.00}
@@ -77,6 +77,7 @@ def still_running(processes):
 
 
 @unittest.skipUnless(os.path.isdir("/proc/self"), "needs Linux /proc")
+@needs_embedded("runs the server on its embedded database and kills it")
 class LifecycleTest(unittest.TestCase):
 
     def setUp(self):

@@ -15,7 +15,7 @@ from pymongo import MongoClient
 
 from indico import prices as cli
 from indico.db.embedded import EmbeddedServer
-from tests.harness import ServerTest, database_uri
+from tests.harness import ServerTest, database_uri, needs_embedded
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAMPLE = os.path.join(ROOT, "indico", "data", "sp500_prices.csv.gz")
@@ -115,6 +115,7 @@ class CliTest(Files, ServerTest):
                                                                 "2020-01-31"))
         self.assertEqual(frame["AAPL"].tolist(), [1.0, 2.5, 3.0])
 
+    @needs_embedded("starts the embedded database of a data directory")
     def test_attaches_to_the_embedded_database_of_a_running_server(self):
         # What `make run` leaves running: the embedded server of a data directory.
         data_dir = os.path.join(self.directory, "var")

@@ -14,7 +14,7 @@ import urllib.error
 import urllib.request
 
 from indico.db.embedded import _free_port, _pid_alive
-from tests.harness import REPO, server_command
+from tests.harness import REPO, needs_embedded, server_command
 
 
 def http(method, url, body=None, timeout=10):
@@ -63,6 +63,7 @@ class ServerProcessTest(unittest.TestCase):
         with open(os.path.join(self.data_dir, "db", "server.json")) as handle:
             return json.load(handle)["pid"]
 
+    @needs_embedded("runs the server on the embedded database it starts and stops")
     def test_port_flag_sigterm_finishes_in_flight_request_and_stops_the_database(self):
         # Costly hashing makes a sign-up slow enough to be in flight at SIGTERM.
         process = self.start(f"--port={self.port}", INDICO_ARGON2_TIME_COST="40",
@@ -93,6 +94,7 @@ class ServerProcessTest(unittest.TestCase):
         self.assertIn('"message": "stopped"', log)
         self.assertIn('"path": "/auth/signup", "status": 201', log)
 
+    @needs_embedded("runs the server on the embedded database it starts and stops")
     def test_a_request_whose_client_left_still_finishes_before_the_database_closes(self):
         process = self.start(f"--port={self.port}", INDICO_ARGON2_TIME_COST="40",
                              INDICO_ARGON2_MEMORY_KIB="65536")
@@ -109,6 +111,7 @@ class ServerProcessTest(unittest.TestCase):
         self.assertIn('"path": "/auth/signup", "status": 201', log)
         self.assertNotIn('"level": "ERROR"', log)
 
+    @needs_embedded("runs the server on the embedded database it starts and stops")
     def test_sigint_also_stops_cleanly(self):
         process = self.start(f"--port={self.port}")
         self.wait_healthy(process)

@@ -26,7 +26,7 @@ from bson import ObjectId
 from pymongo import ASCENDING, DESCENDING, ReturnDocument
 from pymongo.errors import DuplicateKeyError
 
-from indico.db.util import journaled, now
+from indico.db.util import journaled, now, reraise_lost_cancellation
 
 QUEUED, RUNNING, DONE, FAILED = "queued", "running", "done", "failed"
 
@@ -89,6 +89,7 @@ async def claim_job(db, worker, lease):
     for query in ({"status": QUEUED},
                   {"status": RUNNING, "lease_expires": {"$lt": moment}}):
         candidate = await db.jobs.find_one(query, sort=[("created", ASCENDING)])
+        reraise_lost_cancellation()  # the job runner stops by cancellation
         if candidate is None:
             continue
         events = candidate["events"] + [new_event(RUNNING)]
@@ -104,6 +105,7 @@ async def claim_job(db, worker, lease):
         )
         if claimed is not None:
             return claimed
+        reraise_lost_cancellation()
     return None
 
 
@@ -159,10 +161,12 @@ async def list_jobs(db, owner, limit, after=None):
 
 async def list_changed_jobs(db, owners, since):
     """Jobs of ``owners`` updated at or after ``since`` (epoch seconds), with their events."""
-    return await db.jobs.find(
+    changed = await db.jobs.find(
         {"owner": {"$in": list(owners)}, "updated": {"$gte": since}},
         {"owner": 1, "events": 1, "status": 1, "result": 1, "error": 1, "updated": 1},
     ).to_list()
+    reraise_lost_cancellation()  # the event poller stops by cancellation
+    return changed
 
 
 async def delete_job(db, owner, job_id):

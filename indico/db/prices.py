@@ -27,7 +27,7 @@ import datetime
 import numpy as np
 from pymongo import ASCENDING, DeleteMany
 
-from indico.db.util import journaled
+from indico.db.util import journaled, long_operation
 
 INDEX_NAME = "symbol_year_generation"
 # The stub's unique index, one bucket per (symbol, year): it forbids staging a
@@ -99,14 +99,22 @@ async def list_buckets(db, symbols, generations, first_year=None, last_year=None
 
 
 async def create_buckets(db, documents):
-    """Insert bucket documents (journaled, unordered: one bulk round trip per batch)."""
+    """Insert bucket documents (journaled, unordered: one bulk round trip per batch).
+
+    A long operation (``util.long_operation``): a batch is up to a few megabytes.
+    """
     if documents:
-        await journaled(db, "prices").insert_many(documents, ordered=False)
+        async with long_operation(db):
+            await journaled(db, "prices").insert_many(documents, ordered=False)
 
 
 async def delete_generation(db, generation):
-    """Delete every bucket of ``generation`` (an import attempt that did not commit)."""
-    result = await journaled(db, "prices").delete_many({"generation": generation})
+    """Delete every bucket of ``generation`` (an import attempt that did not commit).
+
+    A long operation, like every bulk deletion of buckets.
+    """
+    async with long_operation(db):
+        result = await journaled(db, "prices").delete_many({"generation": generation})
     return result.deleted_count
 
 
@@ -130,5 +138,6 @@ async def delete_superseded(db, pairs, stale_before=None, keep=()):
                                                      "$nin": sorted(set(keep))}}))
     if not operations:
         return 0
-    result = await journaled(db, "prices").bulk_write(operations, ordered=False)
+    async with long_operation(db):
+        result = await journaled(db, "prices").bulk_write(operations, ordered=False)
     return result.deleted_count

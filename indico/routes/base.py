@@ -25,7 +25,7 @@ import pymongo.errors
 import tornado.web
 
 from indico import error
-from indico.utils.logs import request_id_var
+from indico.utils.logs import describe_database_error, request_id_var
 
 log = logging.getLogger(__name__)
 
@@ -299,9 +299,11 @@ class BaseHandler(tornado.web.RequestHandler):
 
     def log_exception(self, typ, value, tb):
         """Log unexpected exceptions with their traceback; client errors briefly."""
-        if isinstance(value, pymongo.errors.ConnectionFailure):
-            log.warning("%s %s -> 503, the database does not answer: %s", self.request.method,
-                        self.request.path, value)
+        reason = database_unavailable(value)
+        if reason is not None:
+            # Expected while a database is down or failing over: one line, no traceback.
+            log.warning("%s %s -> 503, %s: %s", self.request.method, self.request.path,
+                        reason, describe_database_error(value))
         elif isinstance(value, error.IndicoError):
             log.info("%s %s -> %d %s", self.request.method, self.request.path,
                      value.status, value.message)
@@ -315,12 +317,48 @@ class BaseHandler(tornado.web.RequestHandler):
     request_id = "-"
 
 
+def database_unavailable(exception: BaseException | None) -> str | None:
+    """Why ``exception`` means the database cannot serve now (for people), or None.
+
+    These pass with time (a server restarting, a replica set electing a new
+    primary, a majority not reachable), so a client is told to retry:
+
+    - ``ConnectionFailure`` (no server, a lost connection, ``NetworkTimeout``);
+    - any PyMongo error whose ``timeout`` is true: the operation timeout
+      (CSOT) expired, whichever step it was in (server selection, the
+      network, ``ExecutionTimeout`` on the server, ``WTimeoutError``,
+      a bulk write's; https://pymongo.readthedocs.io/en/stable/examples/timeouts.html);
+    - ``WriteConcernError``, and a ``BulkWriteError`` with write-concern
+      errors: the write is applied on the primary but not known to be on a
+      majority, so it may be rolled back after a failover
+      (https://www.mongodb.com/docs/manual/reference/write-concern/);
+    - an error labelled ``RetryableWriteError`` that survived the driver's
+      retry (the primary stepped down and no new one answered yet;
+      https://www.mongodb.com/docs/manual/core/retryable-writes/).
+
+    A ``BulkWriteError`` of write errors only (a duplicate key, say) is not
+    one: it is the request's own problem.
+    """
+    if not isinstance(exception, pymongo.errors.PyMongoError):
+        return None
+    if isinstance(exception, pymongo.errors.WriteConcernError) or (
+            isinstance(exception, pymongo.errors.BulkWriteError)
+            and exception.details.get("writeConcernErrors")):
+        return "the database did not confirm the write (it may still be applied)"
+    if isinstance(exception, pymongo.errors.ConnectionFailure) or exception.timeout:
+        return "the database does not answer"
+    if exception.has_error_label("RetryableWriteError"):
+        return "the database is electing a new primary"
+    return None
+
+
 def _public(exception):
-    """The error a client sees for ``exception``: a database out of reach is a 503."""
-    if isinstance(exception, pymongo.errors.ConnectionFailure):
-        return error.ServiceUnavailable("the database does not answer; try again shortly",
-                                        retry_after=DATABASE_RETRY_AFTER)
-    return exception
+    """The error a client sees for ``exception``: a database that cannot serve is a 503."""
+    reason = database_unavailable(exception)
+    if reason is None:
+        return exception
+    return error.ServiceUnavailable(f"{reason}; try again shortly",
+                                    retry_after=DATABASE_RETRY_AFTER)
 
 
 class NotFoundHandler(BaseHandler):

@@ -40,7 +40,7 @@ from pymongo.errors import PyMongoError
 
 from indico import error
 from indico.db import price_meta, prices
-from indico.db.util import now
+from indico.db.util import long_operation, now
 from indico.services import price_files
 from indico.services.price_files import (  # noqa: F401 - part of this module's interface
     SYMBOL_PATTERN,
@@ -544,8 +544,10 @@ class PriceService:
         if not symbols:
             return {}
         wanted = {(symbol, catalog.entries[symbol].generation) for symbol in symbols}
-        documents = await self.buckets.list_buckets(self.db, symbols,
-                                              {generation for _, generation in wanted})
+        # Every bucket of these symbols: longer than a request's read.
+        async with long_operation(self.db):
+            documents = await self.buckets.list_buckets(
+                self.db, symbols, {generation for _, generation in wanted})
         parts = collections.defaultdict(list)
         for document in sorted(documents, key=lambda document: document["year"]):
             if (document["symbol"], document["generation"]) in wanted:

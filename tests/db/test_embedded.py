@@ -14,6 +14,7 @@ from pymongo import MongoClient, WriteConcern
 
 from indico.db.embedded import EmbeddedServer, _answers, _pid_alive
 from indico.error import StartupError
+from tests.harness import needs_embedded
 
 
 class Stop(Exception):
@@ -34,6 +35,7 @@ class FlakyServer(EmbeddedServer):
         return super().start()
 
 
+@needs_embedded("starts, attaches to and kills nx-27017 processes of its own")
 class EmbeddedServerTest(unittest.TestCase):
 
     def setUp(self):

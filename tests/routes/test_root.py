@@ -9,7 +9,7 @@ from indico import __version__
 from indico.app import make_app
 from indico.db import create_client
 from indico.db.embedded import EmbeddedServer, _free_port
-from tests.harness import CPU_EXECUTOR, ServerTest, test_config
+from tests.harness import CPU_EXECUTOR, ServerTest, needs_embedded, test_config
 
 
 class RootTest(ServerTest):
@@ -70,6 +70,7 @@ class RootTest(ServerTest):
         self.assertNotIn(b"mongodb_uri", response.body)
 
 
+@needs_embedded("starts and stops an nx-27017 of its own")
 class HealthWithoutDatabaseTest(ServerTest):
     """A database of our own that goes away and comes back."""
 
