@@ -173,7 +173,11 @@ def main(argv=None):
         asyncio.run(serve(config))
     except (ConfigError, StartupError) as exc:
         sys.exit(f"indico: cannot start: {exc}")
-    except ConnectionFailure as exc:
+    except PyMongoError as exc:
+        # A database out of reach, or one that accepts connections but does not
+        # answer in time (an operation timeout that is not a ConnectionFailure).
+        if not isinstance(exc, ConnectionFailure) and not exc.timeout:
+            raise
         where = "INDICO_MONGODB_URI" if config.mongodb_uri else "the embedded database"
         reason = str(exc).split(", Timeout:")[0]  # not the driver's topology dump
         sys.exit(f"indico: cannot start: the database does not answer ({where}): {reason}")

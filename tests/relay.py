@@ -105,6 +105,14 @@ class Relay:
         return sock.getsockname()[1]
 
     async def _serve(self, client_reader, client_writer):
+        try:
+            await self._relay(client_reader, client_writer)
+        except asyncio.CancelledError:
+            # close() cancels every connection; asyncio 3.11's stream callback
+            # calls exception() on the task and would log the cancellation.
+            return
+
+    async def _relay(self, client_reader, client_writer):
         self.connections += 1
         self._writers.add(client_writer)
         # Accepted at once, frozen or not; the target is reached only when

@@ -7,7 +7,8 @@ The steps, in order (:data:`STEPS`; adding one is one line):
 2. the whole suite again with ``INDICO_MONGODB_URI`` set to a standalone
    nx-27017 started here, separately, on a free port in a temporary
    directory, so that the URI path (a database indico did not start) is
-   exercised on every change.
+   exercised on every change;
+3. contract fuzzing: schemathesis against a real server (``tests/contract.py``).
 
 Every step runs even when an earlier one failed. The output ends with one line
 ``N passed, N failed[, N skipped]`` that adds up the steps (a step that failed
@@ -177,6 +178,8 @@ STEPS: list[tuple[str, Callable[[], Outcome]]] = [
     ("the suite on the embedded database, with coverage", suite_with_coverage),
     ("the suite on a separately started database (INDICO_MONGODB_URI)",
      suite_on_a_separate_database),
+    ("contract fuzzing (schemathesis, every check, every operation)",
+     lambda: command_step([sys.executable, "-m", "tests.contract"])),
 ]
 
 

@@ -14,7 +14,10 @@ import urllib.error
 import urllib.request
 
 from indico.db.embedded import _free_port, _pid_alive
-from tests.harness import REPO, needs_embedded, server_command
+import pymongo.uri_parser
+
+from tests.harness import REPO, database_uri, needs_embedded, server_command
+from tests.relay import Relay
 
 
 def http(method, url, body=None, timeout=10):
@@ -135,6 +138,20 @@ class ServerProcessTest(unittest.TestCase):
                       "(INDICO_MONGODB_URI)", error)
         self.assertNotIn("Traceback", error)
         self.assertNotIn("Topology", error)
+
+    def test_a_database_that_accepts_but_does_not_answer_fails_at_start_in_one_line(self):
+        # Connections open and the driver's monitor is answered, but no
+        # operation is: the operation timeout, not a ConnectionFailure, ends it.
+        parsed = pymongo.uri_parser.parse_uri(database_uri())
+        with Relay(*parsed["nodelist"][0]) as relay:
+            relay.freeze(monitoring=True)
+            process = self.start(INDICO_MONGODB_URI=relay.uri, INDICO_DB_TIMEOUT="0.5",
+                                 INDICO_DATABASE=f"test_{os.getpid()}_silent")
+            self.assertEqual(process.wait(60), 1)
+        error = process.stderr.read()
+        self.assertIn("indico: cannot start: the database does not answer "
+                      "(INDICO_MONGODB_URI)", error)
+        self.assertNotIn("Traceback", error)
 
     def test_bad_configuration_fails_at_start_naming_the_variable(self):
         process = self.start(INDICO_PORT="http")

@@ -8,7 +8,7 @@ import tornado.web
 from pymongo.errors import PyMongoError
 
 from indico import __version__, error
-from indico.routes.base import BaseHandler
+from indico.routes.base import DATABASE_RETRY_AFTER, BaseHandler
 
 SWAGGER_STATIC = os.path.join(os.path.dirname(swagger_ui.__file__), "static")
 
@@ -46,8 +46,8 @@ class HealthHandler(BaseHandler):
             await asyncio.wait_for(self.db.command("ping"), self.config.db_timeout)
         except (PyMongoError, TimeoutError, OSError) as exc:
             raise error.ServiceUnavailable(
-                f"the database does not answer ({type(exc).__name__})"
-            ) from exc
+                f"the database does not answer ({type(exc).__name__})",
+                retry_after=DATABASE_RETRY_AFTER) from exc
         self.write_json(200, {"database": "ok"})
 
 

@@ -115,8 +115,10 @@ class HealthWithoutDatabaseTest(ServerTest):
     def test_503_when_the_database_is_down_then_recovery(self):
         self.assertEqual(self.request("GET", "/healthCheck")[0], 200)
         self.own_server.stop()
-        status, body, _ = self.request("GET", "/healthCheck")
+        status, body, response = self.request("GET", "/healthCheck")
         self.assertEqual(status, 503)
+        self.assertEqual(response.headers.get("Retry-After"), "5")
+        self.assertEqual(body["error"]["retry_after"], 5)
         self.assertEqual(body["error"]["type"], "ServiceUnavailable")
         self.assertIn("database does not answer", body["error"]["message"])
         self.own_server.start()
