@@ -27,7 +27,6 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -36,6 +35,7 @@ import urllib.error
 import urllib.request
 
 from indico.db.embedded import _free_port as free_port
+from tests.processes import stop_process
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -113,15 +113,16 @@ def start_server(directory, port):
     # logs in thousands of times, and the hashing cost is not what it tests.
     env.update({"INDICO_DATA_DIR": directory, "INDICO_ARGON2_MEMORY_KIB": "8",
                 "INDICO_ARGON2_TIME_COST": "1", "INDICO_LOG_LEVEL": "WARNING"})
-    log = open(os.path.join(directory, "server.log"), "wb")
-    process = subprocess.Popen([sys.executable, "-m", "indico.server", f"--port={port}"],
-                               cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    log_path = os.path.join(directory, "server.log")
+    with open(log_path, "wb") as log:  # the child keeps its own descriptor
+        process = subprocess.Popen([sys.executable, "-m", "indico.server", f"--port={port}"],
+                                   cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + SERVER_START_TIMEOUT
     while True:
         if process.poll() is not None:
             raise RuntimeError(f"the server exited with code {process.returncode}; "
-                               f"see {log.name}")
+                               f"see {log_path}")
         try:
             urllib.request.urlopen(base + "/healthCheck", timeout=2).close()
             return process, base
@@ -130,17 +131,6 @@ def start_server(directory, port):
                 process.kill()
                 raise RuntimeError("the server did not answer /healthCheck in time") from None
             time.sleep(0.2)
-
-
-def stop_server(process):
-    """SIGTERM, as supervisor would; the server stops its embedded database itself."""
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 def operation_outcomes(report_path):
@@ -190,7 +180,7 @@ def run(examples, seed, keep):
         print(f"contract: {passed} passed, {failed} failed")
         return 0 if code == 0 and failed == 0 else 1
     finally:
-        stop_server(process)
+        stop_process(process)  # the server stops its embedded database itself
         if keep or process.returncode not in (0, None):
             print(f"contract: server files kept in {directory}")
         else:

@@ -22,13 +22,13 @@ import dataclasses
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable
 
+from tests.processes import stop_process
 from tests.summary import SUMMARY_FILE
 
 NOSE2 = ["-m", "nose2", "-c", "setup.cfg", "--start-dir", "tests", "--top-level-directory", "."]
@@ -130,23 +130,12 @@ def start_database(directory: str) -> tuple[subprocess.Popen, str]:
             return process, uri
         except PyMongoError:
             if process.poll() is not None or time.monotonic() > deadline:
-                stop_database(process)
+                stop_process(process)
                 raise RuntimeError(f"the database for the second run did not start "
                                    f"(see {directory}/nx-27017.log)") from None
             time.sleep(0.1)
         finally:
             client.close()
-
-
-def stop_database(process: subprocess.Popen) -> None:
-    """Stop the database of :func:`start_database` (SIGTERM, then SIGKILL after 10 s)."""
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 def suite_on_a_separate_database() -> Outcome:
@@ -166,7 +155,7 @@ def suite_on_a_separate_database() -> Outcome:
                                      {"INDICO_MONGODB_URI": uri,
                                       "SUITE_STEP": "INDICO_MONGODB_URI"}))
         finally:
-            stop_database(process)
+            stop_process(process)
     finally:
         shutil.rmtree(directory, ignore_errors=True)
 

@@ -18,6 +18,7 @@ import urllib.request
 
 from indico.db.embedded import _free_port
 from tests.harness import REPO, needs_embedded, server_command
+from tests.processes import stop_process
 
 SEED_BODY = {"symbols": ["AAPL", "MSFT", "JPM"], "startDate": "01-01-12",
              "endDate": "03-20-16", "initialInvestment": 1000.00}
@@ -96,20 +97,11 @@ class LifecycleTest(unittest.TestCase):
             # A file, not a pipe: a server logging much cannot block on a full pipe.
             process = subprocess.Popen(server_command(f"--port={port}"), cwd=REPO, env=env,
                                        stdout=subprocess.DEVNULL, stderr=log)
-        self.addCleanup(self.stop, process)
+        self.addCleanup(stop_process, process)
         base = f"http://127.0.0.1:{port}"
         self.wait_for(lambda: self.healthy(base), "the server never became healthy",
                       process=process, log_path=log_path)
         return process, base, log_path
-
-    def stop(self, process):
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
 
     def terminate(self, pid):
         try:
@@ -171,7 +163,7 @@ class LifecycleTest(unittest.TestCase):
         status, body = http("POST", base + "/auth/login",
                             {"email": "kept@example.com", "password": "password1"})
         self.assertEqual(status, 200, body)
-        self.stop(process)
+        stop_process(process)
         self.assertEqual(process.returncode, 0)
         log = self.read_log(log_path)
         self.assertIn("embedded database: restart attempt 1 succeeded, started", log)
@@ -210,7 +202,7 @@ class LifecycleTest(unittest.TestCase):
                             {"email": "pool@example.com", "password": "password1"})
         self.assertEqual(status, 200, body)
         # It did not start that database, so it leaves it running when it stops.
-        self.stop(second)
+        stop_process(second)
         self.assertEqual(second.returncode, 0)
         self.assertEqual(set(still_running(children)), {database_pid})
         os.kill(database_pid, signal.SIGTERM)
