@@ -9,8 +9,10 @@ afterwards; requests go over HTTP through Tornado's client.
 
 import atexit
 import concurrent.futures
+import contextlib
 import datetime
 import json
+import logging
 import os
 import shutil
 import signal
@@ -134,6 +136,26 @@ def test_config(**overrides):
     return Config.from_environ({}, **settings)
 
 
+# The logger of the access lines; a 5xx answer is logged there at ERROR.
+ACCESS_LOG = "indico.access"
+
+
+@contextlib.contextmanager
+def tolerate_logs(name: str):
+    """Keep the records of logger ``name`` in the block from the log guard, however many.
+
+    For a poll that may see a 5xx answer any number of times, none included,
+    before the condition it waits for (``assertLogs`` needs at least one).
+    Anything else expected uses ``assertLogs``.
+    """
+    logger = logging.getLogger(name)
+    propagate, logger.propagate = logger.propagate, False
+    try:
+        yield
+    finally:
+        logger.propagate = propagate
+
+
 class FakeClock(Clock):
     """A clock that runs with the real one, plus whatever :meth:`advance` added.
 
@@ -245,6 +267,15 @@ class ServerTest(AsyncHTTPTestCase):
         """The content of ``collections``, to check that a request changed nothing."""
         return {name: sorted(self.find(name), key=lambda doc: str(doc["_id"]))
                 for name in collections}
+
+    def expect_server_errors(self):
+        """``with self.expect_server_errors():`` a block whose answers include a 5xx.
+
+        The access line of a 5xx is an ERROR record, which fails a test that
+        does not expect it (``tests/log_guard.py``); this is ``assertLogs`` on
+        the access log, so the block must log at least one.
+        """
+        return self.assertLogs(ACCESS_LOG, logging.ERROR)
 
     def assertError(self, status_and_body, status, error_type, message_part=None):
         """Assert an error envelope: status, type and (part of) the message."""
