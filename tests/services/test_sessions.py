@@ -14,6 +14,8 @@ import inspect
 import unittest
 import uuid
 
+from pymongo.errors import PyMongoError
+
 from indico.db import sessions, users
 from indico.db.util import now, object_id
 from indico.services.sessions import (
@@ -25,6 +27,7 @@ from indico.services.sessions import (
 )
 from indico.utils.marks import ChangeMarks
 from tests.harness import FakeClock, ServerTest
+from tests.routes.test_database_errors import RelayedDatabaseTest
 
 
 def session(user_id, seconds=60):
@@ -117,11 +120,16 @@ def write_methods(store_class):
                   if not name.startswith("_") and name not in store_class.READS)
 
 
-class StoreWalkTest(ServerTest):
-    """Every write of the store leaves no stale answer in any process's cache."""
+async def perform(call, store, account):
+    """Run one write of the walk as it is."""
+    await call(store, account)
 
-    def store(self, store_class, marks):
-        return store_class(self.db, marks, cache_lifetime=300.0,
+
+class StoreWalk:
+    """The walk over the writes of a store; mixed into ServerTests."""
+
+    def store(self, store_class, marks, db=None):
+        return store_class(self.db if db is None else db, marks, cache_lifetime=300.0,
                            session_ttl=self.config.session_ttl, clock=self.clock)
 
     async def truth(self, account):
@@ -136,9 +144,15 @@ class StoreWalkTest(ServerTest):
         found = [await store.get_session(token_hash(token)) for token in account.tokens]
         return [*found, await store.get_user(account.user_id)]
 
-    async def walk(self, store_class, calls):
-        """Walk every write of ``store_class``; return what went wrong, one line each."""
-        writer = self.store(store_class, ChangeMarks(self.config.marks_path))
+    async def walk(self, store_class, calls, writer_db=None, perform=perform):
+        """Walk every write of ``store_class``; return what went wrong, one line each.
+
+        Args:
+            writer_db: the database handle of the store that writes (the
+                test's if None).
+            perform: ``async perform(call, store, account)`` runs one write.
+        """
+        writer = self.store(store_class, ChangeMarks(self.config.marks_path), writer_db)
         # Another process of the host: its own map of the same marks file.
         other = self.store(store_class, ChangeMarks(self.config.marks_path))
         problems = []
@@ -154,7 +168,7 @@ class StoreWalkTest(ServerTest):
                 await writer.open_session(user, token)
             for store in (writer, other):  # warm both caches
                 self.assertEqual(await self.answers(store, account), await self.truth(account))
-            await calls[name](writer, account)
+            await perform(calls[name], writer, account)
             truth = await self.truth(account)
             for where, store in (("the writer", writer), ("another process", other)):
                 answers = await self.answers(store, account)
@@ -163,6 +177,10 @@ class StoreWalkTest(ServerTest):
                     if answer != stored:
                         problems.append(f"{name}: {what} stale in {where}")
         return problems
+
+
+class StoreWalkTest(StoreWalk, ServerTest):
+    """Every write of the store leaves no stale answer in any process's cache."""
 
     def test_no_write_leaves_a_stale_answer(self):
         self.assertEqual(write_methods(SessionStore), sorted(CALLS))
@@ -189,5 +207,45 @@ class StoreWalkTest(ServerTest):
                     await sessions.delete_session(self.db, token_hash(token))
 
         self.assertEqual(self.io_loop.run_sync(lambda: self.walk(HalfRevokingStore, CALLS)),
+                         ["revoke_session: session a stale in the writer",
+                          "revoke_session: session a stale in another process"])
+
+
+class BumpOnlyOnSuccess(SessionStore):
+    """A logout that bumps its mark only when the database confirmed the delete."""
+
+    async def revoke_session(self, token, user_id):
+        await sessions.delete_session(self.db, token_hash(token))
+        self.marks.bump(sessions_mark(str(user_id)))
+
+
+class FailedWriteWalkTest(StoreWalk, RelayedDatabaseTest):
+    """A write the database applied but did not confirm (a write-concern error) still
+    leaves no stale answer: the marks are bumped when a write fails, even half-way
+    (a password change whose password is stored and whose revocation never ran)."""
+
+    timeout = 5.0
+    MAJORITY_TIMED_OUT = {"code": 64, "codeName": "WriteConcernTimeout",
+                          "errmsg": "waiting for replication timed out",
+                          "errInfo": {"wtimeout": True, "writeConcern": {"w": "majority"}}}
+
+    async def failing(self, call, store, account):
+        """Run the write with every write's reply carrying a write-concern error."""
+        self.relay.fail_write_concern(self.MAJORITY_TIMED_OUT)
+        try:
+            with self.assertRaises(PyMongoError):
+                await call(store, account)
+        finally:
+            self.relay.fail_write_concern(None)
+
+    def walk_failing(self, store_class):
+        return self.io_loop.run_sync(lambda: self.walk(
+            store_class, CALLS, self.relay_client[self.db_name], self.failing), timeout=120)
+
+    def test_a_failed_write_leaves_no_stale_answer(self):
+        self.assertEqual(self.walk_failing(SessionStore), [])
+
+    def test_the_walk_finds_a_write_that_bumps_only_on_success(self):
+        self.assertEqual(self.walk_failing(BumpOnlyOnSuccess),
                          ["revoke_session: session a stale in the writer",
                           "revoke_session: session a stale in another process"])
