@@ -3,9 +3,10 @@
 Stored shape: ``_id`` (ObjectId), ``email`` (normalized), ``name``,
 ``password_hash`` (Argon2id), ``password_version`` (how many times the
 password was changed; absent means 0), ``preferences`` (an object, ``{}`` at
-creation, holding only the keys that are set), ``created``, ``updated``. Only ``indico.services`` reads the hash; responses are built
-from the public shape in ``indico.routes.models``. Writes stamp dates from
-``clock`` (:data:`indico.db.util.Now`), so that tests can move it.
+creation, holding only the keys that are set), ``created``, ``updated``. Only
+``indico.services`` reads the hash; responses are built from the public shape
+in ``indico.routes.models``. Writes stamp dates from ``clock``
+(:data:`indico.db.util.Now`), so that tests can move it.
 """
 
 from bson import ObjectId

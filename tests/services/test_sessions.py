@@ -197,7 +197,8 @@ class StoreWalkTest(StoreWalk, ServerTest):
                          ["rename: a write the walk does not know how to call"])
         calls = {**CALLS, "rename": lambda store, account: store.rename(account.user_id, "X")}
         self.assertEqual(self.io_loop.run_sync(lambda: self.walk(ForgetfulStore, calls)),
-                         ["rename: user stale in the writer", "rename: user stale in another process"])
+                         ["rename: user stale in the writer",
+                          "rename: user stale in another process"])
 
     def test_the_walk_finds_a_write_that_bumps_the_wrong_mark(self):
         class HalfRevokingStore(SessionStore):
