@@ -6,6 +6,7 @@ import os
 import tornado.web
 
 from indico import __version__
+from indico.db.util import SYSTEM_CLOCK
 from indico.routes import root
 from indico.routes.auth import AuthHandler
 from indico.routes.base import NotFoundHandler
@@ -19,6 +20,7 @@ from indico.services.auth import AuthService
 from indico.services.passwords import Passwords
 from indico.services.portfolio import JobEvents, PortfolioService
 from indico.services.prices import PriceService
+from indico.services.sessions import SessionStore
 from indico.services.users import UsersService
 from indico.utils.logs import log_request
 from indico.utils.marks import ChangeMarks
@@ -27,23 +29,32 @@ ACTION_HANDLERS = (AuthHandler, UserHandler, PricesHandler, PortfolioHandler)
 WEBSOCKET_MAX_MESSAGE = 4096
 
 
-def build_services(config, db, cpu_executor, pool=None, passwords=None):
+def build_services(config, db, cpu_executor, pool=None, passwords=None, *, clock=None,
+                   sessions=None):
     """Create the service objects of one application.
 
     Args:
         pool: the optimization process pool; a new one if None.
         passwords: the :class:`~indico.services.passwords.Passwords` to use;
             one on ``cpu_executor`` if None (tests give a subclass).
+        clock: the :class:`~indico.db.util.Clock` of the session store and the
+            rate limits; the system's if None (tests give one they move).
+        sessions: the :class:`~indico.services.sessions.SessionStore`; one on
+            the host's change marks if None (tests give a subclass).
     """
     if passwords is None:
         passwords = Passwords(config, cpu_executor)
     prices = PriceService(db, config)
     events = JobEvents(db)
-    marks = ChangeMarks(config.marks_path)
-    auth = AuthService(db, config, passwords, marks)
+    clock = clock or (sessions.clock if sessions is not None else SYSTEM_CLOCK)
+    if sessions is None:
+        sessions = SessionStore(db, ChangeMarks(config.marks_path),
+                                cache_lifetime=config.session_cache,
+                                session_ttl=config.session_ttl, clock=clock)
+    auth = AuthService(db, config, passwords, sessions, clock)
     return Services(
         auth=auth,
-        users=UsersService(db, passwords, auth, marks),
+        users=UsersService(db, passwords, auth, sessions),
         prices=prices,
         portfolio=PortfolioService(db, config, prices, events, pool),
         events=events,

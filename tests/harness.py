@@ -9,7 +9,10 @@ afterwards; requests go over HTTP through Tornado's client.
 
 import atexit
 import concurrent.futures
+import contextlib
+import datetime
 import json
+import logging
 import os
 import shutil
 import signal
@@ -25,9 +28,10 @@ from pymongo import monitoring
 from tornado.testing import AsyncHTTPTestCase
 
 from config import Config
-from indico.app import make_app
+from indico.app import build_services, make_app
 from indico.db import create_client, ensure_indexes
 from indico.db.embedded import EmbeddedServer
+from indico.db.util import Clock
 from indico.server import SERVER_MAX_HEADER
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -132,15 +136,59 @@ def test_config(**overrides):
     return Config.from_environ({}, **settings)
 
 
+# The logger of the access lines; a 5xx answer is logged there at ERROR.
+ACCESS_LOG = "indico.access"
+
+
+@contextlib.contextmanager
+def tolerate_logs(name: str):
+    """Keep the records of logger ``name`` in the block from the log guard, however many.
+
+    For a poll that may see a 5xx answer any number of times, none included,
+    before the condition it waits for (``assertLogs`` needs at least one).
+    Anything else expected uses ``assertLogs``.
+    """
+    logger = logging.getLogger(name)
+    propagate, logger.propagate = logger.propagate, False
+    try:
+        yield
+    finally:
+        logger.propagate = propagate
+
+
+class FakeClock(Clock):
+    """A clock that runs with the real one, plus whatever :meth:`advance` added.
+
+    Tests move it past a window instead of sleeping through it; it keeps running
+    so that what the code stamps in order stays in order.
+    """
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def now(self) -> datetime.datetime:
+        return super().now() + datetime.timedelta(seconds=self.offset)
+
+    def monotonic(self) -> float:
+        return super().monotonic() + self.offset
+
+    def advance(self, seconds: float) -> None:
+        """Move the clock ``seconds`` ahead, at once."""
+        self.offset += seconds
+
+
 class ServerTest(AsyncHTTPTestCase):
     """The real application on a database of its own, spoken to over HTTP.
 
     Subclasses may set ``settings`` (Config overrides) for the whole class.
+    ``self.clock`` is the :class:`FakeClock` of the application's session
+    store and rate limits.
     """
 
     settings = {}
 
     def setUp(self):
+        self.clock = FakeClock()
         self.db_name = f"test_{uuid.uuid4().hex[:20]}"
         self.data_dir = tempfile.mkdtemp(prefix="indico-test-data-")
         self.config = test_config(database=self.db_name, data_dir=self.data_dir, **self.settings)
@@ -165,7 +213,13 @@ class ServerTest(AsyncHTTPTestCase):
 
     def make_app(self):
         """Build the application; subclasses may pass more dependencies."""
-        return make_app(self.config, self.db, cpu_executor=CPU_EXECUTOR, pool=shared_pool())
+        return make_app(self.config, self.db, cpu_executor=CPU_EXECUTOR,
+                        services=self.build_services())
+
+    def build_services(self, **dependencies):
+        """The application's services on ``self.clock``; ``dependencies`` as ``build_services``."""
+        return build_services(self.config, self.db, CPU_EXECUTOR, shared_pool(),
+                              **{"clock": self.clock, **dependencies})
 
     def tearDown(self):
         services = self._app.settings.get("services")
@@ -213,6 +267,15 @@ class ServerTest(AsyncHTTPTestCase):
         """The content of ``collections``, to check that a request changed nothing."""
         return {name: sorted(self.find(name), key=lambda doc: str(doc["_id"]))
                 for name in collections}
+
+    def expect_server_errors(self):
+        """``with self.expect_server_errors():`` a block whose answers include a 5xx.
+
+        The access line of a 5xx is an ERROR record, which fails a test that
+        does not expect it (``tests/log_guard.py``); this is ``assertLogs`` on
+        the access log, so the block must log at least one.
+        """
+        return self.assertLogs(ACCESS_LOG, logging.ERROR)
 
     def assertError(self, status_and_body, status, error_type, message_part=None):
         """Assert an error envelope: status, type and (part of) the message."""

@@ -17,14 +17,15 @@ import datetime
 from pymongo import ReturnDocument
 from pymongo.errors import DuplicateKeyError
 
-from indico.db.util import journaled, now
+from indico.db.util import Now, journaled, now
 
 
 async def create_indexes(db):
     """Nothing beyond the expiry index, which comes from ``ensure_indexes``."""
 
 
-async def increment(db, key: str, window: float) -> tuple[int, datetime.datetime]:
+async def increment(db, key: str, window: float,
+                    clock: Now = now) -> tuple[int, datetime.datetime]:
     """Add one to ``key``'s counter, opening a window of ``window`` s if none is live.
 
     Each call gets a count of its own: the ``$inc`` of a live window is one
@@ -35,6 +36,7 @@ async def increment(db, key: str, window: float) -> tuple[int, datetime.datetime
     Args:
         key: the counter's key.
         window: the length in seconds of a window opened by this call.
+        clock: the time (tests move it instead of waiting for a window to end).
 
     Returns:
         ``(count, expires)`` after the increment.
@@ -44,7 +46,7 @@ async def increment(db, key: str, window: float) -> tuple[int, datetime.datetime
     """
     collection = journaled(db, "rate_limits")
     for _ in range(3):
-        moment = now()
+        moment = clock()
         document = await collection.find_one_and_update(
             {"_id": key, "expires": {"$gt": moment}}, {"$inc": {"count": 1}},
             return_document=ReturnDocument.AFTER,

@@ -3,24 +3,26 @@
 Stored shape: ``_id`` (ObjectId), ``email`` (normalized), ``name``,
 ``password_hash`` (Argon2id), ``password_version`` (how many times the
 password was changed; absent means 0), ``preferences`` (an object, ``{}`` at
-creation, holding only the keys that are set), ``created``, ``updated``. Only ``indico.services`` reads the hash; responses are built
-from the public shape in ``indico.routes.models``.
+creation, holding only the keys that are set), ``created``, ``updated``. Only
+``indico.services`` reads the hash; responses are built from the public shape
+in ``indico.routes.models``. Writes stamp dates from ``clock``
+(:data:`indico.db.util.Now`), so that tests can move it.
 """
 
 from bson import ObjectId
 from pymongo import ASCENDING, UpdateOne
 from pymongo.errors import BulkWriteError, DuplicateKeyError, OperationFailure
 
-from indico.db.util import find_by_ids, journaled, now, object_id
+from indico.db.util import Now, find_by_ids, journaled, now, object_id
 
 
 async def create_indexes(db):
     await db.users.create_index([("email", ASCENDING)], unique=True, name="email_unique")
 
 
-async def create_user(db, email, password_hash, name):
+async def create_user(db, email, password_hash, name, clock: Now = now):
     """Insert a user; raises DuplicateKeyError when the email is taken."""
-    created = now()
+    created = clock()
     document = {
         "_id": ObjectId(), "email": email, "name": name, "password_hash": password_hash,
         "preferences": {}, "created": created, "updated": created,
@@ -84,7 +86,7 @@ def profile_update(fields: dict, stamp) -> dict:
     return {"$set": to_set, "$unset": to_unset} if to_unset else {"$set": to_set}
 
 
-async def update_user(db, user_id, fields):
+async def update_user(db, user_id, fields, clock: Now = now):
     """Apply ``fields`` (already validated; see :func:`profile_update`).
 
     Returns:
@@ -96,11 +98,11 @@ async def update_user(db, user_id, fields):
     # update_one, not find_one_and_update: nx-27017 answers a unique-index
     # violation in findAndModify with null instead of error 11000.
     result = await journaled(db, "users").update_one(
-        {"_id": user_id}, profile_update(fields, now()))
+        {"_id": user_id}, profile_update(fields, clock()))
     return bool(result.matched_count)
 
 
-async def set_password(db, user_id, password_hash):
+async def set_password(db, user_id, password_hash, clock: Now = now):
     """Store a new password hash and count the change in ``password_version``.
 
     (A re-hash of the same password at login goes through :func:`update_user`
@@ -108,11 +110,11 @@ async def set_password(db, user_id, password_hash):
     """
     await journaled(db, "users").update_one(
         {"_id": user_id},
-        {"$set": {"password_hash": password_hash, "updated": now()},
+        {"$set": {"password_hash": password_hash, "updated": clock()},
          "$inc": {"password_version": 1}})
 
 
-async def update_users(db, changes):
+async def update_users(db, changes, clock: Now = now):
     """Apply many ``(user_id, fields)`` changes in one journaled command.
 
     Each change is applied as :func:`profile_update` says (preferences key by
@@ -126,7 +128,7 @@ async def update_users(db, changes):
     Raises:
         BulkWriteError: the write concern failed, so no change is known durable.
     """
-    stamp = now()
+    stamp = clock()
     requests = [UpdateOne({"_id": user_id}, profile_update(fields, stamp))
                 for user_id, fields in changes]
     results = [None] * len(changes)

@@ -1,5 +1,9 @@
 """Helpers shared by the collection modules: time, ids, batched reads, durability, timeouts.
 
+Time comes from :func:`now`, or from a :class:`Clock` that a caller passes
+down (the session store, the rate limits), so that tests move a clock instead
+of sleeping against a window.
+
 Durability and timeouts are set once, on the client (see
 :func:`indico.db.create_client`): every write waits for ``w: "majority", j:
 true`` and every database call has an operation timeout (``timeoutMS``,
@@ -10,7 +14,8 @@ true`` and every database call has an operation timeout (``timeoutMS``,
 import asyncio
 import contextlib
 import datetime
-from collections.abc import AsyncIterator, Iterable
+import time
+from collections.abc import AsyncIterator, Callable, Iterable
 
 import pymongo
 from bson import ObjectId
@@ -44,6 +49,30 @@ def now() -> datetime.datetime:
     """The current UTC time, truncated to milliseconds as BSON stores it."""
     moment = datetime.datetime.now(datetime.timezone.utc)
     return moment.replace(microsecond=moment.microsecond // 1000 * 1000)
+
+
+#: What the collection functions accept as the time: a callable like :func:`now`.
+Now = Callable[[], datetime.datetime]
+
+
+class Clock:
+    """The time as indico reads it, in one object that tests replace by a subclass.
+
+    ``now`` is the wall clock (stored dates: expiries, windows); ``monotonic``
+    measures durations in this process (cache lifetimes), immune to the wall
+    clock being set.
+    """
+
+    def now(self) -> datetime.datetime:
+        """The current UTC time, truncated to milliseconds (:func:`now`)."""
+        return now()
+
+    def monotonic(self) -> float:
+        """Seconds of a clock that never goes back (``time.monotonic``)."""
+        return time.monotonic()
+
+
+SYSTEM_CLOCK = Clock()
 
 
 def object_id(value: object) -> ObjectId | None:

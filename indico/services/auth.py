@@ -1,110 +1,26 @@
-"""Accounts: sign-up, login, sessions and brute-force limits.
+"""Accounts: sign-up, login, logout, token checks and brute-force limits.
 
 Plain arguments in, stored documents out; no tornado. Tokens are 256-bit
-random strings given to the client once; only their SHA-256 is stored.
+random strings given to the client once; only their SHA-256 is stored. Sessions
+and users are read and written through the
+:class:`~indico.services.sessions.SessionStore`, which keeps its cache exact.
 """
 
-import collections
 import datetime
-import hashlib
 import secrets
-import time
 
 from pymongo.errors import DuplicateKeyError
 
 from indico import error
-from indico.db import rate_limits, sessions, users
-from indico.db.batch import Batcher
-from indico.db.util import now, object_id
+from indico.db import rate_limits
+from indico.db.util import SYSTEM_CLOCK, Clock
+from indico.services.sessions import SessionStore, token_hash
 
 INVALID_CREDENTIALS = "email or password is wrong"
 
 
-def token_hash(token):
-    """The SHA-256 hex digest under which a token's session is stored."""
-    return hashlib.sha256(token.encode("ascii")).hexdigest()
-
-
-def sessions_mark(user_id):
-    """The change mark of a user's sessions: bumped when any of them is revoked."""
-    return f"sessions:{user_id}"
-
-
-def profile_mark(user_id):
-    """The change mark of a user's profile: bumped when it changes or goes."""
-    return f"profile:{user_id}"
-
-
-class SessionCache:
-    """Sessions and users this process read recently, exact across the processes of a host.
-
-    Each entry is stamped with its :class:`indico.utils.marks.ChangeMarks`
-    mark as read *before* the database was read, and is used only while the
-    mark still holds that value. indico bumps the mark after every change it
-    makes to a user's sessions (logout, password change, deletion) or profile
-    (update, deletion), once the database has acknowledged the change, so a
-    revocation counts at once in every process that shares the marks file.
-    ``lifetime`` bounds what the marks cannot see: changes made to the
-    database by something other than indico, or by indico processes on
-    another host. 0 turns the cache off (every request reads the database).
-
-    Args:
-        marks: the host's ChangeMarks.
-        lifetime: seconds an entry may be used at most.
-        size: the most entries of each kind kept (the oldest go first).
-    """
-
-    def __init__(self, marks, lifetime, size=100_000):
-        self.marks = marks
-        self.lifetime = lifetime
-        self.size = size
-        self.sessions = collections.OrderedDict()  # token hash -> (session, stamp, until)
-        self.users = collections.OrderedDict()  # user id -> (user, stamp, until)
-
-    @property
-    def enabled(self):
-        """True unless the lifetime is 0."""
-        return self.lifetime > 0
-
-    def _get(self, table, key, mark_of):
-        entry = table.get(key)
-        if entry is None:
-            return None
-        value, stamp, until = entry
-        if time.monotonic() >= until or self.marks.read(mark_of(value)) != stamp:
-            del table[key]
-            return None
-        return value
-
-    def _put(self, table, key, value, stamp):
-        table[key] = (value, stamp, time.monotonic() + self.lifetime)
-        table.move_to_end(key)
-        if len(table) > self.size:
-            table.popitem(last=False)
-
-    def get_session(self, key):
-        """The cached session under token hash ``key`` if nothing changed, else None."""
-        session = self._get(self.sessions, key, lambda value: sessions_mark(value["user_id"]))
-        if session is not None and session["expires"] <= now():
-            del self.sessions[key]
-            return None
-        return session
-
-    def put_session(self, key, session, stamp):
-        """Cache ``session`` under token hash ``key``, stamped with its mark read before it."""
-        self._put(self.sessions, key, session, stamp)
-
-    def get_user(self, user_id):
-        """The cached user ``user_id`` if nothing changed, else None."""
-        return self._get(self.users, user_id, lambda value: profile_mark(user_id))
-
-    def put_user(self, user_id, user, stamp):
-        """Cache ``user``, stamped with its profile mark read before it."""
-        self._put(self.users, user_id, user, stamp)
-
-
-def _retry_after(expires):
-    return max(1, int((expires - now()).total_seconds()) + 1)
+def _retry_after(expires: datetime.datetime, moment: datetime.datetime) -> int:
+    return max(1, int((expires - moment).total_seconds()) + 1)
 
 
 def account_key(email: str) -> str:
@@ -124,61 +40,25 @@ def user_key(user_id) -> str:
 class AuthService:
     """Sign-up, login, logout and token checks.
 
-    A request's session and user come from the :class:`SessionCache` when their
-    marks say nothing changed, else from the database; the reads of concurrent
-    requests go to the database together (:class:`indico.db.batch.Batcher`).
-
     Args:
-        db: the database handle.
+        db: the database handle (rate-limit counters).
         config: the Config.
         passwords: a :class:`indico.services.passwords.Passwords`.
-        marks: the host's :class:`indico.utils.marks.ChangeMarks`.
+        store: the :class:`~indico.services.sessions.SessionStore`.
+        clock: the time of the rate-limit windows (the store's, in practice).
     """
 
-    def __init__(self, db, config, passwords, marks):
+    def __init__(self, db, config, passwords, store: SessionStore,
+                 clock: Clock = SYSTEM_CLOCK) -> None:
         self.db = db
         self.config = config
         self.passwords = passwords
-        self.marks = marks
-        self.cache = SessionCache(marks, config.session_cache)
-        self.session_reader = Batcher(lambda keys: sessions.get_sessions(db, keys))
-        self.user_reader = Batcher(lambda ids: users.get_public_users(db, ids))
+        self.store = store
+        self.clock = clock
 
-    async def get_user(self, user_id):
-        """Return the user ``user_id`` as it is now, without its password hash, or None."""
-        user_id = str(user_id)
-        user = self.cache.get_user(user_id)
-        if user is not None:
-            return user
-        oid = object_id(user_id)
-        if oid is None:
-            return None
-        stamp = self.marks.read(profile_mark(user_id))
-        user = await self.user_reader.submit(oid)
-        if user is not None and self.cache.enabled:
-            self.cache.put_user(user_id, user, stamp)
-        return user
-
-    async def get_session(self, key):
-        """Return the unexpired session under token hash ``key``, or None."""
-        session = self.cache.get_session(key)
-        if session is not None:
-            return session
-        session = await self.session_reader.submit(key)
-        if session is None or not self.cache.enabled:
-            return session
-        # The mark lives under the user, known only now: read the session
-        # again after the mark, so a revocation between the two reads counts.
-        stamp = self.marks.read(sessions_mark(session["user_id"]))
-        session = await self.session_reader.submit(key)
-        if session is not None:
-            self.cache.put_session(key, session, stamp)
-        return session
-
-    async def _new_session(self, user):
+    async def _new_session(self, user: dict) -> dict:
         token = secrets.token_urlsafe(32)
-        expires = now() + datetime.timedelta(seconds=self.config.session_ttl)
-        await sessions.create_session(self.db, token_hash(token), user, expires)
+        expires = await self.store.open_session(user, token)
         return {"user": user, "token": token, "expires": expires}
 
     async def _count(self, key: str, limit: int, window: float,
@@ -191,9 +71,10 @@ class AuthService:
         Raises:
             TooManyRequests: the attempt is past ``limit`` in the window.
         """
-        count, expires = await rate_limits.increment(self.db, key, window)
+        count, expires = await rate_limits.increment(self.db, key, window, self.clock.now)
         if count > limit:
-            raise error.TooManyRequests(message, retry_after=_retry_after(expires))
+            raise error.TooManyRequests(message,
+                                        retry_after=_retry_after(expires, self.clock.now()))
         return expires
 
     async def signup(self, email, password, name, address):
@@ -210,11 +91,11 @@ class AuthService:
         await self._count(f"signup:address:{address}", self.config.signup_max_per_address,
                           self.config.signup_window,
                           "too many sign-ups from this address; try later")
-        if await users.get_user_by_email(self.db, email):
+        if await self.store.get_account_by_email(email):
             raise error.Conflict("an account with this email exists", field="email")
         password_hash = await self.passwords.hash(password)
         try:
-            user = await users.create_user(self.db, email, password_hash, name)
+            user = await self.store.create_account(email, password_hash, name)
         except DuplicateKeyError:
             raise error.Conflict("an account with this email exists", field="email") from None
         return await self._new_session(user)
@@ -239,7 +120,7 @@ class AuthService:
         address_key = f"login:address:{address}"
         counted_until = await self._count(address_key, self.config.login_address_max_failures,
                                           window, message)
-        user = await users.get_user_by_email(self.db, email)
+        user = await self.store.get_account_by_email(email)
         stored_hash = user["password_hash"] if user else None
         if not await self.passwords.verify(stored_hash, password):
             raise error.Unauthorized(INVALID_CREDENTIALS)
@@ -247,14 +128,14 @@ class AuthService:
         await rate_limits.give_back(self.db, address_key, counted_until)
         if self.passwords.needs_rehash(stored_hash):
             new_hash = await self.passwords.hash(password)
-            await users.update_user(self.db, user["_id"], {"password_hash": new_hash})
+            await self.store.rehash_password(user["_id"], new_hash)
         opened = await self._new_session(user)
         # A password change (or a deletion) that landed after the check above
         # has already revoked the other sessions: this one must not outlive it.
-        now_stored = await users.get_user(self.db, user["_id"])
+        now_stored = await self.store.get_account(user["_id"])
         if (now_stored is None or now_stored.get("password_version", 0)
                 != user.get("password_version", 0)):
-            await sessions.delete_session(self.db, token_hash(opened["token"]))
+            await self.store.revoke_session(opened["token"], user["_id"])
             raise error.Unauthorized(INVALID_CREDENTIALS)
         return opened
 
@@ -292,10 +173,7 @@ class AuthService:
 
     async def logout(self, token, user_id):
         """Revoke the session of ``token`` (a session of ``user_id``) at once."""
-        try:
-            await sessions.delete_session(self.db, token_hash(token))
-        finally:
-            self.marks.bump(sessions_mark(user_id))
+        await self.store.revoke_session(token, user_id)
 
     async def authenticate(self, token):
         """Return the user (no password hash) of a valid, unexpired, unrevoked ``token``.
@@ -303,11 +181,11 @@ class AuthService:
         Raises:
             Unauthorized: otherwise, or when the user no longer exists.
         """
-        session = await self.get_session(token_hash(token))
+        session = await self.store.get_session(token_hash(token))
         if not session:
             raise error.Unauthorized("the token is invalid, expired or revoked",
                                      bearer_error="invalid_token")
-        user = await self.get_user(session["user_id"])
+        user = await self.store.get_user(session["user_id"])
         if not user:
             raise error.Unauthorized("the account no longer exists",
                                      bearer_error="invalid_token")

@@ -1,35 +1,34 @@
-"""Users: profile updates, password changes, account deletion."""
+"""Users: profile updates, password changes, account deletion.
 
-from bson import ObjectId
+The rules live here; the writes, and the cache they must keep exact, are the
+:class:`~indico.services.sessions.SessionStore`'s.
+"""
+
 from pymongo.errors import DuplicateKeyError
 
 from indico import error
-from indico.db import jobs, sessions, users
-from indico.db.batch import Batcher
-from indico.services.auth import profile_mark, sessions_mark, token_hash
+from indico.db import jobs
+from indico.services.sessions import SessionStore
 
 
 class UsersService:
     """Rules for changing and deleting accounts.
 
     Args:
-        db: the database handle.
+        db: the database handle (the deleted account's jobs).
         passwords: a :class:`indico.services.passwords.Passwords`.
-        auth: the :class:`indico.services.auth.AuthService` (it reads users).
-        marks: the host's :class:`indico.utils.marks.ChangeMarks`, bumped after
-            every change to a user's sessions or profile, even one that failed
-            half-way (a needless bump only costs a re-read).
+        auth: the :class:`indico.services.auth.AuthService` (it confirms passwords
+            against the login limits).
+        store: the :class:`~indico.services.sessions.SessionStore`.
     """
 
-    def __init__(self, db, passwords, auth, marks):
+    def __init__(self, db, passwords, auth, store: SessionStore) -> None:
         self.db = db
         self.passwords = passwords
         self.auth = auth
-        self.marks = marks
-        # Profile changes of concurrent requests share one journaled command.
-        self.updater = Batcher(lambda changes: users.update_users(db, changes))
+        self.store = store
 
-    async def update(self, user, fields):
+    async def update(self, user: dict, fields: dict) -> dict:
         """Apply already-validated ``fields`` (name, email, preferences) to ``user``.
 
         ``preferences`` holds only the keys to change; a None value clears its
@@ -37,6 +36,7 @@ class UsersService:
 
         Args:
             user: the caller (a user document).
+            fields: the fields to change.
 
         Returns:
             the user as stored after the change.
@@ -46,18 +46,16 @@ class UsersService:
             Unauthorized: the account was deleted meanwhile.
         """
         try:
-            await self.updater.submit((ObjectId(user["_id"]), fields))
+            await self.store.update_profile(user["_id"], fields)
         except DuplicateKeyError:
             raise error.Conflict("an account with this email exists", field="email") from None
-        finally:
-            self.marks.bump(profile_mark(user["_id"]))
-        updated = await self.auth.get_user(user["_id"])
+        updated = await self.store.get_user(user["_id"])
         if updated is None:
             raise error.Unauthorized("the account no longer exists",
                                      bearer_error="invalid_token")
         return updated
 
-    async def _check_password(self, user, password, field):
+    async def _check_password(self, user: dict, password: str, field: str) -> dict:
         """Return the stored user when ``password`` is theirs.
 
         Wrong passwords count against the account's login limit
@@ -68,7 +66,7 @@ class UsersService:
             TooManyRequests: too many wrong passwords for the account.
             Forbidden: the password is wrong.
         """
-        stored = await users.get_user(self.db, user["_id"])
+        stored = await self.store.get_account(user["_id"])
         if stored is None:
             raise error.Unauthorized("the account no longer exists",
                                      bearer_error="invalid_token")
@@ -76,26 +74,15 @@ class UsersService:
             raise error.Forbidden("the password is wrong", field=field)
         return stored
 
-    async def change_password(self, user, current_password, new_password, token):
-        """Set a new password and revoke every session but the caller's."""
+    async def change_password(self, user: dict, current_password: str, new_password: str,
+                              token: str) -> None:
+        """Set a new password and revoke every session but the caller's (``token``'s)."""
         stored = await self._check_password(user, current_password, "current_password")
         new_hash = await self.passwords.hash(new_password)
-        try:
-            # The new password first: a login that checked the old one and
-            # opens its session after this sees it changed and gives it up.
-            await users.set_password(self.db, stored["_id"], new_hash)
-            await sessions.delete_user_sessions(self.db, str(user["_id"]),
-                                                keep=token_hash(token))
-        finally:
-            self.marks.bump(sessions_mark(user["_id"]))
+        await self.store.change_password(stored["_id"], new_hash, keep_token=token)
 
-    async def delete(self, user, password):
+    async def delete(self, user: dict, password: str) -> None:
         """Delete the user, their sessions and their results."""
         stored = await self._check_password(user, password, "password")
-        try:
-            await jobs.delete_owner_jobs(self.db, str(stored["_id"]))
-            await sessions.delete_user_sessions(self.db, str(stored["_id"]))
-            await users.delete_user(self.db, stored["_id"])
-        finally:
-            self.marks.bump(sessions_mark(stored["_id"]))
-            self.marks.bump(profile_mark(stored["_id"]))
+        await jobs.delete_owner_jobs(self.db, str(stored["_id"]))
+        await self.store.delete_account(stored["_id"])

@@ -11,6 +11,10 @@ cache is stale as soon as the slot holds another value. Reading a slot is a
 memory read, no system call, so a cache checked this way costs next to
 nothing and still sees every change at once.
 
+Only :class:`indico.services.sessions.SessionStore` bumps marks, inside the
+writes it performs, so the keys it caches under and the keys it bumps cannot
+drift apart.
+
 Random values rather than counters, so two processes bumping the same slot
 at the same time need no lock and still both leave a value that differs
 from the one before. Two keys sharing a slot only cost a needless re-read.

@@ -14,6 +14,11 @@ class JobsTest(ServerTest):
     def run_async(self, coroutine_function, *args, **kwargs):
         return self.io_loop.run_sync(lambda: coroutine_function(self.db, *args, **kwargs))
 
+    def expire_lease(self, job):
+        """Move ``job``'s lease into the past in the database: no waiting on the clock."""
+        self.io_loop.run_sync(lambda: self.db.jobs.update_one(
+            {"_id": job["_id"]}, {"$set": {"lease_expires": time.time() - 1}}))
+
     def test_claim_is_atomic_between_racing_workers(self):
         for _ in range(3):
             self.run_async(jobs.create_job, "owner", PARAMS, 10)
@@ -37,9 +42,9 @@ class JobsTest(ServerTest):
         self.assertIsNone(self.run_async(jobs.claim_job, "w1", 30))
 
     def test_expired_lease_is_claimed_again_and_the_old_worker_cannot_complete(self):
-        job = self.run_async(jobs.create_job, "owner", PARAMS, 10, worker="dead", lease=0.05)
+        job = self.run_async(jobs.create_job, "owner", PARAMS, 10, worker="dead", lease=30)
         self.assertIsNone(self.run_async(jobs.claim_job, "w2", 30))  # lease still live
-        time.sleep(0.1)
+        self.expire_lease(job)
         taken = self.run_async(jobs.claim_job, "w2", 30)
         self.assertEqual((taken["_id"], taken["lease_owner"], taken["attempts"]),
                          (job["_id"], "w2", 2))
@@ -56,9 +61,9 @@ class JobsTest(ServerTest):
                          ["queued", "running", "running", "done"])
 
     def test_renewal_keeps_the_job(self):
-        job = self.run_async(jobs.create_job, "owner", PARAMS, 10, worker="w1", lease=0.2)
+        job = self.run_async(jobs.create_job, "owner", PARAMS, 10, worker="w1", lease=30)
+        self.expire_lease(job)  # the first lease ran out before its renewal landed
         self.assertTrue(self.run_async(jobs.renew_lease, job["_id"], "w1", 30))
-        time.sleep(0.25)
         self.assertIsNone(self.run_async(jobs.claim_job, "w2", 30))
 
     def test_paging_newest_first_is_owner_scoped(self):

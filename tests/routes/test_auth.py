@@ -3,17 +3,17 @@
 import datetime
 import hashlib
 import json
-import time
 import urllib.error
 import urllib.request
 
 from tornado.httpclient import HTTPRequest
 
-from indico.app import build_services, make_app
+from indico.app import make_app
 from indico.db.util import now
-from indico.services.auth import sessions_mark
 from indico.services.passwords import Passwords
-from tests.harness import CPU_EXECUTOR, ServerTest, shared_pool
+from indico.services.sessions import SessionStore, sessions_mark
+from indico.utils.marks import ChangeMarks
+from tests.harness import CPU_EXECUTOR, ServerTest
 
 PASSWORD = "correct horse"
 
@@ -309,7 +309,7 @@ class SessionCacheTest(ServerTest):
         self.counter.names.clear()
         self.assertEqual(self.post("/auth/check", token=token)[0], 200)
         self.assertEqual(self.counter.names, [])  # cached
-        time.sleep(max(0.0, (expires - now()).total_seconds()) + 0.05)
+        self.clock.advance((expires - now()).total_seconds() + 2)
         self.assertError(self.post("/auth/check", token=token), 401, "Unauthorized")
 
     def test_changes_made_by_a_second_process_count_here_at_once(self):
@@ -351,8 +351,26 @@ class SessionCacheLifetimeTest(ServerTest):
         self.assertEqual(self.post("/auth/check", token=token)[0], 200)
         self.io_loop.run_sync(lambda: self.db.sessions.delete_many({}))
         self.assertEqual(self.post("/auth/check", token=token)[0], 200)  # still trusted here
-        time.sleep(1.6)
+        self.clock.advance(1.4)
+        self.assertEqual(self.post("/auth/check", token=token)[0], 200)  # still within it
+        self.clock.advance(0.2)
         self.assertError(self.post("/auth/check", token=token), 401, "Unauthorized")
+
+
+class RevokeAfterFirstRead(SessionStore):
+    """A store whose first session read is followed by a revocation (another process's)."""
+
+    def __init__(self, *args, revoke, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.revoke = revoke
+        self.reads = []
+
+    async def fetch_sessions(self, keys):
+        found = await super().fetch_sessions(keys)
+        self.reads.append(keys)
+        if len(self.reads) == 1:
+            await self.revoke()
+        return found
 
 
 class RevocationDuringAMissTest(ServerTest):
@@ -360,25 +378,23 @@ class RevocationDuringAMissTest(ServerTest):
 
     settings = {"session_cache": 300.0}
 
+    def make_app(self):
+        async def revoke():  # another process logs the token out now
+            [user] = await self.db.users.find().to_list()
+            await self.db.sessions.delete_many({})
+            ChangeMarks(self.config.marks_path).bump(sessions_mark(str(user["_id"])))
+        self.store = RevokeAfterFirstRead(
+            self.db, ChangeMarks(self.config.marks_path), cache_lifetime=300.0,
+            session_ttl=self.config.session_ttl, clock=self.clock, revoke=revoke)
+        return make_app(self.config, self.db, cpu_executor=CPU_EXECUTOR,
+                        services=self.build_services(sessions=self.store))
+
     def test_a_session_revoked_between_the_reads_is_refused(self):
         token = self.signup()
-        [user] = self.find("users")
-        auth = self._app.settings["services"].auth
-        read_sessions = auth.session_reader.run
-        reads = []
-
-        async def read_then_revoke(keys):
-            found = await read_sessions(keys)
-            reads.append(keys)
-            if len(reads) == 1:  # another process logs the token out now
-                await self.db.sessions.delete_many({})
-                auth.marks.bump(sessions_mark(str(user["_id"])))
-            return found
-        auth.session_reader.run = read_then_revoke
         self.assertError(self.post("/auth/check", token=token), 401, "Unauthorized",
                          "invalid, expired or revoked")
-        self.assertEqual(len(reads), 2)
-        self.assertEqual(auth.cache.sessions, {})
+        self.assertEqual(len(self.store.reads), 2)
+        self.assertEqual(self.store.cache.sessions, {})
 
 
 class VerifyThenAct(Passwords):
@@ -402,9 +418,8 @@ class LoginDuringPasswordChangeTest(ServerTest):
 
     def make_app(self):
         self.passwords = VerifyThenAct(self.config, CPU_EXECUTOR)
-        services = build_services(self.config, self.db, CPU_EXECUTOR, shared_pool(),
-                                  passwords=self.passwords)
-        return make_app(self.config, self.db, cpu_executor=CPU_EXECUTOR, services=services)
+        return make_app(self.config, self.db, cpu_executor=CPU_EXECUTOR,
+                        services=self.build_services(passwords=self.passwords))
 
     def test_a_login_overlapping_a_password_change_gets_401_and_no_session(self):
         token = self.signup(password=PASSWORD)
