@@ -13,9 +13,10 @@ import unittest
 import urllib.error
 import urllib.request
 
-from indico.db.embedded import _free_port, _pid_alive
+import pymongo
 import pymongo.uri_parser
 
+from indico.db.embedded import _free_port, _pid_alive
 from tests.harness import REPO, database_uri, needs_embedded, server_command
 from tests.relay import Relay
 
@@ -62,6 +63,21 @@ class ServerProcessTest(unittest.TestCase):
             time.sleep(0.1)
         self.fail("the server never became healthy")
 
+    def wait_until_signing_up(self):
+        """Wait until a sign-up is in flight: its first write (the address's count) is stored.
+
+        The hashing after it takes seconds with the costly parameters these tests use.
+        """
+        with open(os.path.join(self.data_dir, "db", "server.json")) as handle:
+            client = pymongo.MongoClient(json.load(handle)["uri"], serverSelectionTimeoutMS=5000)
+        try:
+            deadline = time.monotonic() + 30
+            while client.indico.rate_limits.find_one({"_id": "signup:address:127.0.0.1"}) is None:
+                self.assertLess(time.monotonic(), deadline, "the sign-up never reached the server")
+                time.sleep(0.02)
+        finally:
+            client.close()
+
     def embedded_pid(self):
         with open(os.path.join(self.data_dir, "db", "server.json")) as handle:
             return json.load(handle)["pid"]
@@ -80,7 +96,7 @@ class ServerProcessTest(unittest.TestCase):
                                      {"email": "late@example.com", "password": "password1"})
         thread = threading.Thread(target=sign_up)
         thread.start()
-        time.sleep(0.15)
+        self.wait_until_signing_up()
         process.send_signal(signal.SIGTERM)
         thread.join(30)
         self.assertEqual(process.wait(30), 0)
@@ -107,7 +123,7 @@ class ServerProcessTest(unittest.TestCase):
             client.sendall(b"POST /auth/signup HTTP/1.1\r\nHost: x\r\n"
                            b"Content-Type: application/json\r\n"
                            b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
-            time.sleep(0.15)  # hashing now
+            self.wait_until_signing_up()
         process.send_signal(signal.SIGTERM)
         self.assertEqual(process.wait(30), 0)
         log = process.stderr.read()
