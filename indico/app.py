@@ -18,7 +18,7 @@ from indico.services import Services
 from indico.services.auth import AuthService
 from indico.services.passwords import Passwords
 from indico.services.portfolio import JobEvents, PortfolioService
-from indico.services.prices import PriceService
+from indico.services.price_catalog import PriceCatalog
 from indico.services.users import UsersService
 from indico.utils.logs import log_request
 from indico.utils.marks import ChangeMarks
@@ -37,7 +37,7 @@ def build_services(config, db, cpu_executor, pool=None, passwords=None):
     """
     if passwords is None:
         passwords = Passwords(config, cpu_executor)
-    prices = PriceService(db, config)
+    prices = PriceCatalog(db, config)
     events = JobEvents(db)
     marks = ChangeMarks(config.marks_path)
     auth = AuthService(db, config, passwords, marks)
