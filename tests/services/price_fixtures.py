@@ -81,3 +81,12 @@ def flaky(real, calls, before=None):
                 return result
         return await real(*args, **kwargs)
     return call
+
+
+def gone_once(real, calls):
+    """A stand-in for ``price_meta.get_catalog``: the first catalog asked for was just
+    replaced and deleted (None), later ones are read for real. Counts calls in ``calls``."""
+    async def call(*args):
+        calls.append(1)
+        return None if len(calls) == 1 else await real(*args)
+    return call

@@ -11,7 +11,7 @@ from indico.services.price_catalog import PriceCatalog, validate_symbols
 from indico.services.price_import import PriceImporter
 from indico.services.price_records import Catalog
 from tests.harness import test_config
-from tests.services.price_fixtures import WIDE, D, PricesTest, flaky, replaced
+from tests.services.price_fixtures import WIDE, D, PricesTest, flaky, gone_once, replaced
 
 
 class FrameTest(PricesTest):
@@ -165,11 +165,7 @@ class RaceTest(PricesTest):
 
     def test_a_catalog_replaced_between_two_reads(self):
         catalogs = []
-        real = price_meta.get_catalog
-
-        async def first_gone(*args):
-            catalogs.append(1)
-            return None if len(catalogs) == 1 else await real(*args)
+        first_gone = gone_once(price_meta.get_catalog, catalogs)
         frame = self.frame(["AAPL"], D(2019, 1, 1), D(2020, 12, 31), PriceCatalog(
             self.db, self.config, meta=replaced(price_meta, get_catalog=first_gone)))
         self.assertEqual(len(frame), 4)

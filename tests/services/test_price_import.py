@@ -22,7 +22,15 @@ from indico.services import price_import
 from indico.services.price_catalog import PriceCatalog
 from indico.services.price_files import FileRejected
 from indico.services.price_import import PriceImporter
-from tests.services.price_fixtures import WIDE, D, PricesTest, failing, flaky, replaced
+from tests.services.price_fixtures import (
+    WIDE,
+    D,
+    PricesTest,
+    failing,
+    flaky,
+    gone_once,
+    replaced,
+)
 from tests.test_prices_cli import ROOT, environment
 
 
@@ -242,11 +250,7 @@ class RaceTest(PricesTest):
 
     def test_a_catalog_replaced_between_two_reads(self):
         catalogs = []
-        real = price_meta.get_catalog
-
-        async def first_gone(*args):
-            catalogs.append(1)
-            return None if len(catalogs) == 1 else await real(*args)
+        first_gone = gone_once(price_meta.get_catalog, catalogs)
         summary = self.load("again.csv", WIDE, importer=PriceImporter(
             self.db, meta=replaced(price_meta, get_catalog=first_gone)))
         self.assertEqual((summary.changed, len(catalogs)), ((), 2))
