@@ -184,12 +184,12 @@ async def load_frame(env, symbols):
     from config import Config
     from indico.db import create_client
     from indico.db.embedded import EmbeddedServer
-    from indico.services.prices import PriceService
+    from indico.services.price_catalog import PriceCatalog
     config = Config.from_environ(environ=env)
     uri = EmbeddedServer(config.data_path, config.embedded_start_timeout).start()  # attaches
     client = create_client(uri, config.db_timeout)
     try:
-        prices = PriceService(client[config.database], config)
+        prices = PriceCatalog(client[config.database], config)
         frame = await prices.get_frame(symbols, START, END)
         benchmark = await prices.get_benchmark(START, END, frame.index)
     finally:

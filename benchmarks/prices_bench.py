@@ -13,7 +13,7 @@ measured in the same run, and the targets of the issue:
 * importing the whole sample (20 symbols x 8,313 days, and the index) < 10 s;
 * an aligned frame of 20 symbols x 5 years: < 50 ms cold, < 1 ms from the cache.
 
-Figures are medians. "cold" is a new PriceService (empty caches) on a warm
+Figures are medians. "cold" is a new PriceCatalog (empty caches) on a warm
 database; "cached" is the same request again, including the one read of the
 head document that makes a cache hit safe against imports by other processes.
 """
@@ -39,7 +39,8 @@ from indico.db import create_client, ensure_indexes, price_meta
 from indico.db.embedded import EmbeddedServer
 from indico.services import price_files
 from timing import median_seconds
-from indico.services.prices import DATA_DIRECTORY, SAMPLE_FILES, PriceService
+from indico.services.price_catalog import PriceCatalog
+from indico.services.price_import import DATA_DIRECTORY, SAMPLE_FILES, PriceImporter
 
 SAMPLE = [os.path.join(DATA_DIRECTORY, name) for name in SAMPLE_FILES]
 SYMBOLS = ["AAPL", "AMD", "BAC", "BBY", "CVX", "GE", "HD", "JNJ", "JPM", "KO",
@@ -79,7 +80,7 @@ async def measure(uri, runs):
             databases.append(f"bench_{uuid.uuid4().hex[:12]}")
             db = client[databases[-1]]
             await ensure_indexes(db)
-            service = PriceService(db, config)
+            service = PriceImporter(db)
             began = time.perf_counter()
             for path in SAMPLE:
                 await service.import_file(path)
@@ -104,7 +105,7 @@ async def measure(uri, runs):
         db = client[databases[0]]
         colds = []
         for _ in range(max(runs, 10)):
-            service = PriceService(db, config)
+            service = PriceCatalog(db, config)
             began = time.perf_counter()
             frame = await service.get_frame(SYMBOLS, START, END)
             colds.append(time.perf_counter() - began)

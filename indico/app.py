@@ -19,7 +19,7 @@ from indico.services import Services
 from indico.services.auth import AuthService
 from indico.services.passwords import Passwords
 from indico.services.portfolio import JobEvents, PortfolioService
-from indico.services.prices import PriceService
+from indico.services.price_catalog import PriceCatalog
 from indico.services.sessions import SessionStore
 from indico.services.users import UsersService
 from indico.utils.logs import log_request
@@ -44,7 +44,7 @@ def build_services(config, db, cpu_executor, pool=None, passwords=None, *, clock
     """
     if passwords is None:
         passwords = Passwords(config, cpu_executor)
-    prices = PriceService(db, config)
+    prices = PriceCatalog(db, config)
     events = JobEvents(db)
     clock = clock or (sessions.clock if sessions is not None else SYSTEM_CLOCK)
     if sessions is None:

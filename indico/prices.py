@@ -26,7 +26,7 @@ from indico.db import ensure_indexes
 from indico.error import ConfigError
 from indico.server import open_database
 from indico.services.price_files import LAYOUTS_HELP, FileRejected
-from indico.services.prices import PriceService
+from indico.services.price_import import PriceImporter
 
 EXIT_REJECTED = 1
 EXIT_USAGE = 2
@@ -61,11 +61,11 @@ def parse_args(argv):
     return args
 
 
-async def import_files(service, paths, symbol=None, quiet=False, out=None, err=None):
+async def import_files(importer, paths, symbol=None, quiet=False, out=None, err=None):
     """Import ``paths`` one by one; report each.
 
     Args:
-        service: a PriceService.
+        importer: a PriceImporter.
         paths: the files.
         symbol: the ticker of a single Yahoo-style file.
         quiet: no progress bar and no summaries.
@@ -86,7 +86,7 @@ async def import_files(service, paths, symbol=None, quiet=False, out=None, err=N
             bar.total = total
             bar.update(count)
         try:
-            summary = await service.import_file(path, symbol, progress=advance)
+            summary = await importer.import_file(path, symbol, progress=advance)
         except FileRejected as exc:
             rejected += 1
             bar.close()
@@ -103,8 +103,8 @@ async def run(config, args, out=None, err=None):
     client, db, embedded = await open_database(config)
     try:
         await ensure_indexes(db)
-        service = PriceService(db, config)
-        rejected = await import_files(service, args.files, args.symbol, args.quiet, out, err)
+        importer = PriceImporter(db)
+        rejected = await import_files(importer, args.files, args.symbol, args.quiet, out, err)
     finally:
         await client.close()
         if embedded:
@@ -135,7 +135,7 @@ def main(argv=None, environ=None, out=None, err=None):
         return EXIT_DATABASE
     except KeyboardInterrupt:
         # asyncio.run cancelled the import: a file being written is stored whole
-        # or not at all (PriceService._commit removes what it staged).
+        # or not at all (PriceImporter._commit removes what it staged).
         err.write("indico-prices: interrupted; the files reported above are stored, "
                   "the one being imported is stored whole or not at all\n")
         return EXIT_INTERRUPTED

@@ -26,6 +26,7 @@ from indico.db import create_client, ensure_indexes, purge_all_expired
 from indico.db.embedded import EmbeddedServer
 from indico.error import ConfigError, StartupError
 from indico.services.portfolio import JobRunner
+from indico.services.price_import import PriceImporter
 from indico.utils.logs import describe_database_error, setup_logging
 
 log = logging.getLogger(__name__)
@@ -120,7 +121,7 @@ async def serve(config):
         purger = asyncio.ensure_future(purge_forever(db)) if purges_itself else None
         app = make_app(config, db)
         if config.load_sample_prices:
-            for summary in await app.settings["services"].prices.load_sample_prices_if_empty():
+            for summary in await PriceImporter(db).load_sample_prices_if_empty():
                 log.info("loaded sample prices: %s", summary.describe())
         services = app.settings["services"]
         runner = JobRunner(services.portfolio)

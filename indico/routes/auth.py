@@ -4,7 +4,7 @@ from typing import Annotated
 
 from pydantic import StringConstraints
 
-from indico.routes.base import ActionHandler, action
+from indico.routes.actions import ActionHandler, action
 from indico.routes.models import (
     Email,
     Empty,

@@ -1,20 +1,15 @@
-"""The base handlers: the response envelope, errors, CORS, and action dispatch.
+"""The handler base: the response envelope, errors, CORS, request ids, requests in flight.
 
 ``BaseHandler`` is the one place that turns exceptions into responses
 (:meth:`BaseHandler.write_error`): an :class:`~indico.error.IndicoError`
-becomes its status and public message, anything else a generic 500 whose
-traceback goes to the log only.
-
-``ActionHandler`` serves ``POST /<resource>/<action>``. Actions are the
-methods decorated with :func:`action`; they are collected into a per-class
-registry when the class is defined, and dispatch looks the requested name up in
-that registry only. Tornado's own methods (``finish``, ``redirect``,
-``render``, ...) and private names are never reachable, whatever the request
-says.
+becomes its status and public message, a database that cannot serve now a
+503 (:func:`database_unavailable`), anything else a generic 500 whose
+traceback goes to the log only. Every handler derives from it: the plain GET
+routes (:mod:`indico.routes.root`), the WebSocket (:mod:`indico.routes.ws`) and
+the actions (:mod:`indico.routes.actions`, with the bodies parsed by
+:mod:`indico.routes.body`).
 """
 
-import dataclasses
-import json
 import logging
 import os
 import re
@@ -41,7 +36,6 @@ HTTP_ERROR_TYPES = {
 REQUEST_ID_PATTERN = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 # Seconds a client is asked to wait when the database does not answer.
 DATABASE_RETRY_AFTER = 5
-JSON_WHITESPACE = b" \t\r\n"
 # RFC 7235 §2.1: the auth-scheme is case-insensitive, and one or more spaces
 # separate it from the credentials. Our tokens are base64url without padding.
 BEARER_PATTERN = re.compile(r"^(?i:bearer) +([A-Za-z0-9_-]{16,128})$")
@@ -73,57 +67,6 @@ def head_size(request) -> int:
     for name, value in request.headers.get_all():
         size += len(name) + len(value) + 4
     return size + 2
-
-
-class EmptyRequest(pydantic.BaseModel):
-    """The body of an action that takes no arguments: ``{}``."""
-
-    model_config = pydantic.ConfigDict(extra="forbid")
-
-
-@dataclasses.dataclass(frozen=True)
-class Action:
-    """One registered action: what the dispatcher and the OpenAPI document need."""
-
-    name: str
-    function: object
-    request: type
-    response: type | None
-    auth: bool
-    status: int
-    errors: tuple
-    summary: str
-    description: str
-
-
-def action(name=None, *, request=EmptyRequest, response=None, auth=True, status=200,
-           errors=()):
-    """Register a handler method as an action reachable at ``/<resource>/<name>``.
-
-    The method is called as ``await method(self, body)`` with ``body`` a
-    validated ``request`` model instance, after authentication when ``auth``
-    is true (``self.user`` then holds the caller). It returns the payload of
-    the ``data`` field (a dict or a pydantic model), which is checked against
-    ``response`` when given.
-
-    Args:
-        name: the action's URL name; the method's name if None.
-        request: the pydantic model of the body.
-        response: the pydantic model of the payload (documentation and checking).
-        auth: whether a valid bearer token is required.
-        status: the HTTP status of a success.
-        errors: the statuses of the action's own errors (409, 422, ...), for the
-            OpenAPI document; the common ones are documented for every action.
-    """
-    def register(function):
-        doc = (function.__doc__ or "").strip()
-        summary, _, description = doc.partition("\n")
-        function.indico_action = Action(
-            name or function.__name__, function, request, response, auth, status,
-            tuple(errors), summary.strip(), description.strip(),
-        )
-        return function
-    return register
 
 
 class BaseHandler(tornado.web.RequestHandler):
@@ -368,191 +311,3 @@ class NotFoundHandler(BaseHandler):
         super().prepare()
         if self.request.method != "OPTIONS":
             raise error.NotFound(f"no route {self.request.path}")
-
-
-def _iter_actions(namespace):
-    for value in namespace.values():
-        spec = getattr(value, "indico_action", None)
-        if isinstance(spec, Action):
-            yield spec
-
-
-@tornado.web.stream_request_body
-class ActionHandler(BaseHandler):
-    """Serves ``POST /<resource>/<action>`` for the actions registered on a subclass.
-
-    Subclasses set ``resource`` (the first path segment) and decorate methods
-    with :func:`action`. The body is streamed so that an oversized one is
-    refused early with a JSON 413 instead of a dropped connection.
-    """
-
-    resource = None
-    actions = {}
-    allow_header = "POST, OPTIONS"
-
-    def __init_subclass__(cls, **kwargs):
-        super().__init_subclass__(**kwargs)
-        for method in cls.SUPPORTED_METHODS:
-            if hasattr(vars(cls).get(method.lower()), "indico_action"):
-                raise TypeError(
-                    f"{cls.__name__}.{method.lower()} would shadow tornado's HTTP method; "
-                    "name the function otherwise and pass the action name to @action"
-                )
-        registry = {}
-        for klass in reversed(cls.__mro__):
-            registry.update({spec.name: spec for spec in _iter_actions(vars(klass))})
-        cls.actions = registry
-
-    def prepare(self):
-        """Run when the headers arrive: refuse an announced oversized body early."""
-        super().prepare()
-        self.chunks = []
-        self.received = 0
-        self.too_large = False
-        length = self.request.headers.get("Content-Length")
-        if length is not None and length.isdigit() and int(length) > self.config.body_limit:
-            raise error.PayloadTooLarge(
-                f"request body is {int(length)} bytes; the limit is {self.config.body_limit}"
-            )
-
-    body_complete = False
-
-    def data_received(self, chunk):
-        """Collect body chunks up to the limit; past it, keep only the count."""
-        self.received += len(chunk)
-        if self.received > self.config.body_limit:
-            self.too_large = True
-            self.chunks = []
-        else:
-            self.chunks.append(chunk)
-
-    def lookup(self, name):
-        """Return the registered Action called ``name``, or raise NotFound."""
-        spec = self.actions.get(name)
-        if spec is None:
-            raise error.NotFound(f"no action {self.resource}/{name}")
-        return spec
-
-    def wrong_method(self, name, *args):
-        """Unknown action: 404; known action with a method other than POST: 405."""
-        self.body_complete = True
-        self.lookup(name)
-        raise tornado.web.HTTPError(405)
-
-    get = put = patch = delete = head = wrong_method
-
-    async def post(self, name):
-        self.body_complete = True
-        spec = self.lookup(name)
-        if self.too_large:
-            raise error.PayloadTooLarge(
-                f"request body is over the limit of {self.config.body_limit} bytes"
-            )
-        if spec.auth:
-            self.user = await self.services.auth.authenticate(self.bearer_token())
-        body = self.parse_body(spec.request)
-        result = await spec.function(self, body)
-        if spec.response is not None and not isinstance(result, pydantic.BaseModel):
-            result = spec.response.model_validate(result)
-        status = getattr(self, "status_override", None) or spec.status
-        self.write_json(status, result)
-
-    def parse_body(self, model):
-        """Decode, parse and validate the JSON body with ``model``.
-
-        Raises:
-            UnsupportedMediaType: a body that is not sent as application/json.
-            BadRequest: invalid UTF-8 or JSON, too deep, or not an object.
-            ValidationError: the object does not fit ``model``; names the field.
-        """
-        raw = b"".join(self.chunks)
-        # Only JSON's own white space (RFC 8259 section 2) makes a body empty;
-        # bytes.strip() would also drop a form feed or a vertical tab.
-        if raw.strip(JSON_WHITESPACE):
-            content_type = self.request.headers.get("Content-Type", "")
-            media_type = content_type.split(";")[0].strip().lower()
-            if media_type != "application/json":
-                raise error.UnsupportedMediaType(
-                    f"send the body as Content-Type: application/json, not {media_type or 'nothing'!r}"
-                )
-            document = parse_json(raw, self.config.json_max_depth)
-        else:
-            document = {}
-        if not isinstance(document, dict):
-            raise error.BadRequest(
-                f"the body must be a JSON object, not {type(document).__name__}"
-            )
-        return validate(model, document)
-
-
-def _reject_constant(name):
-    raise ValueError(f"{name} is not valid JSON")
-
-
-def parse_json(raw, max_depth):
-    """Parse JSON bytes strictly: UTF-8 only, no NaN/Infinity, bounded nesting.
-
-    Raises:
-        BadRequest: with a message that says what is wrong and where.
-    """
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise error.BadRequest(f"the body is not valid UTF-8 (byte {exc.start})") from None
-    depth = deepest = 0
-    in_string = escaped = False
-    # A linear scan before parsing: json.loads would recurse on deep input.
-    for char in text:
-        if in_string:
-            if escaped:
-                escaped = False
-            elif char == "\\":
-                escaped = True
-            elif char == '"':
-                in_string = False
-        elif char == '"':
-            in_string = True
-        elif char in "[{":
-            depth += 1
-            deepest = max(deepest, depth)
-            if deepest > max_depth:
-                raise error.BadRequest(f"JSON nested deeper than {max_depth} levels")
-        elif char in "]}":
-            depth -= 1
-    try:
-        return json.loads(text, parse_constant=_reject_constant)
-    except ValueError as exc:
-        message = getattr(exc, "msg", None) or str(exc)
-        where = f" at line {exc.lineno} column {exc.colno}" if hasattr(exc, "lineno") else ""
-        raise error.BadRequest(f"the body is not valid JSON: {message}{where}") from None
-
-
-def _field_name(location):
-    return ".".join(str(part) for part in location) or "body"
-
-
-def validate(model, document):
-    """Validate ``document`` with ``model``; on failure name every bad field.
-
-    Raises:
-        ValidationError: message of the first problem, ``field`` and ``errors``.
-    """
-    try:
-        return model.model_validate(document)
-    except pydantic.ValidationError as exc:
-        problems = [
-            {"field": _field_name(item["loc"]), "message": _problem(item)}
-            for item in exc.errors(include_url=False, include_input=False)
-        ]
-        first = problems[0]
-        raise error.ValidationError(
-            f"{first['field']}: {first['message']}", field=first["field"], errors=problems
-        ) from None
-
-
-def _problem(item):
-    if item["type"] == "extra_forbidden":
-        return "unknown field; it is not accepted here"
-    if item["type"] == "missing":
-        return "required field is missing"
-    return item["msg"]

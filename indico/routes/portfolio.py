@@ -20,7 +20,7 @@ from pydantic import (
 )
 
 from indico.optimization import Objective
-from indico.routes.base import ActionHandler, action
+from indico.routes.actions import ActionHandler, Reply, action
 from indico.routes.models import Empty, Request, Symbol
 
 SEED_DATE_FORMAT = "%m-%d-%y"
@@ -160,8 +160,7 @@ class PortfolioHandler(ActionHandler):
         """
         status, job = await self.services.portfolio.optimize(self.owner, body.params(),
                                                              wait=body.wait)
-        self.status_override = status
-        return JobPublic.from_document(job)
+        return Reply(status, JobPublic.from_document(job))
 
     @action(request=IdRequest, response=JobPublic)
     async def result(self, body):

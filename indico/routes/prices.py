@@ -4,7 +4,7 @@ import datetime
 
 from pydantic import BaseModel
 
-from indico.routes.base import ActionHandler, action
+from indico.routes.actions import ActionHandler, action
 from indico.routes.models import Request
 
 

@@ -2,7 +2,7 @@
 
 from pydantic import ConfigDict, model_validator
 
-from indico.routes.base import ActionHandler, action
+from indico.routes.actions import ActionHandler, action
 from indico.routes.models import (
     Email,
     Empty,

@@ -13,7 +13,7 @@ import urllib.request
 import numpy
 import pandas
 
-from indico.services.prices import PriceService
+from indico.services.price_import import PriceImporter
 from tests.harness import ServerTest
 
 DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(__file__))), "indico", "data")
@@ -42,7 +42,7 @@ class PortfolioTest(ServerTest):
 
     def setUp(self):
         super().setUp()
-        service = PriceService(self.db, self.config)
+        service = PriceImporter(self.db)
         self.io_loop.run_sync(lambda: service.import_file(sample_file()))
         self.token = self.signup(email="ada@example.com")
 

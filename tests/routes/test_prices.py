@@ -8,6 +8,7 @@ import pydantic
 
 from indico import error
 from indico.routes.models import Request, Symbol
+from indico.services.price_import import PriceImporter
 from tests.harness import ServerTest
 
 
@@ -22,8 +23,7 @@ class PricesRouteTest(ServerTest):
         with os.fdopen(handle, "w") as stream:
             stream.write(text)
         try:
-            prices = self._app.settings["services"].prices
-            return self.io_loop.run_sync(lambda: prices.import_file(path))
+            return self.io_loop.run_sync(lambda: PriceImporter(self.db).import_file(path))
         finally:
             os.remove(path)
 
