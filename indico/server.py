@@ -2,8 +2,11 @@
 
 ``main`` reads the configuration, starts (or attaches to) the embedded
 database when no MongoDB URI is set, creates the indexes, serves HTTP, and on
-SIGTERM or SIGINT stops accepting, lets in-flight requests finish (bounded by
-``INDICO_SHUTDOWN_GRACE``), stops the embedded database and exits 0.
+SIGTERM or SIGINT drains: it stops listening, answers every further request
+with ``Connection: close``, waits until in-flight requests have finished and
+clients (a proxy's kept-alive connections) have closed their connections
+(bounded by ``INDICO_SHUTDOWN_GRACE``), stops the embedded database and
+exits 0.
 """
 
 import argparse
@@ -15,6 +18,8 @@ import signal
 import sys
 import time
 
+import tornado.httpserver
+import tornado.web
 from pymongo.errors import ConnectionFailure
 
 from config import Config
@@ -60,10 +65,51 @@ async def open_database(config):
     return client, client[config.database], embedded
 
 
-async def wait_for_requests(app, grace):
-    """Wait until no request is in flight, for at most ``grace`` seconds."""
+class DrainingHTTPServer(tornado.httpserver.HTTPServer):
+    """An HTTPServer that counts its open connections, so a shutdown can wait for them.
+
+    WebSocket connections stop counting once upgraded (Tornado detaches them).
+    """
+
+    open_connections = 0
+
+    def handle_stream(self, stream, address):
+        self.open_connections += 1
+        super().handle_stream(stream, address)
+
+    def on_close(self, server_conn):
+        self.open_connections -= 1
+        super().on_close(server_conn)
+
+
+class CloseConnection(tornado.web.OutputTransform):
+    """Adds ``Connection: close`` to a response: installed once the server drains.
+
+    A proxy that keeps connections alive (nginx's upstream ``keepalive``) then
+    closes each connection after its answer instead of reusing it. The server
+    must not close a kept-alive connection itself: nginx may be sending a
+    request on it at that moment, and it does not retry a POST it has sent
+    (``proxy_next_upstream`` without ``non_idempotent``), so the client would
+    get a 502.
+    """
+
+    def transform_first_chunk(self, status_code, headers, chunk, finishing):
+        headers["Connection"] = "close"
+        return status_code, headers, chunk
+
+
+async def wait_for_requests(app, grace, server=None):
+    """Wait until no request is in flight and no client connection is open.
+
+    Args:
+        app: the Application (its ``in_flight`` set).
+        grace: the most seconds to wait.
+        server: the DrainingHTTPServer whose connections must close first;
+            requests only if None.
+    """
     deadline = time.monotonic() + grace
-    while app.settings["in_flight"] and time.monotonic() < deadline:
+    while time.monotonic() < deadline and (
+            app.settings["in_flight"] or (server is not None and server.open_connections)):
         await asyncio.sleep(0.02)
 
 
@@ -108,9 +154,10 @@ async def serve(config):
         # otherwise stall requests for tens of milliseconds (docs/PERFORMANCE.md).
         gc.collect()
         gc.freeze()
-        server = app.listen(config.port, config.address, max_body_size=SERVER_MAX_BODY,
-                            max_header_size=SERVER_MAX_HEADER,
-                            idle_connection_timeout=60, body_timeout=30)
+        server = DrainingHTTPServer(app, max_body_size=SERVER_MAX_BODY,
+                                    max_header_size=SERVER_MAX_HEADER,
+                                    idle_connection_timeout=60, body_timeout=30)
+        server.listen(config.port, config.address)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
@@ -119,9 +166,14 @@ async def serve(config):
         log.info("session cache: %s s, change marks in %s (shared by this host's processes)",
                  config.session_cache, config.marks_path)
         await stop.wait()
-        log.info("shutting down: no new connections, waiting for in-flight requests")
+        log.info("shutting down: no new connections, waiting for in-flight requests "
+                 "and for %d open connections to close", server.open_connections)
+        # Refused connections are safe: a proxy tries another backend, as
+        # nothing was sent. Kept-alive ones are closed by their client after
+        # the next answer, or by a proxy's idle timeout (deploy/nginx: 4 s).
         server.stop()
-        await wait_for_requests(app, config.shutdown_grace)
+        app.add_transform(CloseConnection)
+        await wait_for_requests(app, config.shutdown_grace, server)
         await runner.stop()
         if purger:
             purger.cancel()
