@@ -19,7 +19,6 @@ import sys
 import time
 
 import tornado.httpserver
-import tornado.web
 from pymongo.errors import ConnectionFailure
 
 from config import Config
@@ -82,20 +81,20 @@ class DrainingHTTPServer(tornado.httpserver.HTTPServer):
         super().on_close(server_conn)
 
 
-class CloseConnection(tornado.web.OutputTransform):
-    """Adds ``Connection: close`` to a response: installed once the server drains.
+def start_draining(app):
+    """Make every answer from now on end its connection (``Connection: close``).
 
     A proxy that keeps connections alive (nginx's upstream ``keepalive``) then
     closes each connection after its answer instead of reusing it. The server
     must not close a kept-alive connection itself: nginx may be sending a
     request on it at that moment, and it does not retry a POST it has sent
     (``proxy_next_upstream`` without ``non_idempotent``), so the client would
-    get a 502.
+    get a 502. Requests already in flight get the header too, or nginx would
+    keep their connections and send more requests on them.
     """
-
-    def transform_first_chunk(self, status_code, headers, chunk, finishing):
-        headers["Connection"] = "close"
-        return status_code, headers, chunk
+    app.settings["draining"] = True
+    for handler in list(app.settings["in_flight"]):
+        handler.set_header("Connection", "close")
 
 
 async def wait_for_requests(app, grace, server=None):
@@ -172,7 +171,7 @@ async def serve(config):
         # nothing was sent. Kept-alive ones are closed by their client after
         # the next answer, or by a proxy's idle timeout (deploy/nginx: 4 s).
         server.stop()
-        app.add_transform(CloseConnection)
+        start_draining(app)
         await wait_for_requests(app, config.shutdown_grace, server)
         await runner.stop()
         if purger:
