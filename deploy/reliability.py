@@ -51,7 +51,7 @@ import pymongo
 import websockets
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import stack  # noqa: E402  (deploy/stack.py, beside this file)
+import stack  # deploy/stack.py, beside this file
 
 REPO = stack.REPO
 USERS = 50
@@ -213,7 +213,7 @@ async def sign_up(port: int, count: int, run_id: str) -> list[dict]:
     async def one(number):
         connection = HTTPConnection(port, f"127.0.0.{10 + number}")
         email = f"load-{run_id}-{number}@example.com"
-        status, headers, data = await connection.request(
+        status, _, data = await connection.request(
             "POST", "/backend/auth/signup", {"email": email, "password": "load-password-1"})
         await connection.close()
         if status != 201:
@@ -375,7 +375,7 @@ class Stack:
     def down(self) -> str:
         result = subprocess.run(["make", "--no-print-directory", "-C", REPO, "deploy-down",
                                  f"DIR={self.directory}"], capture_output=True, text=True,
-                                timeout=240)
+                                timeout=240, check=False)
         if result.returncode != 0:
             raise RuntimeError(f"make deploy-down failed: {result.stdout}{result.stderr}")
         return result.stdout.strip().splitlines()[-1]
@@ -678,7 +678,7 @@ async def job_crash(report: Report, st: Stack, user: dict, jobs_count: int = 5) 
     client, db = database_documents(st)
     try:
         for _ in range(jobs_count):
-            status, headers, data = await connection.request(
+            status, _, data = await connection.request(
                 "POST", "/backend/portfolio/optimize", body, token=user["token"])
             if status == 202:
                 ids.append(json.loads(data)["data"]["id"])
@@ -772,12 +772,13 @@ async def proxy_answers(report: Report, st: Stack, user: dict) -> None:
 
 # -- main -------------------------------------------------------------------------------
 
-async def scenarios(report: Report, directory: str, args) -> None:
-    run_id = f"{os.getpid()}"
+async def scenarios(report: Report, base: str, args) -> None:
+    """Each stack in a directory (and a database) of its own, so runs compare fairly."""
     settings = {"INDICO_JOB_LEASE": f"{JOB_LEASE:g}"}
+    directory = os.path.join(base, "2-backends")
     print(f"== stack: 2 backends ({directory})", flush=True)
     with Stack(directory, 2, settings) as st:
-        users = await sign_up(st.port, USERS, run_id)
+        users = await sign_up(st.port, USERS, "2")
         report.note(f"signed up {len(users)} users through nginx, from 127.0.0.10..")
         print("== load: 2 backends", flush=True)
         await measure_load(report, st, users, args.seconds, "load")
@@ -794,8 +795,10 @@ async def scenarios(report: Report, directory: str, args) -> None:
             await proxy_answers(report, st, users[1])
     report.note(f"deploy-down: {st.last_down}")
     for backends in args.scaling:
-        print(f"== scaling: {backends} backends", flush=True)
+        directory = os.path.join(base, f"{backends}-backends")
+        print(f"== scaling: {backends} backends ({directory})", flush=True)
         with Stack(directory, backends, {}) as st:
+            users = await sign_up(st.port, USERS, str(backends))
             await measure_load(report, st, users, args.seconds, "scaling")
         report.note(f"deploy-down: {st.last_down}")
 
@@ -809,19 +812,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--load-only", action="store_true", help="skip the fault scenarios")
     parser.add_argument("--keep", action="store_true", help="keep the stack's directory")
     args = parser.parse_args(argv)
-    directory = tempfile.mkdtemp(prefix="indico-deploy-test-")
+    directory = tempfile.mkdtemp(prefix="indico-deploy-test-")  # one subdirectory per stack
     report = Report()
     started = time.monotonic()
     try:
         asyncio.run(scenarios(report, directory, args))
-    except Exception as exc:  # the table still shows what ran; the run fails
+    except Exception as exc:  # noqa: BLE001 - the table still shows what ran; the run fails
         report.check("the scenarios ran to the end", False, f"{type(exc).__name__}: {exc}")
         import traceback
         traceback.print_exc()
     finally:
-        leftovers = stack.marked_processes(directory)
-        if leftovers:
-            stack.down(directory, quiet=True)
+        leftovers = []
+        for name in os.listdir(directory):
+            found = stack.marked_processes(os.path.join(directory, name))
+            if found:
+                leftovers += found
+                stack.down(os.path.join(directory, name), quiet=True)
         report.check("no process of the stacks is left", not leftovers, f"{leftovers}")
         if not args.keep:
             shutil.rmtree(directory, ignore_errors=True)

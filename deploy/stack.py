@@ -64,7 +64,7 @@ def render_template(name: str, values: dict) -> str:
     with open(os.path.join(HERE, name)) as handle:
         text = handle.read()
     for key, value in values.items():
-        text = text.replace("{{%s}}" % key, str(value))
+        text = text.replace("{{" + key + "}}", str(value))
     if "{{" in text:
         start = text.index("{{")
         raise StackError(f"{name}: no value for {text[start:text.index('}}', start) + 2]}")
@@ -253,7 +253,8 @@ def supervisorctl(directory: str, *arguments: str, check: bool = True) -> str:
         StackError: it failed and ``check`` is true.
     """
     result = subprocess.run(["supervisorctl", "-c", os.path.join(directory, "supervisord.conf"),
-                             *arguments], capture_output=True, text=True, timeout=120)
+                             *arguments], capture_output=True, text=True, timeout=120,
+                            check=False)
     if check and result.returncode != 0:
         raise StackError(f"supervisorctl {' '.join(arguments)}: "
                          f"{(result.stdout + result.stderr).strip()}")
@@ -331,7 +332,8 @@ def up(directory: str, port: int, backends: int, settings: dict, mongodb_uri: st
                        stdout=subprocess.DEVNULL)
         supervisorctl(directory, "start", "indico:*")
         for backend_port in state["ports"]:
-            wait_for(lambda: http_status(f"http://127.0.0.1:{backend_port}/healthCheck") == 200,
+            url = f"http://127.0.0.1:{backend_port}/healthCheck"
+            wait_for(lambda url=url: http_status(url) == 200,
                      f"the backend on port {backend_port} answering its health check")
         supervisorctl(directory, "start", "nginx")
         wait_for(lambda: http_status(f"http://127.0.0.1:{port}/backend/healthCheck") == 200,
@@ -421,8 +423,8 @@ def rolling_restart(directory: str) -> list[dict]:
     for name, backend_port in zip(backend_names(state), state["ports"]):
         started = time.monotonic()
         supervisorctl(directory, "restart", name)
-        wait_for(lambda: http_status(f"http://127.0.0.1:{backend_port}/healthCheck") == 200,
-                 f"{name} answering its health check")
+        url = f"http://127.0.0.1:{backend_port}/healthCheck"
+        wait_for(lambda url=url: http_status(url) == 200, f"{name} answering its health check")
         time.sleep(1.0)  # settle (its pool starts with its first job) before the next
         timings.append({"name": name, "seconds": time.monotonic() - started})
     return timings
