@@ -503,8 +503,10 @@ async def backend_crash(report: Report, st: Stack, users: list[dict]) -> None:
     load = asyncio.ensure_future(run_load(st.port, users, 14.0, recorder, seed=21))
     await asyncio.sleep(4.0)
     victim = st.pids()[name]
-    killed_at = time.time()
     os.kill(victim, signal.SIGKILL)
+    # The crash happens when the kernel has torn the process down and closed
+    # its sockets (milliseconds after kill()), not when kill() was called.
+    killed_at = wait_dead(victim)
     clock = time.monotonic()
     spawned = await wait_until(lambda: st.spawned_after(name.split(":")[1], victim), 10, 0.02)
     started_in = spawned - killed_at if spawned else None
@@ -536,6 +538,14 @@ async def backend_crash(report: Report, st: Stack, users: list[dict]) -> None:
                  len(failures) <= len(in_flight), f"{len(failures)} <= {len(in_flight)}")
     report.check("backend crash: no failure among requests sent after the kill", not after,
                  f"{len(after)} after")
+
+
+def wait_dead(pid: int, timeout: float = 2.0) -> float:
+    """Spin until ``pid`` is gone or a zombie; return that moment (wall clock)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and stack._alive(pid):
+        pass
+    return time.time()
 
 
 def fmt(value):
@@ -648,6 +658,7 @@ async def job_crash(report: Report, st: Stack, user: dict, jobs_count: int = 5) 
     url = f"ws://127.0.0.1:{st.port}/backend/ws/jobs"
     events = [[] for _ in range(2)]
     reconnects = [0, 0]
+    closes = [[], []]
     ids = []
     stop = asyncio.Event()
 
@@ -664,9 +675,12 @@ async def job_crash(report: Report, st: Stack, user: dict, jobs_count: int = 5) 
                         events[index].append(json.loads(message))
                         if ids and set(ids) <= heard(index):
                             return
-            except (OSError, websockets.WebSocketException):
-                reconnects[index] += 1
-                await asyncio.sleep(0.2)
+            except Exception as exc:  # noqa: BLE001 - whatever ended it, connect again
+                closes[index].append(type(exc).__name__)
+            # Closed (its backend died) or failed: connect again. Events of
+            # the time in between are not replayed; the client reads results.
+            reconnects[index] += 1
+            await asyncio.sleep(0.2)
 
     listeners = [asyncio.ensure_future(listen(i)) for i in range(2)]
     await wait_until(lambda: all(any(e.get("event") == "subscribed" for e in ev)
@@ -710,7 +724,12 @@ async def job_crash(report: Report, st: Stack, user: dict, jobs_count: int = 5) 
         documents = {d["_id"]: d for d in db.jobs.find({"_id": {"$in": ids}})}
     finally:
         client.close()
-    all_heard = await wait_until(lambda: all(set(ids) <= heard(i) for i in range(2)), 15)
+    # A client that stayed connected hears every done; one cut off by the
+    # kill hears those after it reconnected and reads the others' results.
+    kept = [i for i in range(2) if reconnects[i] == 0]
+    all_heard = await wait_until(lambda: all(set(ids) <= heard(i) for i in kept), 15)
+    results_read = await read_results(st.port, user, ids) if len(kept) < 2 else True
+    crashed_heard = await wait_until(lambda: all(set(held) <= heard(i) for i in range(2)), 5)
     stop.set()
     for task in listeners:
         task.cancel()
@@ -721,15 +740,35 @@ async def job_crash(report: Report, st: Stack, user: dict, jobs_count: int = 5) 
                f"INDICO_JOB_LEASE={JOB_LEASE:g}; {len(held)} running jobs on the killed backend; "
                f"all {len(ids)} jobs {dict(statuses)} {fmt(finished_in if finished else None)} s "
                f"after the kill (attempts of the killed ones: {retried}); 2 WebSocket clients "
-               f"through nginx heard every done: {bool(all_heard)} (reconnected "
-               f"{sum(reconnects)} times)")
+               f"through nginx: {len(kept)} stayed connected and heard every done: "
+               f"{bool(all_heard)}; every client heard the killed jobs' done: "
+               f"{bool(crashed_heard)}")
     report.check("job crash: every job finishes done", statuses == {"done": len(ids)},
                  f"{dict(statuses)}")
     report.check("job crash: the killed backend's jobs were claimed again", bool(retried) and
                  all(attempts >= 2 for attempts in retried), f"attempts {retried}")
-    report.check("job crash: every WebSocket client receives every done event", bool(all_heard),
+    report.check("job crash: every WebSocket client receives the done event of the killed "
+                 "backend's jobs", bool(crashed_heard) and bool(held), f"{len(held)} jobs")
+    report.check("job crash: a cut-off client reconnects and reads every result",
+                 bool(results_read), f"{len(kept)} of 2 stayed connected")
+    report.check("job crash: every WebSocket client that stayed connected receives every "
+                 "done event", bool(all_heard),
                  f"heard {[len(heard(i)) for i in range(2)]} of {len(ids)}; events "
                  f"{[[(e.get('event'), str(e.get('id'))[-4:]) for e in ev] for ev in events]}")
+
+
+async def read_results(port: int, user: dict, ids: list[str]) -> bool:
+    """True when ``portfolio/result`` says every job of ``ids`` is done."""
+    connection = HTTPConnection(port)
+    try:
+        for job_id in ids:
+            status, _, data = await connection.request("POST", "/backend/portfolio/result",
+                                                       {"id": job_id}, token=user["token"])
+            if status != 200 or json.loads(data)["data"]["status"] != "done":
+                return False
+        return True
+    finally:
+        await connection.close()
 
 
 async def proxy_answers(report: Report, st: Stack, user: dict) -> None:

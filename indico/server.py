@@ -19,6 +19,8 @@ import sys
 import time
 
 import tornado.httpserver
+import tornado.iostream
+import tornado.netutil
 from pymongo.errors import ConnectionFailure
 
 from config import Config
@@ -97,6 +99,27 @@ def start_draining(app):
         handler.set_header("Connection", "close")
 
 
+def stop_listening(server, sockets):
+    """Close the listening ``sockets``, first taking over the connections queued on them.
+
+    Closing a listening socket resets the connections the kernel completed but
+    the server has not accepted yet; nginx may already have sent a request on
+    one, and answers 502 for a POST it sent. They are accepted here, in the
+    same IOLoop step as the close, and served like the others; a connection
+    attempted after the close is refused, which nginx passes to another backend.
+    """
+    for sock in sockets:
+        while True:
+            try:
+                connection, address = sock.accept()
+            except OSError:  # BlockingIOError: nothing more is queued
+                break
+            stream = tornado.iostream.IOStream(connection, max_buffer_size=server.max_buffer_size,
+                                               read_chunk_size=server.read_chunk_size)
+            server.handle_stream(stream, address)
+    server.stop()
+
+
 async def wait_for_requests(app, grace, server=None):
     """Wait until no request is in flight and no client connection is open.
 
@@ -156,7 +179,8 @@ async def serve(config):
         server = DrainingHTTPServer(app, max_body_size=SERVER_MAX_BODY,
                                     max_header_size=SERVER_MAX_HEADER,
                                     idle_connection_timeout=60, body_timeout=30)
-        server.listen(config.port, config.address)
+        sockets = tornado.netutil.bind_sockets(config.port, config.address)
+        server.add_sockets(sockets)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
@@ -170,8 +194,8 @@ async def serve(config):
         # Refused connections are safe: a proxy tries another backend, as
         # nothing was sent. Kept-alive ones are closed by their client after
         # the next answer, or by a proxy's idle timeout (deploy/nginx: 4 s).
-        server.stop()
         start_draining(app)
+        stop_listening(server, sockets)
         await wait_for_requests(app, config.shutdown_grace, server)
         await runner.stop()
         if purger:

@@ -14,8 +14,12 @@ import urllib.error
 import urllib.request
 from http.client import HTTPConnection
 
+import tornado.iostream
+import tornado.netutil
+
 from indico.db.embedded import _free_port, _pid_alive
-from tests.harness import REPO, server_command
+from indico.server import DrainingHTTPServer, stop_listening
+from tests.harness import REPO, ServerTest, server_command
 
 
 def http(method, url, body=None, timeout=10):
@@ -196,3 +200,26 @@ class ServerProcessTest(unittest.TestCase):
         process = self.start(INDICO_PORT="http")
         self.assertNotEqual(process.wait(30), 0)
         self.assertIn("INDICO_PORT", process.stderr.read())
+
+
+class StopListeningTest(ServerTest):
+    """The listening socket's queue at shutdown: served, not reset."""
+
+    def test_a_connection_queued_when_the_server_stops_listening_is_served(self):
+        server = DrainingHTTPServer(self._app)
+        sockets = tornado.netutil.bind_sockets(0, "127.0.0.1")
+        server.add_sockets(sockets)
+        port = sockets[0].getsockname()[1]
+        # The kernel completes the connection; the IOLoop has not accepted it
+        # yet (it does not run until run_sync below).
+        client = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.addCleanup(client.close)
+        client.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        stop_listening(server, sockets)
+        with self.assertRaises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", port), timeout=5)
+        stream = tornado.iostream.IOStream(client)
+        answer = self.io_loop.run_sync(stream.read_until_close, timeout=10)
+        head, _, body = answer.partition(b"\r\n\r\n")
+        self.assertTrue(head.startswith(b"HTTP/1.1 200"), head)
+        self.assertEqual(json.loads(body)["data"]["message"], "Success!")
