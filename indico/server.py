@@ -15,12 +15,14 @@ import gc
 import logging
 import os
 import signal
+import socket
 import sys
 import time
 
 import tornado.httpserver
 import tornado.iostream
 import tornado.netutil
+import tornado.web
 from pymongo.errors import ConnectionFailure
 
 from config import Config
@@ -74,16 +76,16 @@ class DrainingHTTPServer(tornado.httpserver.HTTPServer):
 
     open_connections = 0
 
-    def handle_stream(self, stream, address):
+    def handle_stream(self, stream: tornado.iostream.IOStream, address: tuple) -> None:
         self.open_connections += 1
         super().handle_stream(stream, address)
 
-    def on_close(self, server_conn):
+    def on_close(self, server_conn: object) -> None:
         self.open_connections -= 1
         super().on_close(server_conn)
 
 
-def start_draining(app):
+def start_draining(app: tornado.web.Application) -> None:
     """Make every answer from now on end its connection (``Connection: close``).
 
     A proxy that keeps connections alive (nginx's upstream ``keepalive``) then
@@ -93,13 +95,17 @@ def start_draining(app):
     (``proxy_next_upstream`` without ``non_idempotent``), so the client would
     get a 502. Requests already in flight get the header too, or nginx would
     keep their connections and send more requests on them.
+
+    Args:
+        app: the Application; its ``draining`` setting is read by BaseHandler.
     """
     app.settings["draining"] = True
     for handler in list(app.settings["in_flight"]):
         handler.set_header("Connection", "close")
 
 
-def stop_listening(server, sockets):
+def stop_listening(server: tornado.httpserver.HTTPServer,
+                   sockets: list[socket.socket]) -> None:
     """Close the listening ``sockets``, first taking over the connections queued on them.
 
     Closing a listening socket resets the connections the kernel completed but
@@ -107,6 +113,10 @@ def stop_listening(server, sockets):
     one, and answers 502 for a POST it sent. They are accepted here, in the
     same IOLoop step as the close, and served like the others; a connection
     attempted after the close is refused, which nginx passes to another backend.
+
+    Args:
+        server: the server the sockets were added to.
+        sockets: its listening sockets (from ``tornado.netutil.bind_sockets``).
     """
     for sock in sockets:
         while True:
@@ -120,7 +130,8 @@ def stop_listening(server, sockets):
     server.stop()
 
 
-async def wait_for_requests(app, grace, server=None):
+async def wait_for_requests(app: tornado.web.Application, grace: float,
+                            server: DrainingHTTPServer | None = None) -> None:
     """Wait until no request is in flight and no client connection is open.
 
     Args:
