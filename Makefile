@@ -3,7 +3,7 @@ PYTHON ?= python3
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test install lint clean
+.PHONY: run test install lint clean deploy-up deploy-down deploy-restart deploy-test
 
 $(STAMP): req.txt setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,28 @@ run: $(STAMP)
 ## coverage; a separately started database by INDICO_MONGODB_URI): see tests/run_suite.py
 test: $(STAMP)
 	@$(PY) -m tests.run_suite
+
+## deploy-up: supervisord (BACKENDS indico processes, nx-27017) and nginx on 127.0.0.1:PORT, in DIR
+PORT ?= 8080
+BACKENDS ?= 2
+SETTINGS ?=
+deploy-up: $(STAMP)
+	@test -n "$(DIR)" || { echo "usage: make deploy-up PORT=8080 DIR=/tmp/x [BACKENDS=2]"; exit 2; }
+	$(PY) deploy/stack.py up --dir "$(DIR)" --port $(PORT) --backends $(BACKENDS) $(foreach s,$(SETTINGS),--set $(s))
+
+## deploy-down: stop the stack in DIR; no process is left
+deploy-down: $(STAMP)
+	@test -n "$(DIR)" || { echo "usage: make deploy-down DIR=/tmp/x"; exit 2; }
+	$(PY) deploy/stack.py down --dir "$(DIR)"
+
+## deploy-restart: restart the backends of the stack in DIR one at a time
+deploy-restart: $(STAMP)
+	@test -n "$(DIR)" || { echo "usage: make deploy-restart DIR=/tmp/x"; exit 2; }
+	$(PY) deploy/stack.py restart --dir "$(DIR)"
+
+## deploy-test: load, scaling and fault scenarios through nginx (docs/RELIABILITY.md)
+deploy-test: $(STAMP)
+	$(PY) deploy/reliability.py
 
 lint: $(STAMP)
 	$(PY) -m pip install -q ruff

@@ -3,8 +3,10 @@
 ``main`` reads the configuration, starts (or attaches to) the embedded
 database when no MongoDB URI is set, and restarts it whenever it dies (the
 same port and data, so the client reconnects by itself); creates the indexes,
-serves HTTP, and on SIGTERM or SIGINT stops accepting, lets in-flight requests
-finish (bounded by ``INDICO_SHUTDOWN_GRACE``), stops the embedded database and
+serves HTTP, and on SIGTERM or SIGINT drains: it stops listening, answers every
+further request with ``Connection: close``, waits until in-flight requests have
+finished and clients (a proxy's kept-alive connections) have closed their
+connections (bounded by ``INDICO_SHUTDOWN_GRACE``), stops the embedded database and
 exits 0.
 """
 
@@ -14,9 +16,14 @@ import gc
 import logging
 import os
 import signal
+import socket
 import sys
 import time
 
+import tornado.httpserver
+import tornado.iostream
+import tornado.netutil
+import tornado.web
 from pymongo.errors import ConnectionFailure, PyMongoError
 
 from config import Config
@@ -66,10 +73,81 @@ async def open_database(config):
     return client, client[config.database], embedded
 
 
-async def wait_for_requests(app, grace):
-    """Wait until no request is in flight, for at most ``grace`` seconds."""
+class DrainingHTTPServer(tornado.httpserver.HTTPServer):
+    """An HTTPServer that counts its open connections, so a shutdown can wait for them.
+
+    WebSocket connections stop counting once upgraded (Tornado detaches them).
+    """
+
+    open_connections = 0
+
+    def handle_stream(self, stream: tornado.iostream.IOStream, address: tuple) -> None:
+        self.open_connections += 1
+        super().handle_stream(stream, address)
+
+    def on_close(self, server_conn: object) -> None:
+        self.open_connections -= 1
+        super().on_close(server_conn)
+
+
+def start_draining(app: tornado.web.Application) -> None:
+    """Make every answer from now on end its connection (``Connection: close``).
+
+    A proxy that keeps connections alive (nginx's upstream ``keepalive``) then
+    closes each connection after its answer instead of reusing it. The server
+    must not close a kept-alive connection itself: nginx may be sending a
+    request on it at that moment, and it does not retry a POST it has sent
+    (``proxy_next_upstream`` without ``non_idempotent``), so the client would
+    get a 502. Requests already in flight get the header too, or nginx would
+    keep their connections and send more requests on them.
+
+    Args:
+        app: the Application; its ``draining`` setting is read by BaseHandler.
+    """
+    app.settings["draining"] = True
+    for handler in list(app.settings["in_flight"]):
+        handler.set_header("Connection", "close")
+
+
+def stop_listening(server: tornado.httpserver.HTTPServer,
+                   sockets: list[socket.socket]) -> None:
+    """Close the listening ``sockets``, first taking over the connections queued on them.
+
+    Closing a listening socket resets the connections the kernel completed but
+    the server has not accepted yet; nginx may already have sent a request on
+    one, and answers 502 for a POST it sent. They are accepted here, in the
+    same IOLoop step as the close, and served like the others; a connection
+    attempted after the close is refused, which nginx passes to another backend.
+
+    Args:
+        server: the server the sockets were added to.
+        sockets: its listening sockets (from ``tornado.netutil.bind_sockets``).
+    """
+    for sock in sockets:
+        while True:
+            try:
+                connection, address = sock.accept()
+            except OSError:  # BlockingIOError: nothing more is queued
+                break
+            stream = tornado.iostream.IOStream(connection, max_buffer_size=server.max_buffer_size,
+                                               read_chunk_size=server.read_chunk_size)
+            server.handle_stream(stream, address)
+    server.stop()
+
+
+async def wait_for_requests(app: tornado.web.Application, grace: float,
+                            server: DrainingHTTPServer | None = None) -> None:
+    """Wait until no request is in flight and no client connection is open.
+
+    Args:
+        app: the Application (its ``in_flight`` set).
+        grace: the most seconds to wait.
+        server: the DrainingHTTPServer whose connections must close first;
+            requests only if None.
+    """
     deadline = time.monotonic() + grace
-    while app.settings["in_flight"] and time.monotonic() < deadline:
+    while time.monotonic() < deadline and (
+            app.settings["in_flight"] or (server is not None and server.open_connections)):
         await asyncio.sleep(0.02)
 
 
@@ -131,9 +209,11 @@ async def serve(config):
         # otherwise stall requests for tens of milliseconds (docs/PERFORMANCE.md).
         gc.collect()
         gc.freeze()
-        server = app.listen(config.port, config.address, max_body_size=SERVER_MAX_BODY,
-                            max_header_size=SERVER_MAX_HEADER,
-                            idle_connection_timeout=60, body_timeout=30)
+        server = DrainingHTTPServer(app, max_body_size=SERVER_MAX_BODY,
+                                    max_header_size=SERVER_MAX_HEADER,
+                                    idle_connection_timeout=60, body_timeout=30)
+        sockets = tornado.netutil.bind_sockets(config.port, config.address)
+        server.add_sockets(sockets)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
@@ -142,9 +222,14 @@ async def serve(config):
         log.info("session cache: %s s, change marks in %s (shared by this host's processes)",
                  config.session_cache, config.marks_path)
         await stop.wait()
-        log.info("shutting down: no new connections, waiting for in-flight requests")
-        server.stop()
-        await wait_for_requests(app, config.shutdown_grace)
+        log.info("shutting down: no new connections, waiting for in-flight requests "
+                 "and for %d open connections to close", server.open_connections)
+        # Refused connections are safe: a proxy tries another backend, as
+        # nothing was sent. Kept-alive ones are closed by their client after
+        # the next answer, or by a proxy's idle timeout (deploy/nginx: 4 s).
+        start_draining(app)
+        stop_listening(server, sockets)
+        await wait_for_requests(app, config.shutdown_grace, server)
         await runner.stop()
         if purger:
             purger.cancel()

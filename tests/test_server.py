@@ -12,12 +12,16 @@ import time
 import unittest
 import urllib.error
 import urllib.request
+from http.client import HTTPConnection
 
 import pymongo
 import pymongo.uri_parser
+import tornado.iostream
+import tornado.netutil
 
 from indico.db.embedded import _free_port, _pid_alive
-from tests.harness import REPO, database_uri, needs_embedded, server_command
+from indico.server import DrainingHTTPServer, stop_listening
+from tests.harness import REPO, ServerTest, database_uri, needs_embedded, server_command
 from tests.relay import Relay
 
 
@@ -30,6 +34,20 @@ def http(method, url, body=None, timeout=10):
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as exc:
         return exc.code, json.loads(exc.read())
+
+
+def http_connection(port):
+    """A kept-alive HTTP/1.1 connection to the server on ``port``."""
+    return HTTPConnection("127.0.0.1", port, timeout=20)
+
+
+def exchange(connection, method, path, body=None):
+    """Send one request on ``connection``; return status, lower-cased headers, JSON body."""
+    headers = {"Content-Type": "application/json"} if body is not None else {}
+    connection.request(method, path, body=body, headers=headers)
+    response = connection.getresponse()
+    data = json.loads(response.read())
+    return response.status, {k.lower(): v for k, v in response.getheaders()}, data
 
 
 class ServerProcessTest(unittest.TestCase):
@@ -131,6 +149,51 @@ class ServerProcessTest(unittest.TestCase):
         self.assertNotIn('"level": "ERROR"', log)
 
     @needs_embedded("runs the server on the embedded database it starts and stops")
+    def test_sigterm_drains_kept_alive_connections_instead_of_closing_them(self):
+        # nginx keeps connections to a backend alive and does not retry a POST
+        # sent on one the backend closes: after SIGTERM the server must answer
+        # on them with Connection: close and let the client close them.
+        process = self.start(f"--port={self.port}", INDICO_SHUTDOWN_GRACE="30",
+                             INDICO_ARGON2_TIME_COST="40", INDICO_ARGON2_MEMORY_KIB="65536")
+        self.wait_healthy(process)
+        kept = [http_connection(self.port) for _ in range(3)]
+        for connection in kept:
+            status, headers, _ = exchange(connection, "GET", "/healthCheck")
+            self.assertEqual(status, 200)
+            self.assertNotEqual(headers.get("connection"), "close")
+        # A slow sign-up, sent on a connection the server has accepted, is in
+        # flight or about to be while the server drains.
+        signup = json.dumps({"email": "drain@example.com", "password": "password1"})
+        kept[2].request("POST", "/auth/signup", body=signup,
+                        headers={"Content-Type": "application/json"})
+        process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+            except ConnectionRefusedError:
+                break
+            time.sleep(0.02)
+        else:
+            self.fail("the server kept accepting connections after SIGTERM")
+        status, headers, body = exchange(kept[0], "POST", "/auth/check", "{}")
+        self.assertEqual(status, 401)
+        self.assertEqual(body["error"]["type"], "Unauthorized")
+        self.assertEqual(headers.get("connection"), "close")
+        kept[0].close()
+        response = kept[2].getresponse()
+        self.assertEqual(response.status, 201)
+        self.assertEqual(json.loads(response.read())["data"]["user"]["email"], "drain@example.com")
+        kept[2].close()
+        # The sign-up has finished; the last kept connection is still served.
+        status, headers, body = exchange(kept[1], "GET", "/")
+        self.assertEqual((status, body["data"]["message"]), (200, "Success!"))
+        self.assertEqual(headers.get("connection"), "close")
+        kept[1].close()
+        self.assertEqual(process.wait(30), 0)
+        self.assertIn('"message": "stopped"', process.stderr.read())
+
+    @needs_embedded("runs the server on the embedded database it starts and stops")
     def test_sigint_also_stops_cleanly(self):
         process = self.start(f"--port={self.port}")
         self.wait_healthy(process)
@@ -173,3 +236,26 @@ class ServerProcessTest(unittest.TestCase):
         process = self.start(INDICO_PORT="http")
         self.assertNotEqual(process.wait(30), 0)
         self.assertIn("INDICO_PORT", process.stderr.read())
+
+
+class StopListeningTest(ServerTest):
+    """The listening socket's queue at shutdown: served, not reset."""
+
+    def test_a_connection_queued_when_the_server_stops_listening_is_served(self):
+        server = DrainingHTTPServer(self._app)
+        sockets = tornado.netutil.bind_sockets(0, "127.0.0.1")
+        server.add_sockets(sockets)
+        port = sockets[0].getsockname()[1]
+        # The kernel completes the connection; the IOLoop has not accepted it
+        # yet (it does not run until run_sync below).
+        client = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.addCleanup(client.close)
+        client.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        stop_listening(server, sockets)
+        with self.assertRaises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", port), timeout=5)
+        stream = tornado.iostream.IOStream(client)
+        answer = self.io_loop.run_sync(stream.read_until_close, timeout=10)
+        head, _, body = answer.partition(b"\r\n\r\n")
+        self.assertTrue(head.startswith(b"HTTP/1.1 200"), head)
+        self.assertEqual(json.loads(body)["data"]["message"], "Success!")

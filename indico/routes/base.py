@@ -135,6 +135,10 @@ class BaseHandler(tornado.web.RequestHandler):
         self.set_header("Content-Type", "application/json; charset=UTF-8")
         self.set_header("X-Content-Type-Options", "nosniff")
         self.set_header("Cache-Control", "no-store")
+        if self.application.settings.get("draining"):
+            # The server is stopping: the client (nginx) must not reuse this
+            # connection (see indico.server.start_draining).
+            self.set_header("Connection", "close")
 
     @property
     def allowed_origin(self):
