@@ -12,22 +12,28 @@ from indico.routes.base import DATABASE_RETRY_AFTER, BaseHandler
 
 SWAGGER_STATIC = os.path.join(os.path.dirname(swagger_ui.__file__), "static")
 
+# Relative URLs only, so that the page also works behind a proxy's prefix
+# (deploy/nginx serves indico under /backend/): {assets} and {spec} depend on
+# whether the page was asked for as .../docs or .../docs/.
 DOCS_PAGE = """<!doctype html>
 <html lang="en">
 <head>
 <meta charset="utf-8">
 <title>indico API</title>
-<link rel="stylesheet" href="/docs/static/swagger-ui.css">
+<link rel="stylesheet" href="{assets}swagger-ui.css">
 </head>
 <body>
-<div id="docs"></div>
-<script src="/docs/static/swagger-ui-bundle.js"></script>
-<script src="/docs/static/docs-init.js"></script>
+<div id="docs" data-spec="{spec}openapi.json"></div>
+<script src="{assets}swagger-ui-bundle.js"></script>
+<script src="{assets}docs-init.js"></script>
 </body>
 </html>
 """
 
-DOCS_INIT = """window.ui = SwaggerUIBundle({url: "/openapi.json", dom_id: "#docs"});\n"""
+DOCS_INIT = (
+    "const docs = document.getElementById('docs');\n"
+    "window.ui = SwaggerUIBundle({url: docs.dataset.spec, dom_id: '#docs'});\n"
+)
 
 
 class RootHandler(BaseHandler):
@@ -67,7 +73,9 @@ class DocsHandler(BaseHandler):
             "Content-Security-Policy",
             "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'",
         )
-        self.finish(DOCS_PAGE)
+        below = self.request.path.endswith("/")
+        self.finish(DOCS_PAGE.format(assets="static/" if below else "docs/static/",
+                                     spec="../" if below else ""))
 
 
 class DocsInitHandler(BaseHandler):

@@ -1,9 +1,11 @@
 """The plain GET routes: banner, health check, OpenAPI document, docs page."""
 
 import json
+import re
 import shutil
 import tempfile
 import time
+import urllib.parse
 
 from indico import __version__
 from indico.app import make_app
@@ -69,7 +71,24 @@ class RootTest(ServerTest):
         self.assertEqual(status, 200)
         self.assertGreater(len(response.body), 100000)
         status, _, response = self.request("GET", "/docs/static/docs-init.js")
-        self.assertIn(b"/openapi.json", response.body)
+        self.assertIn(b"docs.dataset.spec", response.body)
+
+    def test_docs_page_links_are_relative_so_a_proxy_prefix_works(self):
+        # Resolved against /backend/docs and /backend/docs/, as behind deploy/nginx.
+        for path, page in (("/docs", "http://proxy/backend/docs"),
+                           ("/docs/", "http://proxy/backend/docs/")):
+            with self.subTest(path=path):
+                status, _, response = self.request("GET", path)
+                self.assertEqual(status, 200)
+                html = response.body.decode()
+                links = re.findall(r'(?:href|src|data-spec)="([^"]+)"', html)
+                self.assertEqual(len(links), 4, html)
+                resolved = {urllib.parse.urljoin(page, link) for link in links}
+                self.assertEqual(resolved, {
+                    "http://proxy/backend/docs/static/swagger-ui.css",
+                    "http://proxy/backend/docs/static/swagger-ui-bundle.js",
+                    "http://proxy/backend/docs/static/docs-init.js",
+                    "http://proxy/backend/openapi.json"})
 
     def test_docs_static_cannot_escape(self):
         status, _, response = self.request("GET", "/docs/static/../../../config.py")
