@@ -17,7 +17,9 @@ from indico.routes.ws import JobEventsHandler
 from indico.services import Services
 from indico.services.auth import AuthService
 from indico.services.passwords import Passwords
-from indico.services.portfolio import JobEvents, PortfolioService
+from indico.services.events import JobEvents
+from indico.services.jobs import JobService
+from indico.services.portfolio import PortfolioService
 from indico.services.prices import PriceService
 from indico.services.users import UsersService
 from indico.utils.logs import log_request
@@ -45,7 +47,8 @@ def build_services(config, db, cpu_executor, pool=None, passwords=None):
         auth=auth,
         users=UsersService(db, passwords, auth, marks),
         prices=prices,
-        portfolio=PortfolioService(db, config, prices, events, pool),
+        portfolio=PortfolioService(db, config),
+        jobs=JobService(db, config, prices, events, pool),
         events=events,
     )
 

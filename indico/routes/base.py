@@ -482,7 +482,7 @@ class ActionHandler(BaseHandler):
             raise error.BadRequest(
                 f"the body must be a JSON object, not {type(document).__name__}"
             )
-        return validate(model, document)
+        return validate(model, document, context={"config": self.config})
 
 
 def _reject_constant(name):
@@ -531,14 +531,18 @@ def _field_name(location):
     return ".".join(str(part) for part in location) or "body"
 
 
-def validate(model, document):
+def validate(model, document, context=None):
     """Validate ``document`` with ``model``; on failure name every bad field.
+
+    Args:
+        context: pydantic's validation context (the request models read
+            their limits from ``context["config"]``).
 
     Raises:
         ValidationError: message of the first problem, ``field`` and ``errors``.
     """
     try:
-        return model.model_validate(document)
+        return model.model_validate(document, context=context)
     except pydantic.ValidationError as exc:
         problems = [
             {"field": _field_name(item["loc"]), "message": _problem(item)}
