@@ -16,9 +16,9 @@ from indico.routes.user import UserHandler
 from indico.routes.ws import JobEventsHandler
 from indico.services import Services
 from indico.services.auth import AuthService
-from indico.services.passwords import Passwords
 from indico.services.events import JobEvents
 from indico.services.jobs import JobService
+from indico.services.passwords import Passwords
 from indico.services.portfolio import PortfolioService
 from indico.services.prices import PriceService
 from indico.services.users import UsersService

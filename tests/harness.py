@@ -56,6 +56,7 @@ def shared_pool():
     if "pool" not in _server:
         from indico.services.jobs import create_pool
         _server["pool"] = create_pool(2)
+        _server["pool"].start()  # the workers import the engine while the first tests run
         atexit.register(_server["pool"].shutdown, wait=False, cancel_futures=True)
     return _server["pool"]
 

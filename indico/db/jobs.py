@@ -1,5 +1,11 @@
 """The ``jobs`` collection: one document per optimization (queued -> running -> done | failed).
 
+Written by :mod:`indico.services.jobs` (``portfolio/optimize``'s steps 2 and 4:
+:func:`create_job`, then :func:`complete_job`, whose answer is the stored job
+the request gets back and :mod:`indico.services.events` announces), claimed
+by any process's job runner (:func:`claim_job`), read and deleted by
+:mod:`indico.services.portfolio`.
+
 Stored shape: ``_id`` (24 hex characters, a string), ``owner`` (the user's id
 as a string), ``status``, ``params`` (the normalized request), ``events``
 (a list of ``{"id", "event", "at"}``, one per transition, read by the event

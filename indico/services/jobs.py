@@ -152,12 +152,16 @@ class WorkerPool:
         self.pool = self._new_pool()
 
     def _new_pool(self) -> pebble.ProcessPool:
-        pool = pebble.ProcessPool(max_workers=self.workers, initializer=start_worker,
+        return pebble.ProcessPool(max_workers=self.workers, initializer=start_worker,
                                   initargs=(self.lifeline,), context=self.context)
-        # The first task starts every worker, and a worker takes seconds to
-        # import the engine: start them now, not with the first request.
-        pool.schedule(os.getpid)
-        return pool
+
+    def start(self) -> None:
+        """Start the workers now rather than with the first task.
+
+        pebble starts every worker when the first task is scheduled, and a
+        worker takes seconds to import the engine; a trivial task starts them.
+        """
+        self.pool.schedule(os.getpid)
 
     async def run(self, function: Callable[..., Any], *args: Any,
                   timeout: float | None = None) -> Any:

@@ -139,17 +139,17 @@ class OptimizeTest(PortfolioTest):
 
     def test_bounds_that_cannot_sum_to_1_are_refused_with_advice_that_helps(self):
         cases = [
-            ([0.9, 1], "weightBounds: with 3 symbols and a lower bound of 0.9 the weights total "
-             "at least 2.7, more than 1; lower the lower bound to at most 0.333333, or give "
-             "at most 1 symbol"),
-            ([0.4, 1], "weightBounds: with 3 symbols and a lower bound of 0.4 the weights total "
-             "at least 1.2, more than 1; lower the lower bound to at most 0.333333, or give "
-             "at most 2 symbols"),
-            ([0, 0.2], "weightBounds: with 3 symbols and an upper bound of 0.2 the weights total "
-             "at most 0.6, less than 1; raise the upper bound to at least 0.333333, or give "
-             "at least 5 symbols"),
-            ([0, 0], "weightBounds: with 3 symbols and an upper bound of 0 the weights total "
-             "at most 0, less than 1; raise the upper bound to at least 0.333333"),
+            ([0.9, 1], ("weightBounds: with 3 symbols and a lower bound of 0.9 the weights "
+                        "total at least 2.7, more than 1; lower the lower bound to at most "
+                        "0.333333, or give at most 1 symbol")),
+            ([0.4, 1], ("weightBounds: with 3 symbols and a lower bound of 0.4 the weights "
+                        "total at least 1.2, more than 1; lower the lower bound to at most "
+                        "0.333333, or give at most 2 symbols")),
+            ([0, 0.2], ("weightBounds: with 3 symbols and an upper bound of 0.2 the weights "
+                        "total at most 0.6, less than 1; raise the upper bound to at least "
+                        "0.333333, or give at least 5 symbols")),
+            ([0, 0], ("weightBounds: with 3 symbols and an upper bound of 0 the weights total "
+                      "at most 0, less than 1; raise the upper bound to at least 0.333333")),
         ]
         for bounds, message in cases:
             with self.subTest(bounds=bounds):

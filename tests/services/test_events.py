@@ -68,8 +68,11 @@ class ClockSkewTest(unittest.IsolatedAsyncioTestCase):
     async def asyncSetUp(self):
         self.client = create_client(database_uri(), timeout=5)
         self.db = self.client[f"test_{uuid.uuid4().hex[:20]}"]
+        # A cleanup, not asyncTearDown: cleanups run last-in first-out after
+        # it, so the tests' pollers (cleanups registered later) stop first.
+        self.addAsyncCleanup(self.drop)
 
-    async def asyncTearDown(self):
+    async def drop(self):
         await self.client.drop_database(self.db.name)
         await self.client.close()
 
