@@ -327,6 +327,9 @@ class TimeLimitTest(PortfolioTest):
         from tests.harness import CPU_EXECUTOR
         from tests.workloads import stall_on_min_volatility
         self.pool = WorkerPool(2)
+        # Started here, with a generous deadline: a worker takes seconds to import
+        # the engine on a busy machine, more than a request's 5 s.
+        self.pool.pool.schedule(os.getpid).result(timeout=60)
         services = build_services(self.config, self.db, CPU_EXECUTOR, self.pool)
         services.jobs = JobService(self.db, self.config, services.prices, services.events,
                                    self.pool, work=stall_on_min_volatility)
@@ -362,6 +365,16 @@ class TimeLimitTest(PortfolioTest):
         status, body = self.optimize()
         self.assertEqual(status, 200, body)
         self.assertEqual(body["data"]["status"], "done")
+
+    def test_a_job_whose_worker_died_fails_and_the_pool_serves_the_next(self):
+        message = "the worker process died; try again"
+        error = self.assertError(self.optimize({**SEED_BODY, "objective": "equal_weight"}),
+                                 422, "Unprocessable", message)
+        [job] = self.find("jobs")
+        self.assertEqual(error, {"type": "Unprocessable", "message": message, "id": job["_id"]})
+        self.assertEqual((job["status"], job["error"]), ("failed", message))
+        status, body = self.optimize()
+        self.assertEqual(status, 200, body)
 
 
 class CommandBudgetTest(PortfolioTest):
