@@ -152,7 +152,7 @@ class Wrk:
 def engine_rate(frame, benchmark, params, seconds, workers=2, in_flight=8):
     """Optimizations/s of the server's pool function, pool of ``workers``, ``in_flight`` queued."""
     from indico.optimization import configure_worker
-    from indico.services.portfolio import run_optimization
+    from indico.services.jobs import run_optimization
     with concurrent.futures.ProcessPoolExecutor(
             max_workers=workers, initializer=configure_worker,
             mp_context=multiprocessing.get_context("forkserver")) as pool:

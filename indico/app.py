@@ -17,8 +17,10 @@ from indico.routes.user import UserHandler
 from indico.routes.ws import JobEventsHandler
 from indico.services import Services
 from indico.services.auth import AuthService
+from indico.services.events import JobEvents
+from indico.services.jobs import JobService
 from indico.services.passwords import Passwords
-from indico.services.portfolio import JobEvents, PortfolioService
+from indico.services.portfolio import PortfolioService
 from indico.services.price_catalog import PriceCatalog
 from indico.services.sessions import SessionStore
 from indico.services.users import UsersService
@@ -56,7 +58,8 @@ def build_services(config, db, cpu_executor, pool=None, passwords=None, *, clock
         auth=auth,
         users=UsersService(db, passwords, auth, sessions),
         prices=prices,
-        portfolio=PortfolioService(db, config, prices, events, pool),
+        portfolio=PortfolioService(db, config),
+        jobs=JobService(db, config, prices, events, pool),
         events=events,
     )
 

@@ -32,7 +32,7 @@ from indico.app import make_app
 from indico.db import create_client, ensure_indexes, purge_all_expired
 from indico.db.embedded import EmbeddedServer
 from indico.error import ConfigError, StartupError
-from indico.services.portfolio import JobRunner
+from indico.services.jobs import JobRunner
 from indico.services.price_import import PriceImporter
 from indico.utils.logs import describe_database_error, setup_logging
 
@@ -202,7 +202,7 @@ async def serve(config):
             for summary in await PriceImporter(db).load_sample_prices_if_empty():
                 log.info("loaded sample prices: %s", summary.describe())
         services = app.settings["services"]
-        runner = JobRunner(services.portfolio)
+        runner = JobRunner(services.jobs)
         runner.start()
         # What exists now (modules, the app, the sample prices) lives as long as
         # the process: keep it out of the collector's full passes, which
@@ -234,7 +234,7 @@ async def serve(config):
         if purger:
             purger.cancel()
         await services.events.stop()
-        await services.portfolio.stop()
+        await services.jobs.stop()
         await asyncio.wait_for(server.close_all_connections(), 2.0)
         app.settings["cpu_executor"].shutdown(wait=False, cancel_futures=True)
     finally:

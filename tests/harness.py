@@ -58,8 +58,9 @@ CPU_EXECUTOR = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_
 def shared_pool():
     """One optimization process pool for the whole run (worker start-up is slow)."""
     if "pool" not in _server:
-        from indico.services.portfolio import create_pool
+        from indico.services.jobs import create_pool
         _server["pool"] = create_pool(2)
+        _server["pool"].start()  # the workers import the engine while the first tests run
         atexit.register(_server["pool"].shutdown, wait=False, cancel_futures=True)
     return _server["pool"]
 
@@ -225,10 +226,10 @@ class ServerTest(AsyncHTTPTestCase):
         services = self._app.settings.get("services")
 
         async def drop():
-            if services is not None and services.portfolio is not None:
+            if services is not None and services.jobs is not None:
                 await services.events.stop()
-                await services.portfolio.stop(shutdown_pool=services.portfolio.pool
-                                              is not _server.get("pool"))
+                await services.jobs.stop(shutdown_pool=services.jobs.pool
+                                         is not _server.get("pool"))
             await self.client.drop_database(self.db_name)
             await self.client.close()
         self.io_loop.run_sync(drop)

@@ -1,5 +1,11 @@
 """The ``jobs`` collection: one document per optimization (queued -> running -> done | failed).
 
+Written by :mod:`indico.services.jobs` (``portfolio/optimize``'s steps 2 and 4:
+:func:`create_job`, then :func:`complete_job`, whose answer is the stored job
+the request gets back and :mod:`indico.services.events` announces), claimed
+by any process's job runner (:func:`claim_job`), read and deleted by
+:mod:`indico.services.portfolio`.
+
 Stored shape: ``_id`` (24 hex characters, a string), ``owner`` (the user's id
 as a string), ``status``, ``params`` (the normalized request), ``events``
 (a list of ``{"id", "event", "at"}``, one per transition, read by the event
@@ -117,24 +123,23 @@ async def renew_lease(db, job_id, worker, lease):
     return bool(result.matched_count)
 
 
-async def complete_job(db, job, worker, status, event, **fields):
+async def complete_job(db, job, worker, status, **fields):
     """Mark ``job`` done or failed with ``fields`` (``result`` or ``error``), if still ``worker``'s.
 
+    The write appends the ``status`` event to the job's events.
+
     Returns:
-        the updated document, or None when another worker took the job over
-        (or it was deleted) meanwhile.
+        the job as stored by this write (the server's answer), or None when
+        another worker took the job over (or it was deleted) meanwhile.
     """
-    events = job["events"] + [event]
-    result = await journaled(db, "jobs").update_one(
+    events = job["events"] + [new_event(status)]
+    return await journaled(db, "jobs").find_one_and_update(
         {"_id": job["_id"], "status": RUNNING, "lease_owner": worker},
         {"$set": {"status": status, "updated": time.time(), "events": events,
                   "lease_owner": None, "lease_expires": 0.0, **fields},
-         "$unset": {"slot": ""}})
-    if not result.matched_count:
-        return None
-    finished = {**job, "status": status, "events": events, **fields}
-    finished.pop("slot", None)
-    return finished
+         "$unset": {"slot": ""}},
+        return_document=ReturnDocument.AFTER,
+    )
 
 
 async def get_job(db, owner, job_id):

@@ -177,7 +177,9 @@ class ActionHandler(BaseHandler):
             self.user = await self.services.auth.authenticate(self.bearer_token())
         document = parse_body(b"".join(self.chunks), self.request.headers.get("Content-Type", ""),
                               self.config.json_max_depth)
-        result = await spec.function(self, validate(spec.request, document))
+        # The request models read their limits (INDICO_MAX_SYMBOLS, ...) from the context.
+        body = validate(spec.request, document, context={"config": self.config})
+        result = await spec.function(self, body)
         status = spec.status
         if isinstance(result, Reply):
             status, result = result.status, result.data

@@ -1,11 +1,20 @@
 """``/portfolio/<action>``: optimize, and the saved results.
 
-``portfolio/optimize`` takes the seed's body as it was written (camelCase,
-dates ``MM-DD-YY``) and its snake_case spelling; both are normalized into the
-``params`` stored with the job (ISO dates, upper-case symbols).
+``portfolio/optimize`` starts here: it takes the seed's body as it was written
+(camelCase, dates ``MM-DD-YY``) and its snake_case spelling, and
+:class:`OptimizeRequest` checks every rule of the request (at most
+``INDICO_MAX_SYMBOLS`` symbols, each once; start before end, within
+``INDICO_MAX_RANGE_YEARS``; the target an objective needs; bounds that can sum
+to 1), with the limits from pydantic's validation context, before any work.
+The normalized ``params`` (ISO dates, upper-case symbols) go to
+:meth:`indico.services.jobs.JobService.optimize`, which creates, runs and waits
+for the job and hands back the stored job: 200 when it is done, 202 while it
+runs. ``result``, ``list`` and ``delete`` read the saved results through
+:mod:`indico.services.portfolio`.
 """
 
 import datetime
+import math
 from typing import Annotated
 
 from pydantic import (
@@ -15,10 +24,15 @@ from pydantic import (
     ConfigDict,
     Field,
     StringConstraints,
+    ValidationInfo,
     WithJsonSchema,
     field_validator,
+    model_validator,
 )
+from pydantic_core import PydanticCustomError
 
+from config import Config
+from indico import error
 from indico.optimization import Objective
 from indico.routes.actions import ActionHandler, Reply, action
 from indico.routes.models import Empty, Request, Symbol
@@ -51,8 +65,56 @@ def _alias(*names):
     return Field(validation_alias=AliasChoices(*names))
 
 
+def _config(info: ValidationInfo) -> Config:
+    """The Config whose limits apply: the validation context's, else the defaults."""
+    config = (info.context or {}).get("config")
+    return config if config is not None else Config()
+
+
+# Sums of bounds within this of 1 count as 1, as in the engine's own check
+# (indico.optimization.frontier.check_bounds).
+BOUNDS_TOLERANCE = 1e-12
+
+
+def bounds_problem(count: int, low: float, high: float, max_symbols: int) -> str | None:
+    """Say why ``count`` weights within ``[low, high]`` cannot sum to 1, and what helps.
+
+    Args:
+        count: the number of symbols, n.
+        low, high: the bounds of every weight, 0 <= low <= high <= 1.
+        max_symbols: the most symbols a request may have.
+
+    Returns:
+        the message, or None when n·low <= 1 <= n·high.
+    """
+    if count * low > 1 + BOUNDS_TOLERANCE:
+        # More symbols raise the least total; only a lower bound or fewer symbols help.
+        fewest = math.floor((1 + BOUNDS_TOLERANCE) / low)
+        return (f"weightBounds: with {count} symbols and a lower bound of {low:g} the weights "
+                f"total at least {count * low:.6g}, more than 1; lower the lower bound to at "
+                f"most {1 / count:.6g}, or give at most {fewest} "
+                f"symbol{'s' * (fewest != 1)}")
+    if count * high < 1 - BOUNDS_TOLERANCE:
+        advice = f"raise the upper bound to at least {1 / count:.6g}"
+        needed = math.ceil((1 - BOUNDS_TOLERANCE) / high) if high > 0 else None
+        if needed is not None and needed <= max_symbols:
+            advice += f", or give at least {needed} symbols"
+        return (f"weightBounds: with {count} symbol{'s' * (count != 1)} and an upper bound "
+                f"of {high:g} the weights total at most {count * high:.6g}, less than 1; "
+                f"{advice}")
+    return None
+
+
 class OptimizeRequest(Request):
-    """The seed's request, plus the engine's options."""
+    """The seed's request, plus the engine's options, and every rule of the request.
+
+    Rules of one field are pydantic errors (400, naming the field as sent).
+    Rules across fields raise indico's own errors, which pydantic lets through
+    (it collects only ValueError, AssertionError and its own errors), so that
+    they name the wire field they are about and keep their status: bounds that
+    cannot sum to 1 are the same 422 ``OptimizationError`` as the engine's.
+    Limits come from ``context["config"]`` (the defaults without a context).
+    """
 
     model_config = ConfigDict(extra="forbid", strict=True, populate_by_name=False)
 
@@ -77,6 +139,20 @@ class OptimizeRequest(Request):
         validation_alias=AliasChoices("targetVolatility", "target_volatility"))
     wait: bool = True
 
+    @field_validator("symbols")
+    @classmethod
+    def _symbols(cls, symbols, info: ValidationInfo):
+        limit = _config(info).max_symbols
+        if len(symbols) > limit:
+            raise PydanticCustomError(
+                "too_many_symbols", "at most {limit} symbols per request (got {count})",
+                {"limit": limit, "count": len(symbols)})
+        duplicates = sorted({symbol for symbol in symbols if symbols.count(symbol) > 1})
+        if duplicates:
+            raise PydanticCustomError("duplicate_symbols", "listed more than once: {symbols}",
+                                      {"symbols": ", ".join(duplicates)})
+        return symbols
+
     @field_validator("weight_bounds")
     @classmethod
     def _bounds(cls, bounds):
@@ -84,6 +160,29 @@ class OptimizeRequest(Request):
         if not (0 <= low <= high <= 1):
             raise ValueError("give [low, high] with 0 <= low <= high <= 1 (no short selling)")
         return bounds
+
+    @model_validator(mode="after")
+    def _across_fields(self, info: ValidationInfo):
+        config = _config(info)
+        start, end = self.start_date, self.end_date
+        if start >= end:
+            raise error.ValidationError(f"startDate ({start}) must be before endDate ({end})",
+                                        field="startDate")
+        span = (datetime.date.fromisoformat(end) - datetime.date.fromisoformat(start)).days
+        if span > 366 * config.max_range_years:
+            raise error.ValidationError(
+                f"endDate: the range may span at most {config.max_range_years} years",
+                field="endDate")
+        for needed, value, field in (
+                (Objective.EFFICIENT_RETURN, self.target_return, "targetReturn"),
+                (Objective.EFFICIENT_RISK, self.target_volatility, "targetVolatility")):
+            if self.objective == needed and value is None:
+                raise error.ValidationError(f"{field}: required by objective {needed.value}",
+                                            field=field)
+        problem = bounds_problem(len(self.symbols), *self.weight_bounds, config.max_symbols)
+        if problem:
+            raise error.OptimizationError(problem, field="weightBounds")
+        return self
 
     def params(self):
         """The normalized parameters stored with the job."""
@@ -158,9 +257,8 @@ class PortfolioHandler(ActionHandler):
         ``wait`` is false or the job outlasts the configured wait; follow it
         with portfolio/result or the /ws/jobs WebSocket.
         """
-        status, job = await self.services.portfolio.optimize(self.owner, body.params(),
-                                                             wait=body.wait)
-        return Reply(status, JobPublic.from_document(job))
+        job = await self.services.jobs.optimize(self.owner, body.params(), wait=body.wait)
+        return Reply(200 if job["status"] == "done" else 202, JobPublic.from_document(job))
 
     @action(request=IdRequest, response=JobPublic)
     async def result(self, body):

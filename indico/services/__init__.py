@@ -15,4 +15,5 @@ class Services:
     users: object
     prices: object = None
     portfolio: object = None
+    jobs: object = None
     events: object = None

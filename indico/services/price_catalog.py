@@ -159,7 +159,8 @@ class PriceCatalog:
         unknown = [symbol for symbol in symbols if symbol not in catalog.entries]
         if unknown:
             raise error.UnknownSymbols(
-                f"no prices for {', '.join(unknown)}; prices/symbols lists the stored symbols",
+                f"no prices for {', '.join(unknown)}; prices/symbols lists the stored symbols; "
+                "add prices with indico-prices import FILE",
                 symbols=unknown)
 
     async def get_frame(self, symbols: Sequence[str], start: DateLike,

@@ -49,13 +49,12 @@ class JobsTest(ServerTest):
         self.assertEqual((taken["_id"], taken["lease_owner"], taken["attempts"]),
                          (job["_id"], "w2", 2))
         self.assertFalse(self.run_async(jobs.renew_lease, job["_id"], "dead", 30))
-        late = self.run_async(jobs.complete_job, job, "dead", jobs.DONE,
-                              jobs.new_event(jobs.DONE), result={"x": 1})
+        late = self.run_async(jobs.complete_job, job, "dead", jobs.DONE, result={"x": 1})
         self.assertIsNone(late)
-        done = self.run_async(jobs.complete_job, taken, "w2", jobs.DONE,
-                              jobs.new_event(jobs.DONE), result={"x": 2})
+        done = self.run_async(jobs.complete_job, taken, "w2", jobs.DONE, result={"x": 2})
         self.assertEqual(done["status"], "done")
         [stored] = self.find("jobs")
+        self.assertEqual(done, stored)  # the write answers with the stored job
         self.assertEqual((stored["status"], stored["result"]), ("done", {"x": 2}))
         self.assertEqual([event["event"] for event in stored["events"]],
                          ["queued", "running", "running", "done"])
@@ -84,8 +83,7 @@ class JobsTest(ServerTest):
         self.run_async(jobs.create_job, "a", PARAMS, 2)
         self.assertIsNone(self.run_async(jobs.create_job, "a", PARAMS, 2))
         self.assertIsNotNone(self.run_async(jobs.create_job, "b", PARAMS, 2))  # per user
-        self.run_async(jobs.complete_job, first, "w1", jobs.DONE, jobs.new_event(jobs.DONE),
-                       result={})
+        self.run_async(jobs.complete_job, first, "w1", jobs.DONE, result={})
         again = self.run_async(jobs.create_job, "a", PARAMS, 2)
         self.assertEqual(again["slot"], "a:0")
         done = [job for job in self.find("jobs") if job["_id"] == first["_id"]][0]

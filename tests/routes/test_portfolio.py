@@ -129,6 +129,65 @@ class OptimizeTest(PortfolioTest):
         self.assertEqual(done["status"], "done")
         self.assertEqual(set(done["allocations"]), {"AAPL", "MSFT", "JPM"})
 
+    def test_wait_false_for_an_impossible_problem_answers_202_and_the_job_fails(self):
+        status, body = self.optimize({**SEED_BODY, "objective": "efficient_return",
+                                      "targetReturn": 5, "wait": False})
+        self.assertEqual(status, 202, body)
+        failed = self.wait_done(body["data"]["id"])
+        self.assertEqual(failed["status"], "failed")
+        self.assertIn("targetReturn", failed["error"])
+
+    def test_bounds_that_cannot_sum_to_1_are_refused_with_advice_that_helps(self):
+        cases = [
+            ([0.9, 1], ("weightBounds: with 3 symbols and a lower bound of 0.9 the weights "
+                        "total at least 2.7, more than 1; lower the lower bound to at most "
+                        "0.333333, or give at most 1 symbol")),
+            ([0.4, 1], ("weightBounds: with 3 symbols and a lower bound of 0.4 the weights "
+                        "total at least 1.2, more than 1; lower the lower bound to at most "
+                        "0.333333, or give at most 2 symbols")),
+            ([0, 0.2], ("weightBounds: with 3 symbols and an upper bound of 0.2 the weights "
+                        "total at most 0.6, less than 1; raise the upper bound to at least "
+                        "0.333333, or give at least 5 symbols")),
+            ([0, 0], ("weightBounds: with 3 symbols and an upper bound of 0 the weights total "
+                      "at most 0, less than 1; raise the upper bound to at least 0.333333")),
+        ]
+        for bounds, message in cases:
+            with self.subTest(bounds=bounds):
+                error = self.bad({**SEED_BODY, "weightBounds": bounds}, 422,
+                                 "OptimizationError", message)
+                self.assertEqual(error, {"type": "OptimizationError", "message": message,
+                                         "field": "weightBounds"})
+        # Feasible at the edge: 4 × 0.25 is exactly 1.
+        status, body = self.optimize({**SEED_BODY, "symbols": SYMBOLS[:4],
+                                      "weightBounds": [0.25, 1]})
+        self.assertEqual(status, 200, body)
+
+    def test_unknown_symbols_say_how_to_add_prices(self):
+        message = ("no prices for GOOG, FB; prices/symbols lists the stored symbols; "
+                   "add prices with indico-prices import FILE")
+        error = self.bad({**SEED_BODY, "symbols": ["AAPL", "GOOG", "FB"]}, 422,
+                         "UnknownSymbols", message)
+        self.assertEqual(error, {"type": "UnknownSymbols", "message": message,
+                                 "symbols": ["GOOG", "FB"]})
+
+    def test_the_request_rules_name_the_field_as_the_api_spells_it(self):
+        cases = [
+            ({**SEED_BODY, "symbols": ["AAPL", "aapl", "MSFT", "msft"]},
+             "symbols: listed more than once: AAPL, MSFT", "symbols"),
+            ({**SEED_BODY, "startDate": "03-20-16", "endDate": "01-01-12"},
+             "startDate (2016-03-20) must be before endDate (2012-01-01)", "startDate"),
+            ({**SEED_BODY, "startDate": "1950-01-01"},
+             "endDate: the range may span at most 40 years", "endDate"),
+            ({**SEED_BODY, "objective": "efficient_return"},
+             "targetReturn: required by objective efficient_return", "targetReturn"),
+            ({**SEED_BODY, "objective": "efficient_risk"},
+             "targetVolatility: required by objective efficient_risk", "targetVolatility"),
+        ]
+        for body, message, field in cases:
+            with self.subTest(message=message):
+                error = self.bad(body, 400, "ValidationError", message)
+                self.assertEqual((error["message"], error["field"]), (message, field))
+
     def bad(self, body, status, error_type, part):
         before = self.snapshot("jobs")
         error = self.assertError(self.optimize(body), status, error_type, part)
@@ -256,24 +315,66 @@ class LimitsTest(PortfolioTest):
 
 
 class TimeLimitTest(PortfolioTest):
+    """A stuck job fails at the time limit; only its worker is killed."""
 
-    settings = {"job_time_limit": 0.001, "workers": 1}
+    settings = {"job_time_limit": 1.0, "workers": 2}
 
     def make_app(self):
-        # A pool of its own: the time limit kills the pool's processes.
-        from indico.app import make_app
+        # A pool of its own (a worker is killed), and workers that never finish
+        # a min_volatility job: stuck however fast the machine is.
+        from indico.app import build_services, make_app
+        from indico.services.jobs import JobService, WorkerPool
         from tests.harness import CPU_EXECUTOR
-        return make_app(self.config, self.db, cpu_executor=CPU_EXECUTOR)
+        from tests.workloads import stall_on_min_volatility
+        self.pool = WorkerPool(2)
+        # Started here, with a generous deadline: a worker takes seconds to import
+        # the engine on a busy machine, more than a request's 5 s.
+        self.pool.pool.schedule(os.getpid).result(timeout=60)
+        services = build_services(self.config, self.db, CPU_EXECUTOR, self.pool)
+        services.jobs = JobService(self.db, self.config, services.prices, services.events,
+                                   self.pool, work=stall_on_min_volatility)
+        return make_app(self.config, self.db, cpu_executor=CPU_EXECUTOR, services=services)
 
-    def test_a_job_over_the_time_limit_fails_clearly(self):
-        status, body = self.optimize({**SEED_BODY, "objective": "buy_and_hold_sharpe"})
-        error = self.assertError((status, body), 422, "Unprocessable", "longer than the limit")
+    def test_a_job_over_the_time_limit_fails_and_the_pool_serves_the_next(self):
+        from tests.workloads import hold_until
+        started = os.path.join(self.data_dir, "started")
+        release = os.path.join(self.data_dir, "release")
+        # Another task in flight on the other worker, until released.
+        other = self.pool.pool.schedule(hold_until, args=(started, release))
+        deadline = time.monotonic() + 60
+        while not os.path.exists(started):
+            self.assertLess(time.monotonic(), deadline, "the other task never started")
+            time.sleep(0.05)
+        with open(started) as handle:
+            other_pid = int(handle.read())
+        status, body = self.optimize({**SEED_BODY, "objective": "min_volatility"})
+        message = ("the optimization took longer than the limit of 1 s; try fewer symbols, "
+                   "a shorter range or a simpler objective")
+        error = self.assertError((status, body), 422, "Unprocessable", message)
         [job] = self.find("jobs")
-        self.assertEqual(error["id"], job["_id"])
-        self.assertEqual(job["status"], "failed")
-        self.assertIn("longer than the limit of 0.001 s", job["error"])
-        # The pool was replaced: the next job runs.
-        self.assertEqual(self.find("jobs")[0]["events"][-1]["event"], "failed")
+        self.assertEqual(error, {"type": "Unprocessable", "message": message, "id": job["_id"]})
+        self.assertEqual((job["status"], job["error"]), ("failed", message))
+        self.assertEqual(job["events"][-1]["event"], "failed")
+        self.assertNotIn("slot", job)
+        # The other worker was not touched: its task is still running, and ends normally.
+        self.assertFalse(other.done())
+        os.kill(other_pid, 0)
+        open(release, "w").close()
+        self.assertEqual(other.result(timeout=60), other_pid)
+        # The pool serves the next job.
+        status, body = self.optimize()
+        self.assertEqual(status, 200, body)
+        self.assertEqual(body["data"]["status"], "done")
+
+    def test_a_job_whose_worker_died_fails_and_the_pool_serves_the_next(self):
+        message = "the worker process died; try again"
+        error = self.assertError(self.optimize({**SEED_BODY, "objective": "equal_weight"}),
+                                 422, "Unprocessable", message)
+        [job] = self.find("jobs")
+        self.assertEqual(error, {"type": "Unprocessable", "message": message, "id": job["_id"]})
+        self.assertEqual((job["status"], job["error"]), ("failed", message))
+        status, body = self.optimize()
+        self.assertEqual(status, 200, body)
 
 
 class CommandBudgetTest(PortfolioTest):
@@ -287,7 +388,7 @@ class CommandBudgetTest(PortfolioTest):
         self.assertEqual(status, 200, body)
         # The new job and its result: the session, the user and the prices were
         # read by the first request and nothing changed since.
-        self.assertEqual(self.counter.names, ["insert", "update"])
+        self.assertEqual(self.counter.names, ["insert", "findAndModify"])
 
 
 PARAMS = {"symbols": ["AAPL", "MSFT", "JPM"], "start_date": "2012-01-01",
@@ -324,7 +425,7 @@ class LeaseTakeoverTest(PortfolioTest):
         [stored] = self.find("jobs")
         self.assertEqual((stored["_id"], stored["status"]), (job_id, "running"))
         self.assertEqual(stored["lease_owner"], f"pid-{worker.pid}")
-        service = self._app.settings["services"].portfolio
+        service = self._app.settings["services"].jobs
         deadline = time.monotonic() + 10
         while not self.io_loop.run_sync(service.claim_and_run):  # until the lease expires
             self.assertLess(time.monotonic(), deadline, "the job was never claimed again")
@@ -347,14 +448,15 @@ class LeaseTakeoverTest(PortfolioTest):
                   "objective": "max_sharpe", "risk_free_rate": 0.0, "weight_bounds": [0.0, 1.0],
                   "target_return": None, "target_volatility": None}
         job = self.io_loop.run_sync(lambda: jobs.create_job(self.db, owner, params, 5))
-        service = self._app.settings["services"].portfolio
+        service = self._app.settings["services"].jobs
         self.assertTrue(self.io_loop.run_sync(service.claim_and_run))
         [stored] = self.find("jobs")
         self.assertEqual((stored["_id"], stored["status"]), (job["_id"], "failed"))
         self.assertIn("GONE", stored["error"])
 
 
-class WebSocketTest(PortfolioTest):
+class WebSocketClient:
+    """Connect to /ws/jobs and read its messages (for a ServerTest)."""
 
     def connect(self, headers=None):
         from tornado.httpclient import HTTPRequest
@@ -365,6 +467,9 @@ class WebSocketTest(PortfolioTest):
     def read(self, connection, timeout=20):
         message = self.io_loop.run_sync(connection.read_message, timeout=timeout)
         return None if message is None else json.loads(message)
+
+
+class WebSocketTest(WebSocketClient, PortfolioTest):
 
     def test_events_of_a_job_run_by_a_second_server_process(self):
         data_dir = tempfile.mkdtemp(prefix="indico-second-")
@@ -432,3 +537,29 @@ class OutlastsTheWaitTest(PortfolioTest):
         done = self.wait_done(body["data"]["id"])
         self.assertEqual(done["status"], "done")
         self.assertEqual(set(done["allocations"]), {"AAPL", "MSFT", "JPM"})
+
+
+class AnsweredJobTest(WebSocketClient, PortfolioTest):
+    """A job whose request has answered 202 ends failed with the message; it never vanishes."""
+
+    settings = {"job_wait": 0.0}
+
+    def test_an_impossible_job_answered_202_ends_failed_and_its_event_is_sent(self):
+        connection = self.connect({"Authorization": f"Bearer {self.token}"})
+        self.assertEqual(self.read(connection)["event"], "subscribed")
+        status, body = self.optimize({**SEED_BODY, "objective": "efficient_return",
+                                      "targetReturn": 5})
+        self.assertEqual(status, 202, body)
+        job_id = body["data"]["id"]
+        failed = self.wait_done(job_id)
+        self.assertEqual(failed["status"], "failed")
+        self.assertTrue(failed["error"].startswith("targetReturn"), failed["error"])
+        events = [self.read(connection) for _ in range(3)]
+        self.assertEqual([(event["event"], event["id"]) for event in events],
+                         [("queued", job_id), ("running", job_id), ("failed", job_id)])
+        self.assertEqual(events[-1]["error"], failed["error"])
+        [job] = self.find("jobs")
+        self.assertEqual((job["_id"], job["status"], job["error"]),
+                         (job_id, "failed", failed["error"]))
+        self.assertNotIn("slot", job)  # its slot of the quota is free again
+        connection.close()

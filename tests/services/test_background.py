@@ -15,7 +15,8 @@ from indico.app import build_services
 from indico.db import create_client
 from indico.db.embedded import _free_port
 from indico.server import purge_forever
-from indico.services.portfolio import JobEvents, JobRunner, PortfolioService
+from indico.services.events import JobEvents
+from indico.services.jobs import JobRunner, JobService
 from tests.harness import CPU_EXECUTOR, shared_pool, test_config
 
 
@@ -34,8 +35,8 @@ def recording_sleep(rounds):
     return sleep, waits
 
 
-class BrokenService(PortfolioService):
-    """A portfolio service with a bug in claiming: not a database failure."""
+class BrokenService(JobService):
+    """A job service with a bug in claiming: not a database failure."""
 
     async def claim_and_run(self):
         raise RuntimeError("a bug")
@@ -52,7 +53,7 @@ class DatabaseDownTest(unittest.IsolatedAsyncioTestCase):
     async def asyncTearDown(self):
         await self.client.close()
 
-    def portfolio(self, service_class=PortfolioService):
+    def jobs(self, service_class=JobService):
         services = build_services(self.config, self.db, CPU_EXECUTOR, shared_pool())
         return service_class(self.db, self.config, services.prices, services.events,
                              shared_pool())
@@ -70,8 +71,8 @@ class DatabaseDownTest(unittest.IsolatedAsyncioTestCase):
 
     async def test_job_runner_logs_one_line_per_failure_and_backs_off(self):
         sleep, waits = recording_sleep(6)
-        runner = JobRunner(self.portfolio(), interval=1.0, max_backoff=10.0, sleep=sleep)
-        with (self.assertLogs("indico.services.portfolio", logging.WARNING) as logs,
+        runner = JobRunner(self.jobs(), interval=1.0, max_backoff=10.0, sleep=sleep)
+        with (self.assertLogs("indico.services.jobs", logging.WARNING) as logs,
               self.assertRaises(Stop)):
             await runner.run()
         self.assertEqual(waits, [2.0, 4.0, 8.0, 10.0, 10.0, 10.0])
@@ -79,8 +80,8 @@ class DatabaseDownTest(unittest.IsolatedAsyncioTestCase):
 
     async def test_job_runner_keeps_the_traceback_of_a_bug(self):
         sleep, waits = recording_sleep(2)
-        runner = JobRunner(self.portfolio(BrokenService), interval=1.0, sleep=sleep)
-        with (self.assertLogs("indico.services.portfolio", logging.ERROR) as logs,
+        runner = JobRunner(self.jobs(BrokenService), interval=1.0, sleep=sleep)
+        with (self.assertLogs("indico.services.jobs", logging.ERROR) as logs,
               self.assertRaises(Stop)):
             await runner.run()
         self.assertEqual(waits, [1.0, 1.0])
@@ -90,7 +91,7 @@ class DatabaseDownTest(unittest.IsolatedAsyncioTestCase):
 
     async def test_event_poller_logs_one_line_per_failure_and_backs_off(self):
         events = JobEvents(self.db, interval=0.001)
-        with self.assertLogs("indico.services.portfolio", logging.WARNING) as logs:
+        with self.assertLogs("indico.services.events", logging.WARNING) as logs:
             events.subscribe("someone", lambda message: None)
             for _ in range(200):  # up to 20 s: each failed poll takes 0.2 s
                 if len(logs.records) >= 3:

@@ -1,0 +1,538 @@
+"""Portfolio jobs: one path from an optimization request to its stored result.
+
+``portfolio/optimize``, in order (start at :mod:`indico.routes.portfolio`,
+which validated the request with its rules and limits):
+
+1. :meth:`JobService.optimize` loads the aligned prices
+   (:mod:`indico.services.price_catalog`): unknown symbols are refused before any job
+   exists.
+2. It writes the job, owned by the caller, under this process's lease
+   (:func:`indico.db.jobs.create_job`: events ``queued`` and ``running``; the
+   quota of active jobs is a 429) and publishes its events
+   (:mod:`indico.services.events`).
+3. It runs the job in the background (:meth:`JobService.run`): a worker
+   process of the :class:`WorkerPool` (pebble) runs :func:`run_optimization`
+   (:mod:`indico.optimization`) under the per-task time limit
+   ``INDICO_JOB_TIME_LIMIT``, while the lease is renewed.
+4. It records how the job ended (:func:`indico.db.jobs.complete_job`, which
+   returns the stored job) and publishes the ``done`` or ``failed`` event.
+5. The request waits for steps 3–4 up to ``INDICO_JOB_WAIT`` seconds (none
+   with ``wait: false``): the finished job goes back to the route (200, or a
+   422 for a job that failed), or the job as written in step 2 (202).
+
+An impossible problem (the engine's :class:`~indico.error.OptimizationError`)
+leaves no job behind only while the request that created the job still waits
+for it: the job is deleted and the request answers 422. Once the request has
+answered 202, the job ends ``failed`` with the message, like any other
+failure, and its ``failed`` event is sent.
+
+A process that dies leaves its running jobs under their lease; the
+:class:`JobRunner` of any process sharing the database claims them (and jobs
+left queued) once the lease has expired, and runs them from step 3, so an
+accepted job always ends done or failed. The saved results are read, listed
+and deleted by :mod:`indico.services.portfolio`.
+"""
+
+import asyncio
+import logging
+import multiprocessing
+import os
+import socket
+import threading
+import uuid
+from collections.abc import Awaitable, Callable
+from concurrent.futures.process import BrokenProcessPool
+from multiprocessing.connection import Connection
+from typing import Any
+
+import pandas as pd
+import pebble
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import PyMongoError
+
+from config import Config
+from indico import error
+from indico.db import jobs
+from indico.optimization import configure_worker, optimize
+from indico.services.events import JobEvents, stop_task
+from indico.utils.logs import describe_database_error
+
+log = logging.getLogger(__name__)
+
+# Seconds between tries after a failed lease renewal, at most (the lease may
+# have little time left).
+RENEW_RETRY = 1.0
+# Seconds JobService.stop lets background jobs finish before it cancels them.
+STOP_GRACE = 2.0
+# How a pebble-scheduled function that ended badly becomes a job's message.
+WORKER_DIED = "the worker process died; try again"
+INTERNAL_ERROR = "internal error while optimizing"
+
+Sleep = Callable[[float], Awaitable[None]]
+Work = Callable[[pd.DataFrame, pd.Series | None, dict], dict]
+
+
+def run_optimization(prices: pd.DataFrame, benchmark: pd.Series | None, params: dict) -> dict:
+    """Worker-process entry point: optimize and return the JSON-ready result.
+
+    Args:
+        prices: the aligned price frame, dates x symbols.
+        benchmark: the index levels on the same dates, or None.
+        params: the job's stored parameters.
+
+    Returns:
+        ``OptimizationResult.to_dict()``.
+
+    Raises:
+        OptimizationError: the problem has no solution as posed.
+    """
+    return optimize(
+        prices, params["objective"], risk_free_rate=params["risk_free_rate"],
+        weight_bounds=tuple(params["weight_bounds"]), target_return=params["target_return"],
+        target_volatility=params["target_volatility"],
+        initial_investment=params["initial_investment"], benchmark=benchmark,
+    ).to_dict()
+
+
+def _exit_with_the_server(lifeline: Connection) -> None:
+    """Worker thread: end this worker process as soon as the server is gone.
+
+    A pool worker blocks reading its task channel, whose write end it holds
+    itself, so it never sees the server die; and it holds the forkserver's
+    alive pipe and the resource tracker's pipe, which keeps those two running
+    too (CPython 3.11 ``multiprocessing/forkserver.py``, ``resource_tracker.py``).
+    Only the server holds the write end of ``lifeline``: when the server exits,
+    however it exits, the read here ends with EOF.
+    """
+    try:
+        lifeline.recv_bytes()
+    except (EOFError, OSError):
+        pass
+    os._exit(0)  # pragma: no cover - the process ends here, before coverage can save
+
+
+def start_worker(lifeline: Connection) -> None:
+    """Pool initializer: watch ``lifeline`` in a daemon thread, then configure the worker.
+
+    Args:
+        lifeline: the read end of a pipe whose only writer is the server.
+    """
+    threading.Thread(target=_exit_with_the_server, args=(lifeline,), daemon=True,
+                     name="indico-lifeline").start()
+    configure_worker()
+
+
+class WorkerPool:
+    """The optimization worker processes: per-task time limits, and no orphans.
+
+    A ``pebble.ProcessPool`` runs each task with its own timeout: a task over
+    it has its worker killed and replaced, and its caller gets TimeoutError;
+    the tasks of the other workers go on. Its workers start in the
+    forkserver context, not by fork: the server has threads (the driver's,
+    the hashing pool's, pebble's own), and forking a threaded process can
+    deadlock the child.
+
+    The server keeps the write end of a pipe (never written to) for as long as
+    this object lives; each worker watches the read end (see
+    :func:`start_worker`). A SIGKILL of the server closes the write end, so the
+    workers exit, then the forkserver (at EOF of its alive pipe) and the
+    resource tracker (at EOF of its pipe): nothing is left behind.
+
+    Args:
+        workers: how many worker processes.
+    """
+
+    def __init__(self, workers: int):
+        self.workers = workers
+        self.context = multiprocessing.get_context("forkserver")
+        # The write end stays in this process only: pipe fds are not inherited,
+        # and multiprocessing passes a child only the fds it pickles (the read end).
+        self.lifeline, self._lifeline_writer = self.context.Pipe(duplex=False)
+        self.closed = False
+        self.pool = self._new_pool()
+
+    def _new_pool(self) -> pebble.ProcessPool:
+        return pebble.ProcessPool(max_workers=self.workers, initializer=start_worker,
+                                  initargs=(self.lifeline,), context=self.context)
+
+    def start(self) -> None:
+        """Start the workers now rather than with the first task.
+
+        pebble starts every worker when the first task is scheduled, and a
+        worker takes seconds to import the engine; a trivial task starts them.
+        """
+        self.pool.schedule(os.getpid)
+
+    async def run(self, function: Callable[..., Any], *args: Any,
+                  timeout: float | None = None) -> Any:
+        """Run ``function(*args)`` in a worker process and return its result.
+
+        Args:
+            function: a module-level function (it is pickled by name).
+            timeout: seconds the task may run once a worker has started it.
+
+        Returns:
+            what ``function`` returned.
+
+        Raises:
+            TimeoutError: the task ran longer than ``timeout``; its worker was
+                killed and is replaced.
+            pebble.ProcessExpired: the worker died while running the task.
+            RuntimeError: the pool was shut down.
+            the exception ``function`` raised, if any.
+        """
+        if self.closed:
+            raise RuntimeError("the worker pool is shut down")
+        if not self.pool.active:
+            # pebble gives up on a pool whose worker died while nothing ran
+            # (it raises BrokenProcessPool in its manager thread): start anew.
+            log.warning("the worker pool broke; starting a new one")
+            self._retire(self.pool)
+            self.pool = self._new_pool()
+        future = self.pool.schedule(function, args=args, timeout=timeout)
+        # Cancelling the awaiting task cancels the future, and pebble then
+        # stops the worker that runs it.
+        return await asyncio.wrap_future(future)
+
+    @staticmethod
+    def _retire(pool: pebble.ProcessPool) -> None:
+        """Stop ``pool`` and reap its workers in a thread (``join`` blocks)."""
+        pool.stop()
+        threading.Thread(target=pool.join, daemon=True, name="indico-pool-join").start()
+
+    def shutdown(self, wait: bool = True, cancel_futures: bool = True) -> None:
+        """Stop the workers, abandoning queued and running tasks.
+
+        Args:
+            wait: block until the workers have exited; otherwise a thread reaps them.
+            cancel_futures: accepted for ``concurrent.futures.Executor``
+                compatibility; pending tasks are always abandoned.
+        """
+        self.closed = True
+        if wait:
+            self.pool.stop()
+            self.pool.join()
+        else:
+            self._retire(self.pool)
+
+
+def create_pool(workers: int) -> WorkerPool:
+    """The process pool of the optimization workers (a :class:`WorkerPool`)."""
+    return WorkerPool(workers)
+
+
+class Waiter:
+    """The request that created a job, while it waits for the job to end.
+
+    Attributes:
+        waiting: the request still waits; once False, nobody does.
+        answering: the job's task decided that the request answers for the
+            job (it is deleting an impossible job): the request waits on.
+    """
+
+    def __init__(self) -> None:
+        self.waiting = True
+        self.answering = False
+
+    async def wait(self, task: asyncio.Task, seconds: float) -> dict | None:
+        """Wait up to ``seconds`` for ``task``.
+
+        Returns:
+            what the task returned (the finished job, or None if it was
+            deleted meanwhile); None also when the time ran out first.
+
+        Raises:
+            whatever the task raised (an OptimizationError when the job was
+            discarded for this request).
+        """
+        try:
+            await asyncio.wait({task}, timeout=seconds)
+            if not task.done() and not self.answering:
+                return None
+            await asyncio.wait({task})  # the task is deleting the job: one write
+            return task.result()
+        finally:
+            self.waiting = False
+
+
+class JobService:
+    """Creates, runs, finishes and announces optimization jobs (steps 1–5 above).
+
+    Args:
+        db: the database handle.
+        config: the Config (quota, waits, leases, time limit).
+        prices: the PriceCatalog that loads aligned price frames.
+        events: the JobEvents hub that tells WebSocket clients.
+        pool: the WorkerPool; one of ``config.workers`` processes if None.
+        work: the function the workers run, :func:`run_optimization` unless a
+            test gives another module-level function.
+        sleep: ``await sleep(seconds)`` between lease renewals (injectable).
+    """
+
+    def __init__(self, db: AsyncDatabase, config: Config, prices: Any, events: JobEvents,
+                 pool: WorkerPool | None = None, work: Work = run_optimization,
+                 sleep: Sleep = asyncio.sleep):
+        self.db = db
+        self.config = config
+        self.prices = prices
+        self.events = events
+        self.pool = pool or create_pool(config.workers)
+        self.work = work
+        self.sleep = sleep
+        self.worker = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.background: set[asyncio.Task] = set()
+
+    async def load_inputs(self, params: dict) -> tuple[pd.DataFrame, pd.Series | None]:
+        """The aligned price frame and the benchmark series for ``params``.
+
+        Raises:
+            UnknownSymbols: symbols without prices; the message says how to add them.
+            Unprocessable: too few common dates.
+        """
+        frame = await self.prices.get_frame(params["symbols"], params["start_date"],
+                                            params["end_date"])
+        benchmark = await self.prices.get_benchmark(params["start_date"], params["end_date"],
+                                                    frame.index)
+        return frame, benchmark
+
+    async def optimize(self, owner: str, params: dict, wait: bool = True) -> dict:
+        """Create, run and wait for one optimization job.
+
+        Args:
+            owner: the caller's user id.
+            params: the normalized, validated request (see OptimizeRequest.params).
+            wait: wait up to ``INDICO_JOB_WAIT`` seconds for the job; False: none.
+
+        Returns:
+            the job: finished (status ``done``), or as written while it still
+            runs (status ``running``).
+
+        Raises:
+            UnknownSymbols, Unprocessable: before a job exists.
+            TooManyRequests: the owner's quota of active jobs is full.
+            OptimizationError: the problem has no solution; the job was deleted.
+            Unprocessable: the job failed otherwise (time limit, worker died);
+                ``id`` names the failed job, which is kept.
+            NotFound: the job was deleted while the request waited.
+        """
+        frame, benchmark = await self.load_inputs(params)
+        limit = self.config.max_active_jobs
+        job = await jobs.create_job(self.db, owner, params, limit, worker=self.worker,
+                                    lease=self.config.job_lease)
+        if job is None:
+            raise error.TooManyRequests(
+                f"you have {limit} jobs queued or running; the limit is {limit}: "
+                "wait for one to finish", retry_after=5)
+        self.events.publish(job)
+        waiter = Waiter()
+        task = self.spawn(self.run(job, frame, benchmark, waiter), waiter)
+        finished = await waiter.wait(task, self.config.job_wait if wait else 0.0)
+        if not task.done():
+            return job
+        if finished is None:
+            raise error.NotFound("no such result")
+        if finished["status"] == jobs.FAILED:
+            raise error.Unprocessable(finished["error"], id=finished["_id"])
+        return finished
+
+    def spawn(self, coroutine: Awaitable, waiter: Waiter | None = None) -> asyncio.Task:
+        """Run ``coroutine`` in the background, keeping a reference until it ends.
+
+        An exception nobody waits for (``waiter`` gone or None) is logged here.
+        """
+        task = asyncio.ensure_future(coroutine)
+        self.background.add(task)
+        task.add_done_callback(lambda done: self._forget(done, waiter))
+        return task
+
+    def _forget(self, task: asyncio.Task, waiter: Waiter | None) -> None:
+        self.background.discard(task)
+        if task.cancelled():
+            return
+        exc = task.exception()  # retrieved here, whoever else reads it
+        if exc is None or (waiter is not None and waiter.waiting):
+            return
+        if isinstance(exc, PyMongoError):
+            log.warning("job task: the database failed (%s); the job is run again once "
+                        "its lease expires", describe_database_error(exc))
+        else:
+            log.error("job task failed", exc_info=exc)
+
+    async def keep_lease(self, job_id: str, ended: asyncio.Event) -> None:
+        """Renew this process's lease on ``job_id`` until ``ended`` is set or it is not ours.
+
+        Every third of ``INDICO_JOB_LEASE``; after a failed renewal (the
+        database is down or slow), one warning line and another try within
+        :data:`RENEW_RETRY` seconds, for as long as the job runs: a lease that
+        ran out would let another process take over a job that is still running.
+
+        Args:
+            job_id: the job this process runs.
+            ended: set when the job has ended (checked after every wait, so
+                that a cancellation swallowed by the driver cannot keep this going).
+        """
+        period = self.config.job_lease / 3
+        delay = period
+        while not ended.is_set():
+            await self.sleep(delay)
+            if ended.is_set():
+                return
+            try:
+                if not await jobs.renew_lease(self.db, job_id, self.worker,
+                                              self.config.job_lease):
+                    return  # taken over, finished or deleted meanwhile
+                delay = period
+            except PyMongoError as exc:
+                delay = min(period, RENEW_RETRY)
+                log.warning("job %s: lease renewal failed (%s); next try in %g s", job_id,
+                            describe_database_error(exc), delay)
+            except Exception:  # a bug: keep its traceback, and keep renewing
+                delay = min(period, RENEW_RETRY)
+                log.exception("job %s: lease renewal failed", job_id)
+
+    async def _compute(self, job: dict, frame: pd.DataFrame,
+                       benchmark: pd.Series | None) -> tuple[str, dict]:
+        """Run ``job`` in the pool: ``(status, fields)`` to record.
+
+        Raises:
+            OptimizationError: the problem has no solution as posed.
+        """
+        limit = self.config.job_time_limit
+        try:
+            result = await self.pool.run(self.work, frame, benchmark, job["params"],
+                                         timeout=limit)
+            return jobs.DONE, {"result": result}
+        except error.OptimizationError:
+            raise
+        except TimeoutError:
+            return jobs.FAILED, {"error": (
+                f"the optimization took longer than the limit of {limit:g} s;"
+                " try fewer symbols, a shorter range or a simpler objective")}
+        except (pebble.ProcessExpired, BrokenProcessPool):
+            return jobs.FAILED, {"error": WORKER_DIED}
+        except Exception:  # the job must end failed, whatever went wrong
+            log.exception("job %s failed unexpectedly", job["_id"])
+            return jobs.FAILED, {"error": INTERNAL_ERROR}
+
+    async def run(self, job: dict, frame: pd.DataFrame, benchmark: pd.Series | None,
+                  waiter: Waiter | None = None) -> dict | None:
+        """Run a job this process holds the lease of, record how it ended, announce it.
+
+        Args:
+            job: the stored job, running under this process's lease.
+            waiter: the request that created the job, if it may still wait.
+
+        Returns:
+            the stored job once finished (or as another process left it, when
+            it took the job over); None if the job was deleted meanwhile.
+
+        Raises:
+            OptimizationError: only while ``waiter`` waits: the job was deleted.
+        """
+        ended = asyncio.Event()
+        renewer = asyncio.ensure_future(self.keep_lease(job["_id"], ended))
+        try:
+            status, fields = await self._compute(job, frame, benchmark)
+        except error.OptimizationError as exc:
+            if waiter is not None and waiter.waiting:
+                waiter.answering = True
+                await jobs.delete_job(self.db, job["owner"], job["_id"])
+                raise
+            status, fields = jobs.FAILED, {"error": exc.message}
+        finally:
+            ended.set()
+            renewer.cancel()
+        return await self.finish(job, status, fields)
+
+    async def finish(self, job: dict, status: str, fields: dict) -> dict | None:
+        """Record that ``job`` ended ``status`` with ``fields`` and publish the event.
+
+        Returns:
+            the stored job; None if it was deleted meanwhile.
+        """
+        finished = await jobs.complete_job(self.db, job, self.worker, status, **fields)
+        if finished is None:
+            log.warning("job %s was taken over or deleted while it ran", job["_id"])
+            finished = await jobs.get_job(self.db, job["owner"], job["_id"])
+            if finished is None:
+                return None
+        self.events.publish(finished)
+        return finished
+
+    async def claim_and_run(self) -> bool:
+        """Claim one queued job, or one whose lease expired, and run it; False if none."""
+        job = await jobs.claim_job(self.db, self.worker, self.config.job_lease)
+        if job is None:
+            return False
+        self.events.publish(job)
+        try:
+            frame, benchmark = await self.load_inputs(job["params"])
+        except error.IndicoError as exc:  # its prices are gone, for example
+            await self.finish(job, jobs.FAILED, {"error": exc.message})
+            return True
+        await self.run(job, frame, benchmark)
+        return True
+
+    async def stop(self, shutdown_pool: bool = True) -> None:
+        """Let background jobs finish for a moment, cancel the rest, let go of the pool.
+
+        A job cut short here keeps its lease, and another process claims it
+        once the lease expires.
+        """
+        if self.background:
+            await asyncio.wait(set(self.background), timeout=STOP_GRACE)
+        for task in list(self.background):
+            await stop_task(task)
+        if shutdown_pool:
+            self.pool.shutdown(wait=False)
+
+
+class JobRunner:
+    """The loop that claims queued jobs and jobs with expired leases, in every process.
+
+    Args:
+        service: the JobService that runs them.
+        interval: seconds between looks when there is nothing to do.
+        max_backoff: longest wait after database failures (the wait doubles
+            from ``interval`` with each failed round).
+        sleep: ``await sleep(seconds)``, injectable for tests.
+    """
+
+    def __init__(self, service: JobService, interval: float = 1.0, max_backoff: float = 30.0,
+                 sleep: Sleep = asyncio.sleep):
+        self.service = service
+        self.interval = interval
+        self.max_backoff = max_backoff
+        self.sleep = sleep
+        self.task: asyncio.Task | None = None
+        self.stopping = asyncio.Event()
+
+    def start(self) -> None:
+        """Start the loop in a task of the running event loop."""
+        self.task = asyncio.ensure_future(self.run())
+
+    async def run(self) -> None:
+        """Claim and run jobs until :meth:`stop`; back off while the database fails."""
+        delay = self.interval
+        while not self.stopping.is_set():
+            try:
+                while not self.stopping.is_set() and await self.service.claim_and_run():
+                    pass
+                delay = self.interval
+            except PyMongoError as exc:  # the database is down or slow: one line, then back off
+                delay = min(delay * 2, self.max_backoff)
+                log.warning("job runner: claim failed (%s); next try in %g s",
+                            describe_database_error(exc), delay)
+            except Exception:  # a bug: keep its traceback, and keep claiming
+                log.exception("job runner: claim failed")
+            if not self.stopping.is_set():
+                await self.sleep(delay)
+
+    async def stop(self) -> None:
+        """Stop the loop; returns once it has ended, even if it swallowed a cancellation.
+
+        A job it was running keeps its lease, and another process claims it
+        once the lease expires.
+        """
+        self.stopping.set()
+        await stop_task(self.task)

@@ -1,0 +1,149 @@
+"""The job-event hub: each event of a stored job sent once, bounded memory, clock skew, stop.
+
+Another machine's job is a document written straight into the real test
+database, with ``updated`` and the events' ``at`` stamped by a clock that is
+behind this one, as that machine's ``time.time()`` would stamp them.
+"""
+
+import asyncio
+import time
+import unittest
+import uuid
+
+from indico.db import create_client
+from indico.services.events import EVENT_CLOCK_SKEW, SENT_LIMIT, SENT_MEMORY, JobEvents
+from tests.harness import database_uri
+
+
+class Clock:
+    """An injectable clock (epoch seconds) that moves only when told."""
+
+    def __init__(self, now=1_000_000.0):
+        self.now = now
+
+    def __call__(self):
+        return self.now
+
+
+def stored_job(owner, clock, *names, job_id=None):
+    """A job document as stored, with one event per name stamped at ``clock()``."""
+    events = [{"id": uuid.uuid4().hex, "event": name, "at": clock()} for name in names]
+    return {"_id": job_id or uuid.uuid4().hex[:24], "owner": owner, "events": events,
+            "status": names[-1], "result": {"objective": "max_sharpe",
+                                            "allocations": {"AAPL": 1.0}, "stats": {}}}
+
+
+class SentMemoryTest(unittest.TestCase):
+
+    def test_memory_stays_bounded_when_nobody_listens(self):
+        clock = Clock()
+        events = JobEvents(None, clock=clock)
+        for _ in range(10_000):  # one job a second, 3 events each
+            events.publish(stored_job("nobody", clock, "queued", "running", "done"))
+            clock.now += 1.0
+        # Only the last SENT_MEMORY seconds' ids are kept (it was 30,000, forever).
+        self.assertLessEqual(len(events.sent), 3 * (SENT_MEMORY + 1))
+
+    def test_memory_is_capped_whatever_the_rate(self):
+        clock = Clock()
+        events = JobEvents(None, clock=clock)
+        for _ in range(SENT_LIMIT // 3 + 1000):  # all at one moment
+            events.publish(stored_job("nobody", clock, "queued", "running", "done"))
+        self.assertEqual(len(events.sent), SENT_LIMIT)
+
+
+class SwallowingEvents(JobEvents):
+    """A poller whose database read swallows a cancellation, as 3.11's wait_for can."""
+
+    async def changed_jobs(self, since):
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            pass
+        return []
+
+
+class ClockSkewTest(unittest.IsolatedAsyncioTestCase):
+
+    async def asyncSetUp(self):
+        self.client = create_client(database_uri(), timeout=5)
+        self.db = self.client[f"test_{uuid.uuid4().hex[:20]}"]
+        # A cleanup, not asyncTearDown: cleanups run last-in first-out after
+        # it, so the tests' pollers (cleanups registered later) stop first.
+        self.addAsyncCleanup(self.drop)
+
+    async def drop(self):
+        await self.client.drop_database(self.db.name)
+        await self.client.close()
+
+    async def write_remote_job(self, owner, behind):
+        """Insert a finished job as a machine whose clock is ``behind`` seconds late would."""
+        stamp = time.time() - behind
+        job = {"_id": uuid.uuid4().hex[:24], "owner": owner, "status": "failed",
+               "error": f"{behind} s behind", "updated": stamp,
+               "events": [{"id": uuid.uuid4().hex, "event": "failed", "at": stamp}]}
+        await self.db.jobs.insert_one(job)
+        return job["_id"]
+
+    async def test_events_of_a_machine_whose_clock_is_behind_are_delivered(self):
+        events = JobEvents(self.db, interval=0.01)
+        received = []
+        events.subscribe("remote-owner", received.append)
+        self.addAsyncCleanup(events.stop)
+        await asyncio.sleep(0.05)  # a few polls: the next ones look back from later
+        # Beyond the tolerance first, so the poll that finds the second one saw both.
+        lost = await self.write_remote_job("remote-owner", behind=EVENT_CLOCK_SKEW + 20)
+        kept = await self.write_remote_job("remote-owner", behind=EVENT_CLOCK_SKEW / 2)
+        for _ in range(500):  # up to 5 s
+            if received:
+                break
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.05)  # more polls: nothing more, and nothing twice
+        self.assertEqual([(message["id"], message["event"], message["error"])
+                          for message in received],
+                         [(kept, "failed", f"{EVENT_CLOCK_SKEW / 2} s behind")])
+        self.assertNotIn(lost, [message["id"] for message in received])
+
+    def test_the_tolerance_stays_below_the_memory_of_sent_events(self):
+        # A poll window reaching further back than the memory would resend events.
+        self.assertLess(EVENT_CLOCK_SKEW + JobEvents(None).interval, SENT_MEMORY)
+
+    async def test_each_event_of_the_stored_job_is_sent_once(self):
+        clock = Clock()
+        events = JobEvents(self.db, interval=0.01, clock=clock)
+        received = []
+        events.subscribe("ada", received.append)
+        self.addAsyncCleanup(events.stop)
+        created = stored_job("ada", clock, "queued", "running", job_id="j1")
+        events.publish(created)
+        clock.now += 1.0
+        finished = {**created, "status": "done",
+                    "events": created["events"] + [{"id": "e3", "event": "done",
+                                                    "at": clock()}]}
+        events.publish(finished)
+        events.publish(finished)  # again, as the poller would: nothing new
+        events.publish(stored_job("bob", clock, "queued"))  # not Ada's
+        self.assertEqual(received, [
+            {"event": "queued", "id": "j1", "at": clock() - 1.0},
+            {"event": "running", "id": "j1", "at": clock() - 1.0},
+            {"event": "done", "id": "j1", "at": clock(), "summary": {
+                "objective": "max_sharpe", "allocations": {"AAPL": 1.0}, "stats": {}}},
+        ])
+        # Events older than the memory of sent ids are never sent: they were, or
+        # they happened before anyone listened.
+        old = stored_job("ada", clock, "failed")
+        clock.now += SENT_MEMORY + 1
+        events.publish(old)
+        self.assertEqual(len(received), 3)
+
+    async def test_stop_returns_although_a_cancellation_was_swallowed(self):
+        events = SwallowingEvents(self.db, interval=0.001)
+        events.subscribe("someone", lambda message: None)
+        await asyncio.sleep(0.05)  # the poller is in its database read
+        await asyncio.wait_for(events.stop(), 60)
+        self.assertTrue(events.task.done())
+        self.assertEqual(events.subscribers, {})
+
+
+if __name__ == "__main__":
+    unittest.main()
