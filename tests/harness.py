@@ -157,6 +157,21 @@ def tolerate_logs(name: str):
         logger.propagate = propagate
 
 
+class Stop(Exception):
+    """Raised by a test's sleep to end a loop that otherwise runs forever."""
+
+
+def recording_sleep(rounds):
+    """An injectable sleep that records its arguments and raises Stop after ``rounds`` calls."""
+    waits = []
+
+    async def sleep(seconds):
+        waits.append(seconds)
+        if len(waits) >= rounds:
+            raise Stop
+    return sleep, waits
+
+
 class FakeClock(Clock):
     """A clock that runs with the real one, plus whatever :meth:`advance` added.
 

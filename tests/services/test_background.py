@@ -17,22 +17,7 @@ from indico.db.embedded import _free_port
 from indico.server import purge_forever
 from indico.services.events import JobEvents
 from indico.services.jobs import JobRunner, JobService
-from tests.harness import CPU_EXECUTOR, shared_pool, test_config
-
-
-class Stop(Exception):
-    """Raised by a test's sleep to end a loop that otherwise runs forever."""
-
-
-def recording_sleep(rounds):
-    """An injectable sleep that records its arguments and raises Stop after ``rounds`` calls."""
-    waits = []
-
-    async def sleep(seconds):
-        waits.append(seconds)
-        if len(waits) >= rounds:
-            raise Stop
-    return sleep, waits
+from tests.harness import CPU_EXECUTOR, Stop, recording_sleep, shared_pool, test_config
 
 
 class BrokenService(JobService):

@@ -16,22 +16,14 @@ from indico.app import build_services
 from indico.db import create_client
 from indico.db.embedded import _free_port
 from indico.services.jobs import JobRunner, JobService, WorkerPool
-from tests.harness import CPU_EXECUTOR, database_uri, shared_pool, test_config
-
-
-class Stop(Exception):
-    """Raised by a test's sleep to end a loop that otherwise runs forever."""
-
-
-def recording_sleep(rounds):
-    """An injectable sleep that records its arguments and raises Stop after ``rounds`` calls."""
-    waits = []
-
-    async def sleep(seconds):
-        waits.append(seconds)
-        if len(waits) >= rounds:
-            raise Stop
-    return sleep, waits
+from tests.harness import (
+    CPU_EXECUTOR,
+    Stop,
+    database_uri,
+    recording_sleep,
+    shared_pool,
+    test_config,
+)
 
 
 def job_service(db, config, **options):
