@@ -572,7 +572,7 @@ async def backend_crash(report: Report, st: Stack, users: list[dict]) -> None:
                f"{fmt(serving_in)} s after; {len(failures)} failed, all JSON 502: "
                f"{len(json_502) == len(failures)}; in flight on it at the crash (nginx log): "
                f"{len(in_flight)}; {len(failures) - len(in_flight)} more sent by nginx to its "
-               f"dead connections up to {max(lags, default=0) * 1000:.0f} ms after the crash")
+               f"dead connections up to {max([0, *lags]) * 1000:.0f} ms after the crash")
     report.check("backend crash: supervisor starts a new process within 5 s",
                  started_in is not None and started_in <= 5.0, f"{fmt(started_in)} s")
     report.check("backend crash: the new process serves", serving_in is not None,
@@ -876,7 +876,7 @@ async def proxy_answers(report: Report, st: Stack, user: dict) -> None:
 
 async def scenarios(report: Report, base: str, args) -> None:
     """Each stack in a directory (and a database) of its own, so runs compare fairly."""
-    for backends in [2, *args.scaling]:
+    for backends in dict.fromkeys([2, *args.scaling]):  # once each: one directory per count
         directory = os.path.join(base, f"load-{backends}")
         print(f"== {'load' if backends == 2 else 'scaling'}: {backends} backends "
               f"({directory})", flush=True)
