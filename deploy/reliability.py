@@ -46,6 +46,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 
 import pymongo
 import websockets
@@ -271,12 +272,16 @@ async def user_loop(port: int, user: dict, deadline: float, recorder: Recorder,
         path = {"check": "auth/check", "update": "user/update", "optimize": "portfolio/optimize",
                 "result": "portfolio/result", "list": "portfolio/list"}[op]
         started, clock = time.time(), time.monotonic()
+        # Our own request id (nginx passes it on and logs it), so a request
+        # that got no answer can be found in nginx's and the backends' logs.
+        request_id = uuid.uuid4().hex
         try:
             status, headers, data = await connection.request(
-                "POST", f"/backend/{path}", body, token=user["token"])
+                "POST", f"/backend/{path}", body, token=user["token"],
+                headers={"X-Request-ID": request_id})
         except (OSError, asyncio.IncompleteReadError, TimeoutError) as exc:
             recorder.add(Outcome(op, started, time.monotonic() - clock, None, None, False,
-                                 f"{type(exc).__name__}: {exc}"[:100]))
+                                 f"{type(exc).__name__}: {exc}"[:100], request_id))
             await asyncio.sleep(0.05)
             continue
         seconds = time.monotonic() - clock
@@ -490,6 +495,31 @@ def describe_errors(recorder: Recorder, limit: int = 3) -> str:
                      in kinds.most_common(limit)) + f"; first: {bad[0].detail}"
 
 
+def trace_failures(st: "Stack", recorder: Recorder, limit: int = 3) -> str:
+    """Where the first failed requests went: nginx's log line and the backends' lines."""
+    bad = [o for o in recorder.outcomes if not o.ok and o.request_id][:limit]
+    if not bad:
+        return ""
+    wanted = {o.request_id for o in bad}
+    found = {rid: [] for rid in wanted}
+    for entry in st.nginx_log():
+        if entry.get("request_id") in wanted:
+            found[entry["request_id"]].append(
+                f"nginx {entry['status']} {entry['request_time']} s via {entry['upstream']} "
+                f"({entry['upstream_status']}, {entry['upstream_time']} s)")
+    log_dir = os.path.join(st.directory, "log")
+    for name in sorted(os.listdir(log_dir)):
+        if name.startswith("indico-") and name.endswith(".log"):
+            with open(os.path.join(log_dir, name), errors="replace") as handle:
+                for line in handle:
+                    for rid in wanted:
+                        if rid in line:
+                            found[rid].append(f"{name}: {line.strip()[:200]}")
+    return "; traced: " + " | ".join(
+        f"{o.op} {o.request_id[:8]} at {o.started:.3f}: {found[o.request_id] or 'in no log'}"
+        for o in bad)
+
+
 async def wait_until(check, timeout: float, interval: float = 0.05):
     """Poll ``check()`` (sync) until truthy; return its value, or None at the deadline."""
     deadline = time.monotonic() + timeout
@@ -542,7 +572,7 @@ async def backend_crash(report: Report, st: Stack, users: list[dict]) -> None:
                f"{fmt(serving_in)} s after; {len(failures)} failed, all JSON 502: "
                f"{len(json_502) == len(failures)}; in flight on it at the crash (nginx log): "
                f"{len(in_flight)}; {len(failures) - len(in_flight)} more sent by nginx to its "
-               f"dead connections up to {max(lags, default=0) * 1000:.0f} ms after the crash")
+               f"dead connections up to {max([0, *lags]) * 1000:.0f} ms after the crash")
     report.check("backend crash: supervisor starts a new process within 5 s",
                  started_in is not None and started_in <= 5.0, f"{fmt(started_in)} s")
     report.check("backend crash: the new process serves", serving_in is not None,
@@ -597,7 +627,7 @@ async def rolling_restart(report: Report, st: Stack, users: list[dict]) -> None:
     report.check("rolling restart: every backend restarted",
                  len(restarted) == st.backends, f"{restarted}")
     report.check("rolling restart: 0 failed requests", stats["errors"] == 0,
-                 describe_errors(recorder))
+                 describe_errors(recorder) + trace_failures(st, recorder))
 
 
 def database_documents(st: Stack):
@@ -690,10 +720,12 @@ async def job_crash(report: Report, st: Stack, user: dict, jobs_count: int = 5) 
                 async with websockets.connect(
                         url, additional_headers={"Authorization": f"Bearer {user['token']}"},
                         open_timeout=10) as socket_:
+                    # No early return once the ids so far are heard: ``ids``
+                    # grows while the jobs are submitted, and the first job can
+                    # end before the second is accepted, which closed this
+                    # client after one job's events. It listens until stopped.
                     async for message in socket_:
                         events[index].append(json.loads(message))
-                        if ids and set(ids) <= heard(index):
-                            return
             except Exception as exc:  # noqa: BLE001 - whatever ended it, connect again
                 closes[index].append(type(exc).__name__)
             # Closed (its backend died) or failed: connect again. Events of
@@ -724,14 +756,26 @@ async def job_crash(report: Report, st: Stack, user: dict, jobs_count: int = 5) 
                 if document.get("status") == "running" and document.get("lease_owner"):
                     return document
             return None
-        running = await wait_until(running_job, 20, 0.005)
-        holder = (running or {}).get("lease_owner")
-        pid = int(holder.split(":")[1]) if holder else None
-        if pid in backend_pids:
-            os.kill(pid, signal.SIGKILL)
-        held = [d["_id"] for d in db.jobs.find({"_id": {"$in": ids}})
-                if d.get("status") == "running" and d.get("lease_owner", "").split(":")[1:2]
-                == [str(pid)]]
+        def held_by(pid):
+            return [d["_id"] for d in db.jobs.find({"_id": {"$in": ids}})
+                    if d.get("status") == "running"
+                    and (d.get("lease_owner") or "").split(":")[1:2] == [str(pid)]]
+
+        # The holder is frozen (SIGSTOP) before its jobs are read, so none of
+        # them can finish between the read and the kill; if the one seen
+        # running finished just before the freeze, it is let go and another
+        # is looked for.
+        pid, held = None, []
+        deadline = time.monotonic() + 20
+        while not held and time.monotonic() < deadline:
+            running = await wait_until(running_job, max(deadline - time.monotonic(), 0.1), 0.005)
+            holder = (running or {}).get("lease_owner")
+            pid = int(holder.split(":")[1]) if holder else None
+            if pid not in backend_pids:
+                break
+            os.kill(pid, signal.SIGSTOP)
+            held = held_by(pid)
+            os.kill(pid, signal.SIGKILL if held else signal.SIGCONT)
         report.check("job crash: the backend holding a running job's lease is killed",
                      pid in backend_pids and bool(held),
                      f"{backend_pids.get(pid)} held {len(held)} running jobs at the kill")
@@ -832,7 +876,7 @@ async def proxy_answers(report: Report, st: Stack, user: dict) -> None:
 
 async def scenarios(report: Report, base: str, args) -> None:
     """Each stack in a directory (and a database) of its own, so runs compare fairly."""
-    for backends in [2, *args.scaling]:
+    for backends in dict.fromkeys([2, *args.scaling]):  # once each: one directory per count
         directory = os.path.join(base, f"load-{backends}")
         print(f"== {'load' if backends == 2 else 'scaling'}: {backends} backends "
               f"({directory})", flush=True)

@@ -65,7 +65,7 @@ class Batcher:
             # this iteration get to join the first batch.
             sender = asyncio.ensure_future(self._send())
             self.senders.add(sender)
-            sender.add_done_callback(self.senders.discard)
+            sender.add_done_callback(self.senders.discard)  # also when cancelled before it ran
         return await future
 
     def _next_batch(self):
@@ -78,6 +78,17 @@ class Batcher:
         return batch
 
     async def _send(self):
+        try:
+            await self._send_batches()
+        finally:
+            # Leave the count in the same step as the last look at ``pending``.
+            # The done callback would run a step later, and a call submitted in
+            # between (by a caller this sender just woke) would still see this
+            # sender counted, start none, and wait until some later call came:
+            # forever, for a draining backend's or a load's last request.
+            self.senders.discard(asyncio.current_task())
+
+    async def _send_batches(self):
         while batch := self._next_batch():
             try:
                 results = list(await self.run([item for item, _ in batch]))

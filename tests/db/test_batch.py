@@ -134,3 +134,32 @@ class BatcherTest(unittest.IsolatedAsyncioTestCase):
         self.assertEqual([type(result) for result in results], [asyncio.CancelledError] * 2)
         await asyncio.sleep(0)
         self.assertEqual(batcher.senders, set())
+
+    async def test_an_item_submitted_as_every_sender_ends_is_still_sent(self):
+        # Both senders end in the same IOLoop step; the caller they woke first
+        # submits again before their done callbacks have run. The senders
+        # still counted then, so no sender was started and the item waited
+        # until some later call came (forever, when none did: the last request
+        # of a load, a draining backend's last one).
+        gate = asyncio.get_running_loop().create_future()
+
+        async def run(items):
+            await gate
+            return [item * 2 for item in items]
+
+        batcher = Batcher(run, max_size=1)
+
+        async def twice():
+            first = await batcher.submit(1)
+            return first, await batcher.submit(3)
+
+        caller = asyncio.ensure_future(twice())
+        other = asyncio.ensure_future(batcher.submit(2))
+        for _ in range(3):
+            await asyncio.sleep(0)
+        self.assertEqual(len(batcher.senders), 2)  # one command each, both waiting
+        gate.set_result(None)
+        done, _ = await asyncio.wait({caller}, timeout=10.0)  # a deadline, not a timing
+        self.assertEqual(done, {caller}, "the item submitted last was never sent")
+        self.assertEqual(caller.result(), (2, 6))
+        self.assertEqual(await other, 4)
