@@ -52,7 +52,8 @@ def build_services(config, db, cpu_executor, pool=None, passwords=None, *, clock
     if sessions is None:
         sessions = SessionStore(db, ChangeMarks(config.marks_path),
                                 cache_lifetime=config.session_cache,
-                                session_ttl=config.session_ttl, clock=clock)
+                                session_ttl=config.session_ttl, clock=clock,
+                                timeout=config.db_timeout)
     auth = AuthService(db, config, passwords, sessions, clock)
     return Services(
         auth=auth,

@@ -20,6 +20,8 @@ only once its own command is acknowledged, with the command's write concern
 import asyncio
 import copy
 
+from pymongo.errors import NetworkTimeout
+
 
 def _own_copy(exception):
     """A copy of ``exception`` for one caller, so callers do not share its traceback."""
@@ -43,12 +45,17 @@ class Batcher:
             raised by ``run`` itself is raised for every item of the batch.
         max_size: the most items in one command.
         max_in_flight: the most commands out at once.
+        timeout: the most seconds a caller waits in all (None: no bound). The
+            operation timeout bounds each command, not the wait for the commands
+            ahead of it; with this, a database that does not answer costs a
+            caller ``timeout`` seconds, not up to ``max_in_flight + 1`` of them.
     """
 
-    def __init__(self, run, max_size=25, max_in_flight=2):
+    def __init__(self, run, max_size=25, max_in_flight=2, timeout=None):
         self.run = run
         self.max_size = max_size
         self.max_in_flight = max_in_flight
+        self.timeout = timeout
         self.pending = []
         self.senders = set()
 
@@ -57,6 +64,8 @@ class Batcher:
 
         Raises:
             the exception ``run`` gave for this item or for its whole batch.
+            NetworkTimeout: no answer within ``timeout`` seconds (a write may
+                still be applied, as with the driver's own timeouts).
         """
         future = asyncio.get_running_loop().create_future()
         self.pending.append((item, future))
@@ -66,7 +75,14 @@ class Batcher:
             sender = asyncio.ensure_future(self._send())
             self.senders.add(sender)
             sender.add_done_callback(self.senders.discard)  # also when cancelled before it ran
-        return await future
+        if self.timeout is None:
+            return await future
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), self.timeout)
+        except TimeoutError:
+            future.cancel()  # not sent if it is still waiting; its answer is dropped if not
+            raise NetworkTimeout(f"no answer from the database within {self.timeout:g} s "
+                                 "(queued behind other commands)") from None
 
     def _next_batch(self):
         """Take up to ``max_size`` pending items whose callers still wait."""

@@ -63,7 +63,7 @@ class SessionCache:
     """
 
     def __init__(self, marks: ChangeMarks, lifetime: float, size: int = 100_000,
-                 clock: Clock = SYSTEM_CLOCK) -> None:
+                 clock: Clock = SYSTEM_CLOCK, timeout: float | None = None) -> None:
         self.marks = marks
         self.lifetime = lifetime
         self.size = size
@@ -128,22 +128,25 @@ class SessionStore:
             (``INDICO_SESSION_CACHE``; 0: no cache).
         session_ttl: a new session's lifetime in seconds (``INDICO_SESSION_TTL``).
         clock: the time; tests give one they move.
+        timeout: the most seconds a request waits for a grouped read or write
+            (``INDICO_DB_TIMEOUT``), however many commands are ahead of it.
     """
 
     READS = frozenset({"get_session", "get_user", "get_account", "get_account_by_email",
                        "fetch_sessions"})
 
     def __init__(self, db, marks: ChangeMarks, *, cache_lifetime: float, session_ttl: float,
-                 clock: Clock = SYSTEM_CLOCK) -> None:
+                 clock: Clock = SYSTEM_CLOCK, timeout: float | None = None) -> None:
         self.db = db
         self.marks = marks
         self.session_ttl = session_ttl
         self.clock = clock
         self.cache = SessionCache(marks, cache_lifetime, clock=clock)
-        self.session_reader = Batcher(self.fetch_sessions)
-        self.user_reader = Batcher(lambda ids: users.get_public_users(db, ids))
+        self.session_reader = Batcher(self.fetch_sessions, timeout=timeout)
+        self.user_reader = Batcher(lambda ids: users.get_public_users(db, ids), timeout=timeout)
         # Profile changes of concurrent requests share one journaled command.
-        self.updater = Batcher(lambda changes: users.update_users(db, changes, clock.now))
+        self.updater = Batcher(lambda changes: users.update_users(db, changes, clock.now),
+                               timeout=timeout)
 
     # Reads.
 

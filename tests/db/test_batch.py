@@ -3,6 +3,8 @@
 import asyncio
 import unittest
 
+from pymongo.errors import NetworkTimeout
+
 from indico.db.batch import Batcher
 
 
@@ -163,3 +165,42 @@ class BatcherTest(unittest.IsolatedAsyncioTestCase):
         self.assertEqual(done, {caller}, "the item submitted last was never sent")
         self.assertEqual(caller.result(), (2, 6))
         self.assertEqual(await other, 4)
+
+
+class Gate:
+    """A ``run`` that holds every command until ``open`` is set (a silent database)."""
+
+    def __init__(self):
+        self.open = asyncio.Event()
+        self.batches = []
+
+    async def __call__(self, items):
+        self.batches.append(list(items))
+        await self.open.wait()
+        return [item * 2 for item in items]
+
+
+class BatcherTimeoutTest(unittest.IsolatedAsyncioTestCase):
+
+    async def test_a_caller_waits_at_most_the_timeout_even_behind_other_commands(self):
+        run = Gate()
+        batcher = Batcher(run, max_in_flight=1, timeout=0.05)
+        sent = asyncio.ensure_future(batcher.submit(1))
+        while not run.batches:  # until its command is out (loop steps, not time)
+            await asyncio.sleep(0)
+        queued = asyncio.ensure_future(batcher.submit(2))  # behind the command in flight
+        for call in (sent, queued):
+            with self.assertRaises(NetworkTimeout) as caught:
+                await call
+            self.assertTrue(caught.exception.timeout)  # the API maps it to a 503
+        run.open.set()
+        await asyncio.gather(*batcher.senders)
+        # The queued item's caller had left: it was never sent.
+        self.assertEqual(run.batches, [[1]])
+        self.assertEqual(await batcher.submit(3), 6)
+
+    async def test_an_answer_in_time_is_returned(self):
+        run = Gate()
+        run.open.set()
+        batcher = Batcher(run, timeout=5.0)
+        self.assertEqual(await asyncio.gather(batcher.submit(1), batcher.submit(2)), [2, 4])
