@@ -21,7 +21,7 @@ setup(
     python_requires=">=3.11",
     packages=find_packages(include=["indico", "indico.*"]),
     py_modules=["config"],
-    package_data={"indico": ["data/*.csv.gz", "data/NOTICE", "static/*"]},
+    package_data={"indico": ["data/*.csv.gz", "data/NOTICE", "static/app/*"]},
     install_requires=requirements(),
     extras_require={"bench": ["pyportfolioopt>=1.5", "pyinstrument>=5.0"]},
     entry_points={
