@@ -26,9 +26,11 @@ import unittest
 import urllib.error
 import urllib.request
 import uuid
+from typing import ClassVar
 
 from indico.db.embedded import _free_port as free_port
 from tests.browser.chromium import CHROMIUM, missing_reason
+from tests.browser.prefix_proxy import PrefixProxy
 from tests.contract import post, start_server
 from tests.processes import stop_process
 
@@ -81,7 +83,7 @@ def new_email() -> str:
 class PageTest(unittest.TestCase):
     """A fresh browser context (no storage) per test, watched for console errors."""
 
-    viewport = {"width": 1000, "height": 900}
+    viewport: ClassVar[dict[str, int]] = {"width": 1000, "height": 900}
 
     def setUp(self):
         from playwright.sync_api import expect
@@ -290,6 +292,31 @@ class FieldErrorTest(PageTest):
         expect(page.locator("#bounds-error")).to_be_empty()
 
 
+class BehindAPrefixTest(PageTest):
+
+    def test_the_page_works_at_backend_app_as_behind_nginx(self):
+        page, expect = self.page, self.expect
+        proxy = PrefixProxy(self.base).start()
+        self.addCleanup(proxy.stop)
+        requests, sockets = [], []
+        page.on("request", lambda request: requests.append(request.url))
+        page.on("websocket", lambda socket: sockets.append(socket.url))
+        page.goto(proxy.base + "/app")  # redirected, relatively, to /backend/app/
+        self.assertEqual(page.url, proxy.base + "/app/")
+        expect(page.locator("#auth-section")).to_be_visible()
+        self.sign_up(new_email())
+        self.choose_symbols("AAPL", "MSFT", "JPM")
+        page.get_by_label("Start date").fill("2012-01-01")
+        page.get_by_label("End date").fill("2016-03-20")
+        page.get_by_role("button", name="Optimize").click()
+        expect(page.locator("#progress-log li")).to_have_count(3)  # from /backend/ws/jobs
+        expect(page.locator("#value-chart svg polyline.index")).to_have_count(1)
+        outside = [url for url in requests if not url.startswith(proxy.base + "/")]
+        self.assertEqual(outside, [])
+        self.assertIn(proxy.base + "/portfolio/optimize", requests)
+        self.assertEqual(sockets, [proxy.base.replace("http:", "ws:") + "/ws/jobs"])
+
+
 class SavedListTest(PageTest):
 
     def test_saved_results_are_listed_newest_first_five_a_page(self):
@@ -322,7 +349,7 @@ class SavedListTest(PageTest):
 
 class PhoneScreenTest(PageTest):
 
-    viewport = {"width": 360, "height": 740}
+    viewport: ClassVar[dict[str, int]] = {"width": 360, "height": 740}
 
     def test_a_360_px_screen_needs_no_horizontal_scroll(self):
         page, expect = self.page, self.expect
