@@ -3,7 +3,7 @@ PYTHON ?= python3
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test install lint clean deploy-up deploy-down deploy-restart deploy-test
+.PHONY: run test test-browser install lint clean deploy-up deploy-down deploy-restart deploy-test
 
 $(STAMP): req.txt setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,11 @@ run: $(STAMP)
 ## coverage; a separately started database by INDICO_MONGODB_URI): see tests/run_suite.py
 test: $(STAMP)
 	@$(PY) -m tests.run_suite
+
+## test-browser: only the page's browser tests (make test runs them too; see tests/browser/flow.py)
+test-browser: $(STAMP)
+	@$(PY) -c 'import sys; from tests.browser.chromium import ensure_chromium; r = ensure_chromium(); r and print("browser tests:", r)'
+	$(PY) -m nose2 -c setup.cfg --top-level-directory . tests.browser.flow
 
 ## deploy-up: supervisord (BACKENDS indico processes, nx-27017) and nginx on 127.0.0.1:PORT, in DIR
 PORT ?= 8080

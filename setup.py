@@ -10,7 +10,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 def requirements():
     with open(os.path.join(HERE, "req.txt")) as handle:
         lines = [line.split("#")[0].strip() for line in handle]
-    tools = {"nose2", "coverage", "websockets", "schemathesis"}
+    tools = {"nose2", "coverage", "websockets", "schemathesis", "playwright"}
     return [line for line in lines if line and line.split(">")[0] not in tools]
 
 
@@ -21,7 +21,7 @@ setup(
     python_requires=">=3.11",
     packages=find_packages(include=["indico", "indico.*"]),
     py_modules=["config"],
-    package_data={"indico": ["data/*.csv.gz", "data/NOTICE", "static/*"]},
+    package_data={"indico": ["data/*.csv.gz", "data/NOTICE", "static/app/*"]},
     install_requires=requirements(),
     extras_require={"bench": ["pyportfolioopt>=1.5", "pyinstrument>=5.0"]},
     entry_points={

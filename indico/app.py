@@ -7,7 +7,7 @@ import tornado.web
 
 from indico import __version__
 from indico.db.util import SYSTEM_CLOCK
-from indico.routes import root
+from indico.routes import root, webapp
 from indico.routes.auth import AuthHandler
 from indico.routes.base import NotFoundHandler
 from indico.routes.openapi import build_openapi
@@ -89,7 +89,7 @@ def make_app(config, db, *, cpu_executor=None, services=None, pool=None):
     dependencies = {"config": config, "db": db, "services": services}
     routes = [(pattern, handler, dependencies) for pattern, handler in root.ROUTES]
     routes += [(pattern, handler, {**dependencies, **options})
-               for pattern, handler, options in root.STATIC_ROUTES]
+               for pattern, handler, options in root.STATIC_ROUTES + webapp.ROUTES]
     routes += [(rf"/{handler.resource}/([^/]*)", handler, dependencies)
                for handler in ACTION_HANDLERS]
     routes.append((r"/ws/jobs", JobEventsHandler, dependencies))

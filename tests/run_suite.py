@@ -8,7 +8,11 @@ The steps, in order (:data:`STEPS`; adding one is one line):
    nx-27017 started here, separately, on a free port in a temporary
    directory, so that the URI path (a database indico did not start) is
    exercised on every change;
-3. contract fuzzing: schemathesis against a real server (``tests/contract.py``).
+3. contract fuzzing: schemathesis against a real server (``tests/contract.py``);
+4. the browser tests of the page at ``/app/`` (``tests/browser/flow.py``): a real
+   headless Chromium, Debian's, installed here with apt when it is missing
+   (:func:`tests.browser.chromium.ensure_chromium`); they are skipped, with the
+   reason printed, only when it cannot be installed.
 
 Every step runs even when an earlier one failed. The output ends with one line
 ``N passed, N failed[, N skipped]`` that adds up the steps (a step that failed
@@ -160,6 +164,19 @@ def suite_on_a_separate_database() -> Outcome:
         shutil.rmtree(directory, ignore_errors=True)
 
 
+def browser_tests() -> Outcome:
+    """The page's browser tests, after installing Chromium if it is missing."""
+    from tests.browser.chromium import ensure_chromium
+
+    reason = ensure_chromium()
+    if reason:
+        print(f"browser tests: {reason}; they are skipped", flush=True)
+    if os.path.exists(SUMMARY_FILE):
+        os.remove(SUMMARY_FILE)
+    return nose2_outcome(run([sys.executable, *NOSE2, "tests.browser.flow"],
+                             {"SUITE_STEP": "browser"}))
+
+
 # (name, step): each step returns its Outcome. A command that ends with a
 # summary line is one more entry, e.g.
 # ("contract fuzzing", lambda: command_step([sys.executable, "-m", "tests.contract"])).
@@ -169,6 +186,7 @@ STEPS: list[tuple[str, Callable[[], Outcome]]] = [
      suite_on_a_separate_database),
     ("contract fuzzing (schemathesis, every check, every operation)",
      lambda: command_step([sys.executable, "-m", "tests.contract"])),
+    ("the page at /app/ in headless Chromium (tests/browser)", browser_tests),
 ]
 
 

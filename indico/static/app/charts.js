@@ -1,0 +1,134 @@
+/*
+ * indico's charts: small SVG drawings, no library. Every label goes in as text
+ * (createElementNS + textContent), colours come from app.css classes (the CSP
+ * allows no inline style). Exposes window.IndicoCharts.
+ */
+"use strict";
+
+(function () {
+  const SVG = "http://www.w3.org/2000/svg";
+
+  function node(name, attributes, parent) {
+    const element = document.createElementNS(SVG, name);
+    for (const [key, value] of Object.entries(attributes || {})) {
+      element.setAttribute(key, String(value));
+    }
+    if (parent) parent.appendChild(element);
+    return element;
+  }
+
+  function text(parent, x, y, content, attributes) {
+    const element = node("text", Object.assign({x: x, y: y}, attributes || {}), parent);
+    element.textContent = content;
+    return element;
+  }
+
+  // Draw at the container's own width, so that 12 px text stays 12 px on a phone.
+  function widthOf(container) {
+    return Math.max(280, Math.min(900, Math.round(container.clientWidth || 600)));
+  }
+
+  function frame(container, width, height, label) {
+    container.replaceChildren();
+    const svg = node("svg", {viewBox: `0 0 ${width} ${height}`, role: "img",
+                             "aria-label": label, preserveAspectRatio: "xMidYMid meet"});
+    node("title", {}, svg).textContent = label;
+    container.appendChild(svg);
+    return svg;
+  }
+
+  // Round tick values (1, 2 or 5 times a power of ten) that cover [low, high].
+  function ticks(low, high, count) {
+    if (!(high > low)) { high = low + 1; }
+    const raw = (high - low) / count;
+    const power = Math.pow(10, Math.floor(Math.log10(raw)));
+    const step = [1, 2, 5, 10].map((m) => m * power).find((s) => s >= raw);
+    const values = [];
+    for (let v = Math.ceil(low / step) * step; v <= high + step * 1e-9; v += step) {
+      values.push(Math.abs(v) < step * 1e-9 ? 0 : v);
+    }
+    return values;
+  }
+
+  /**
+   * Horizontal bars, one per item, widths proportional to the values (0..max).
+   * items: [{label, value}]; format(value) gives the bar's text.
+   */
+  function bars(container, items, format, label) {
+    const rowHeight = 28;
+    const width = widthOf(container);
+    const left = 70;
+    const right = 70;
+    const height = items.length * rowHeight + 8;
+    const svg = frame(container, width, height, label);
+    const max = Math.max(1e-12, ...items.map((item) => item.value));
+    items.forEach((item, index) => {
+      const y = 4 + index * rowHeight;
+      const length = Math.max(0, item.value) / max * (width - left - right);
+      text(svg, left - 8, y + rowHeight / 2 + 4, item.label, {"text-anchor": "end",
+                                                              class: "bar-label"});
+      node("rect", {x: left, y: y + 4, width: length.toFixed(1), height: rowHeight - 8,
+                    class: "bar"}, svg);
+      text(svg, left + length + 6, y + rowHeight / 2 + 4, format(item.value),
+           {class: "bar-label"});
+    });
+    return svg;
+  }
+
+  /**
+   * Lines over dates. dates: ["YYYY-MM-DD", ...]; series: [{name, values, className,
+   * area}] (area: filled down to 0); format(value) labels the y axis.
+   */
+  function lines(container, dates, series, format, label) {
+    const width = widthOf(container);
+    const height = Math.round(Math.max(200, Math.min(320, width * 0.45)));
+    const pad = {left: 64, right: 12, top: 28, bottom: 26};
+    const svg = frame(container, width, height, label);
+    const times = dates.map((d) => Date.parse(d + "T00:00:00Z"));
+    const all = series.flatMap((s) => s.values).filter((v) => Number.isFinite(v));
+    if (series.some((s) => s.area)) all.push(0);
+    const yTicks = ticks(Math.min(...all), Math.max(...all), 5);
+    const yLow = Math.min(yTicks[0], ...all);
+    const yHigh = Math.max(yTicks[yTicks.length - 1], ...all);
+    const t0 = times[0];
+    const t1 = times[times.length - 1] > t0 ? times[times.length - 1] : t0 + 1;
+    const x = (t) => pad.left + (t - t0) / (t1 - t0) * (width - pad.left - pad.right);
+    const y = (v) => pad.top + (yHigh - v) / ((yHigh - yLow) || 1) * (height - pad.top - pad.bottom);
+
+    for (const value of yTicks) {
+      node("line", {x1: pad.left, x2: width - pad.right, y1: y(value).toFixed(1),
+                    y2: y(value).toFixed(1), class: "axis"}, svg);
+      text(svg, pad.left - 6, y(value) + 4, format(value), {"text-anchor": "end"});
+    }
+    const firstYear = new Date(t0).getUTCFullYear();
+    const lastYear = new Date(t1).getUTCFullYear();
+    const every = Math.max(1, Math.ceil((lastYear - firstYear + 1) / 8));
+    for (let year = firstYear + 1; year <= lastYear; year += every) {
+      const t = Date.UTC(year, 0, 1);
+      if (t <= t0 || t > t1) continue;
+      node("line", {x1: x(t).toFixed(1), x2: x(t).toFixed(1), y1: pad.top,
+                    y2: height - pad.bottom, class: "axis"}, svg);
+      text(svg, x(t), height - 8, String(year), {"text-anchor": "middle"});
+    }
+    let legendX = pad.left;
+    for (const line of series) {
+      const points = line.values.map((v, i) => `${x(times[i]).toFixed(1)},${y(v).toFixed(1)}`);
+      if (line.area) {
+        const base = y(0).toFixed(1);
+        points.unshift(`${x(times[0]).toFixed(1)},${base}`);
+        points.push(`${x(times[times.length - 1]).toFixed(1)},${base}`);
+        node("polygon", {points: points.join(" "), class: line.className}, svg);
+      } else {
+        node("polyline", {points: points.join(" "), class: line.className}, svg);
+      }
+      node("rect", {x: legendX, y: 8, width: 12, height: 12, class: "swatch-" + line.className},
+           svg);
+      const name = text(svg, legendX + 16, 18, line.name);
+      legendX += 32 + line.name.length * 7;
+      name.setAttribute("class", "legend");
+    }
+    return svg;
+  }
+
+  window.IndicoCharts = {bars: bars, lines: lines};
+})();

@@ -1,0 +1,411 @@
+"""The page at ``/app/`` in a real headless Chromium, against a real indico server.
+
+One ``python -m indico.server`` (embedded database, the shipped sample prices,
+a data directory of its own) serves every test of the run; Playwright drives
+Debian's Chromium (``/usr/bin/chromium``). The tests do what a person does:
+sign up, optimize the seed's request, watch its progress, read the charts,
+reload, reopen and delete the saved result, log out; an invalid field shows
+the API's message beside it; a 360 px wide screen needs no horizontal scroll.
+
+Every test fails on a browser console error or an uncaught exception (a CSP
+violation is one) other than the failed requests it provokes on purpose
+(:meth:`PageTest.expect_failed_request`). Screenshots go to
+``build/screenshots/``. Without Chromium (and no way to install it:
+:mod:`tests.browser.chromium`) the tests are skipped with that reason.
+
+Run with ``python -m nose2 -c setup.cfg --top-level-directory . tests.browser.flow``
+(``make test`` does, as a step of its own).
+"""
+
+import json
+import os
+import re
+import shutil
+import tempfile
+import unittest
+import urllib.error
+import urllib.request
+import uuid
+from typing import ClassVar
+
+from indico.db.embedded import _free_port as free_port
+from tests.browser.chromium import CHROMIUM, missing_reason
+from tests.browser.prefix_proxy import PrefixProxy
+from tests.contract import post, start_server
+from tests.processes import stop_process
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SCREENSHOTS = os.path.join(REPO, "build", "screenshots")
+# Playwright's wait for anything the page shows: generous, on a shared two-core machine.
+TIMEOUT_MS = 45_000
+PASSWORD = "correct horse battery"
+SEED_REQUEST = {"symbols": ["AAPL", "MSFT", "JPM"], "startDate": "01-01-12",
+                "endDate": "03-20-16", "initialInvestment": 1000.0}
+FAILED_RESOURCE = re.compile(r"^Failed to load resource: the server responded with a status "
+                             r"of (\d{3})\b")
+
+_run = {}
+
+
+def setUpModule():
+    reason = missing_reason()
+    if reason:
+        raise unittest.SkipTest(reason)
+    from playwright.sync_api import sync_playwright
+
+    directory = tempfile.mkdtemp(prefix="indico-browser-")
+    _run["directory"] = directory
+    _run["server"], _run["base"] = start_server(directory, free_port())
+    _run["playwright"] = sync_playwright().start()
+    _run["browser"] = _run["playwright"].chromium.launch(executable_path=CHROMIUM,
+                                                         headless=True)
+    os.makedirs(SCREENSHOTS, exist_ok=True)
+
+
+def tearDownModule():
+    if "browser" in _run:
+        _run.pop("browser").close()
+    if "playwright" in _run:
+        _run.pop("playwright").stop()
+    if "server" in _run:
+        status = stop_process(_run.pop("server"))
+        if status == 0:
+            shutil.rmtree(_run["directory"], ignore_errors=True)
+        else:
+            print(f"browser tests: the server exited {status}; its files are in "
+                  f"{_run['directory']}")
+
+
+def new_email() -> str:
+    return f"person-{uuid.uuid4().hex[:12]}@example.com"
+
+
+class PageTest(unittest.TestCase):
+    """A fresh browser context (no storage) per test, watched for console errors."""
+
+    viewport: ClassVar[dict[str, int]] = {"width": 1000, "height": 900}
+
+    def setUp(self):
+        from playwright.sync_api import expect
+
+        self.expect = expect
+        expect.set_options(timeout=TIMEOUT_MS)
+        self.base = _run["base"]
+        self.context = _run["browser"].new_context(viewport=self.viewport)
+        self.context.set_default_timeout(TIMEOUT_MS)
+        self.page = self.context.new_page()
+        self.problems = []
+        self.allowed_failures = []
+        self.page.on("console", self.on_console)
+        self.page.on("pageerror", lambda exception: self.problems.append(
+            f"uncaught exception: {exception}"))
+        self.addCleanup(self.context.close)
+
+    def tearDown(self):
+        self.assertEqual(self.problems, [], "the browser console reported errors")
+
+    def on_console(self, message):
+        if message.type != "error":
+            return
+        url = (message.location or {}).get("url", "")
+        failed = FAILED_RESOURCE.match(message.text)
+        if failed and (int(failed.group(1)), url.removeprefix(self.base)) in self.allowed_failures:
+            return
+        self.problems.append(f"console error: {message.text} ({url})")
+
+    def expect_failed_request(self, status: int, path: str) -> None:
+        """Allow the console line Chromium writes for an answer ``status`` of ``path``."""
+        self.allowed_failures.append((status, path))
+
+    def screenshot(self, name: str) -> None:
+        self.page.screenshot(path=os.path.join(SCREENSHOTS, name), full_page=True)
+
+    def open_page(self) -> None:
+        self.page.goto(self.base + "/app/")
+        self.expect(self.page.locator("#auth-section")).to_be_visible()
+
+    def sign_up(self, email: str) -> None:
+        page = self.page
+        page.get_by_label("Email").fill(email)
+        page.get_by_label("Password").fill(PASSWORD)
+        page.get_by_label("Name").fill("Ada")
+        page.get_by_role("button", name="Sign up").click()
+        self.expect(page.locator("#optimize-section")).to_be_visible()
+        self.expect(page.locator("#who-email")).to_have_text(email)
+
+    def log_in(self, email: str) -> None:
+        page = self.page
+        page.get_by_label("Email").fill(email)
+        page.get_by_label("Password").fill(PASSWORD)
+        page.get_by_role("button", name="Log in").click()
+        self.expect(page.locator("#optimize-section")).to_be_visible()
+
+    def choose_symbols(self, *symbols: str) -> None:
+        """Type each symbol and press Enter, as a keyboard user does."""
+        box = self.page.get_by_role("combobox", name="Symbols")
+        # The suggestions come from prices/symbols, with each symbol's dates.
+        self.expect(self.page.locator("#symbol-options option")).not_to_have_count(0)
+        for symbol in symbols:
+            box.fill(symbol)
+            box.press("Enter")
+        self.expect(self.page.locator("#symbol-chips li")).to_have_count(len(symbols))
+
+    def no_horizontal_scroll(self) -> None:
+        widths = self.page.evaluate(
+            "[document.documentElement.scrollWidth, document.documentElement.clientWidth]")
+        self.assertLessEqual(widths[0], widths[1], "the page scrolls sideways")
+
+    def token_of(self, email: str) -> str:
+        return post(self.base, "/auth/login", {"email": email, "password": PASSWORD})[
+            "data"]["token"]
+
+
+class WholeFlowTest(PageTest):
+
+    def test_sign_up_optimize_watch_reload_reopen_delete_log_out(self):
+        page, expect = self.page, self.expect
+        self.open_page()
+        email = new_email()
+        self.sign_up(email)
+        self.choose_symbols("aapl", "MSFT", "JPM")
+        chips = page.locator("#symbol-chips li")
+        expect(chips.first).to_contain_text("AAPL")
+        expect(chips.first).to_contain_text("1990-01-02 to 2022-12-28")
+        # The dates default to the range the three share.
+        expect(page.get_by_label("Start date")).to_have_value("1990-01-02")
+        expect(page.get_by_label("End date")).to_have_value("2022-12-28")
+        page.get_by_label("Start date").fill("2012-01-01")
+        page.get_by_label("End date").fill("2016-03-20")
+        page.get_by_label("Investment").fill("1000")
+        page.get_by_role("button", name="Optimize").click()
+
+        # Progress from /ws/jobs: each event in the log, the steps reached in turn.
+        log = page.locator("#progress-log li")
+        expect(log).to_have_count(3)
+        expect(log.nth(0)).to_contain_text("queued")
+        expect(log.nth(1)).to_contain_text("running")
+        expect(log.nth(2)).to_contain_text("done")
+        expect(page.locator("#steps li.reached")).to_have_count(3)
+        expect(page.locator("#progress-message")).to_have_text("Done.")
+
+        # The result, as the API computed it (tests/contract.py saves the same one).
+        [expected] = post(self.base, "/portfolio/list", {},
+                          self.token_of(email))["data"]["results"]
+        self.check_result(expected)
+        self.screenshot("result.png")  # the README's picture, docs/app.png, is a copy
+
+        # A reload keeps the session (sessionStorage) and lists the saved result.
+        self.assertNotIn("token", page.url)
+        page.reload()
+        expect(page.locator("#optimize-section")).to_be_visible()
+        self.assertEqual(page.evaluate("localStorage.length"), 0)
+        self.assertNotIn("token", page.url)
+        saved = page.locator("#saved-list li")
+        expect(saved).to_have_count(1)
+        expect(saved.first).to_contain_text("AAPL, MSFT, JPM")
+        expect(page.locator("#result-section")).to_be_hidden()
+        saved.first.get_by_role("button", name="Open").click()
+        self.check_result(expected)
+
+        saved.first.get_by_role("button", name="Delete").click()
+        expect(saved).to_have_count(0)
+        expect(page.locator("#saved-empty")).to_be_visible()
+        expect(page.locator("#result-section")).to_be_hidden()
+        token = page.evaluate("sessionStorage.getItem('indico.token')")
+        self.assertEqual(post(self.base, "/portfolio/list", {}, token)["data"]["results"], [])
+
+        page.get_by_role("button", name="Log out").click()
+        expect(page.locator("#auth-section")).to_be_visible()
+        expect(page.locator("#notice")).to_have_text("You are logged out.")
+        self.assertIsNone(page.evaluate("sessionStorage.getItem('indico.token')"))
+        with self.assertRaises(urllib.error.HTTPError) as refused:
+            post(self.base, "/auth/check", {}, token)
+        self.assertEqual(refused.exception.code, 401)
+        page.reload()
+        expect(page.locator("#auth-section")).to_be_visible()
+
+    def check_result(self, expected: dict) -> None:
+        page, expect = self.page, self.expect
+        expect(page.locator("#result-section")).to_be_visible()
+        rows = page.locator("#weights-table tbody tr")
+        expect(rows).to_have_count(3)
+        ordered = sorted(expected["allocations"].items(), key=lambda item: -item[1])
+        for index, (symbol, weight) in enumerate(ordered):
+            expect(rows.nth(index)).to_have_text(re.compile(
+                rf"^{symbol}\s*{weight * 100:.2f} %\s*{expected['shares'][symbol]}$"))
+        expect(page.locator("#leftover")).to_contain_text(f"{expected['leftover']:.2f}")
+        expect(page.locator("#stats-table")).to_contain_text(
+            f"{expected['stats']['sharpe']:.3f}")
+        expect(page.locator("#allocation-chart svg rect.bar")).to_have_count(3)
+        for line in ("polyline.portfolio", "polyline.index"):
+            expect(page.locator(f"#value-chart svg {line}")).to_have_count(1)
+        expect(page.locator("#drawdown-chart svg polygon.drawdown")).to_have_count(1)
+        points = page.locator("#value-chart svg polyline.portfolio").get_attribute("points")
+        self.assertEqual(len(points.split()), 500)  # the result's whole series
+
+
+class FieldErrorTest(PageTest):
+
+    def test_a_wrong_field_shows_the_apis_message_beside_it(self):
+        page, expect = self.page, self.expect
+        self.open_page()
+        # Sign-up's own validation: both fields named by the API, each beside its input.
+        self.expect_failed_request(400, "/auth/signup")
+        page.get_by_label("Email").fill("not an email")
+        page.get_by_label("Password").fill("short")
+        page.get_by_role("button", name="Sign up").click()
+        expect(page.locator("#auth-email-error")).to_contain_text("email: Value error, not a valid email address")
+        expect(page.locator("#auth-password-error")).to_have_text(
+            "password: String should have at least 8 characters")
+        expect(page.get_by_label("Email")).to_have_attribute("aria-invalid", "true")
+
+        self.sign_up(new_email())
+        self.choose_symbols("AAPL", "MSFT")
+        self.expect_failed_request(400, "/portfolio/optimize")
+        page.get_by_label("Investment").fill("-5")
+        page.get_by_role("button", name="Optimize").click()
+        error = page.locator("#investment-error")
+        expect(error).to_have_text("initialInvestment: Input should be greater than 0")
+        expect(page.get_by_label("Investment")).to_have_attribute("aria-invalid", "true")
+        expect(page.get_by_label("Investment")).to_be_focused()
+        expect(page.locator("#start-date-error")).to_be_empty()
+        self.screenshot("field-error.png")
+
+        # Bounds that cannot sum to 1: the API's 422 names weightBounds.
+        self.expect_failed_request(422, "/portfolio/optimize")
+        page.get_by_label("Investment").fill("1000")
+        page.get_by_label("Highest").fill("0.2")
+        page.get_by_role("button", name="Optimize").click()
+        expect(page.locator("#bounds-error")).to_contain_text(
+            "weightBounds: with 2 symbols and an upper bound of 0.2")
+        expect(error).to_be_empty()
+
+        # A target the assets cannot reach: the job fails, and the page says why.
+        page.get_by_label("Highest").fill("1")
+        page.get_by_label("Objective").select_option("efficient_return")
+        page.get_by_label("Target return").fill("5")
+        page.get_by_role("button", name="Optimize").click()
+        expect(page.locator("#progress-message")).to_contain_text(
+            "The optimization failed: targetReturn 500.0000% is outside what these assets "
+            "can reach")
+        expect(page.locator("#steps li.failed")).to_have_text("failed")
+        expect(page.locator("#bounds-error")).to_be_empty()
+
+
+class BehindAPrefixTest(PageTest):
+
+    def test_the_page_works_at_backend_app_as_behind_nginx(self):
+        page, expect = self.page, self.expect
+        proxy = PrefixProxy(self.base).start()
+        self.addCleanup(proxy.stop)
+        requests, sockets = [], []
+        page.on("request", lambda request: requests.append(request.url))
+        page.on("websocket", lambda socket: sockets.append(socket.url))
+        page.goto(proxy.base + "/app")  # redirected, relatively, to /backend/app/
+        self.assertEqual(page.url, proxy.base + "/app/")
+        expect(page.locator("#auth-section")).to_be_visible()
+        self.sign_up(new_email())
+        self.choose_symbols("AAPL", "MSFT", "JPM")
+        page.get_by_label("Start date").fill("2012-01-01")
+        page.get_by_label("End date").fill("2016-03-20")
+        page.get_by_role("button", name="Optimize").click()
+        expect(page.locator("#progress-log li")).to_have_count(3)  # from /backend/ws/jobs
+        expect(page.locator("#value-chart svg polyline.index")).to_have_count(1)
+        outside = [url for url in requests if not url.startswith(proxy.base + "/")]
+        self.assertEqual(outside, [])
+        self.assertIn(proxy.base + "/portfolio/optimize", requests)
+        self.assertEqual(sockets, [proxy.base.replace("http:", "ws:") + "/ws/jobs"])
+
+
+class SavedListTest(PageTest):
+
+    def test_saved_results_are_listed_newest_first_five_a_page(self):
+        page, expect = self.page, self.expect
+        email = new_email()
+        token = post(self.base, "/auth/signup", {"email": email, "password": PASSWORD})[
+            "data"]["token"]
+        # Seven results, told apart by their first symbol.
+        firsts = ["AAPL", "MSFT", "JPM", "HD", "JNJ", "GE", "CVX"]
+        for first in firsts:
+            post(self.base, "/portfolio/optimize",
+                 {**SEED_REQUEST, "symbols": [first, "BAC"], "objective": "equal_weight"}, token)
+        newest_first = [f"{first}, BAC" for first in reversed(firsts)]
+        self.open_page()
+        self.log_in(email)
+        items = page.locator("#saved-list li strong")
+        expect(items).to_have_text(newest_first[:5])
+        expect(page.get_by_role("button", name="Newer")).to_be_disabled()
+        page.get_by_role("button", name="Older").click()
+        expect(items).to_have_text(newest_first[5:])
+        expect(page.get_by_role("button", name="Older")).to_be_disabled()
+        # Deleting the last of a page shows the page before it.
+        page.locator("#saved-list li").first.get_by_role("button", name="Delete").click()
+        expect(items).to_have_text(newest_first[6:])
+        page.locator("#saved-list li").first.get_by_role("button", name="Delete").click()
+        expect(items).to_have_text(newest_first[:5])
+        expect(page.get_by_role("button", name="Newer")).to_be_disabled()
+        expect(page.get_by_role("button", name="Older")).to_be_disabled()
+
+
+class PhoneScreenTest(PageTest):
+
+    viewport: ClassVar[dict[str, int]] = {"width": 360, "height": 740}
+
+    def test_a_360_px_screen_needs_no_horizontal_scroll(self):
+        page, expect = self.page, self.expect
+        email = new_email()
+        token = post(self.base, "/auth/signup", {"email": email, "password": PASSWORD})[
+            "data"]["token"]
+        post(self.base, "/portfolio/optimize", SEED_REQUEST, token)
+        self.open_page()
+        self.no_horizontal_scroll()
+        self.log_in(email)
+        self.no_horizontal_scroll()
+        page.locator("#saved-list li").first.get_by_role("button", name="Open").click()
+        expect(page.locator("#drawdown-chart svg")).to_be_visible()
+        self.no_horizontal_scroll()
+        self.screenshot("phone.png")
+
+    def test_the_page_is_usable_by_keyboard(self):
+        page, expect = self.page, self.expect
+        email = new_email()
+        post(self.base, "/auth/signup", {"email": email, "password": PASSWORD})
+        self.open_page()
+        page.keyboard.press("Tab")  # the skip link first
+        expect(page.locator(".skip")).to_be_focused()
+        page.keyboard.press("Tab")
+        expect(page.get_by_label("Email")).to_be_focused()
+        page.keyboard.type(email)
+        page.keyboard.press("Tab")
+        page.keyboard.type(PASSWORD)
+        page.keyboard.press("Enter")  # the form's first button: Log in
+        expect(page.locator("#optimize-section")).to_be_visible()
+        expect(page.get_by_role("combobox", name="Symbols")).to_be_focused()
+        page.keyboard.type("AAPL")
+        page.keyboard.press("Enter")
+        expect(page.locator("#symbol-chips li")).to_have_count(1)
+        page.keyboard.press("Tab")  # Add
+        page.keyboard.press("Tab")  # the chip's remove button
+        expect(page.get_by_role("button", name="Remove AAPL")).to_be_focused()
+        page.keyboard.press("Enter")
+        expect(page.locator("#symbol-chips li")).to_have_count(0)
+        # Every control has a label.
+        unlabelled = page.evaluate("""[...document.querySelectorAll('input, select, button')]
+            .filter((c) => !(c.labels && c.labels.length) && !c.getAttribute('aria-label')
+                           && !c.textContent.trim()).map((c) => c.id)""")
+        self.assertEqual(unlabelled, [])
+
+
+class HeadersTest(PageTest):
+
+    def test_the_page_loads_under_its_csp_with_nothing_from_outside(self):
+        requests = []
+        self.page.on("request", lambda request: requests.append(request.url))
+        response = self.page.goto(self.base + "/app/")
+        self.assertIn("default-src 'self'", response.headers["content-security-policy"])
+        self.expect(self.page.locator("#auth-section")).to_be_visible()
+        self.assertTrue(requests)
+        self.assertEqual([url for url in requests if not url.startswith(self.base + "/app/")],
+                         [])
+        self.assertEqual(json.loads(self.page.evaluate("JSON.stringify(Object.keys(sessionStorage))")),
+                         [])
