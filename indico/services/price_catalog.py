@@ -44,25 +44,22 @@ Series = tuple[np.ndarray, np.ndarray]  # (days since 1970-01-01 as int32, close
 DateLike = datetime.date | datetime.datetime | pd.Timestamp | str
 
 
-def validate_symbols(symbols: Sequence[str], field: str = "symbols") -> list[str]:
+def validate_symbols(symbols: Sequence[str]) -> list[str]:
     """Return ``symbols`` stripped and upper-cased, or raise ValidationError.
 
+    Repeats are left to the callers' rules (``OptimizeRequest`` refuses them,
+    once, naming its field); a repeated symbol is a repeated column here.
+
     Raises:
-        ValidationError: not a non-empty list, a symbol that is not 1 to 10
-            upper-case letters, digits, '.' or '-', or a symbol given twice.
+        ValidationError: not a non-empty list, or a symbol that is not 1 to 10
+            upper-case letters, digits, '.' or '-'.
     """
     if isinstance(symbols, str) or not symbols:
-        raise error.ValidationError(f"{field}: give a list of at least one symbol", field=field)
-    normalized = []
-    for value in symbols:
-        try:
-            symbol = normalize_symbol(value)
-        except ValueError as exc:
-            raise error.ValidationError(f"{field}: {exc}", field=field) from None
-        if symbol in normalized:
-            raise error.ValidationError(f"{field}: {symbol} is listed twice", field=field)
-        normalized.append(symbol)
-    return normalized
+        raise error.ValidationError("give a list of at least one symbol")
+    try:
+        return [normalize_symbol(value) for value in symbols]
+    except ValueError as exc:
+        raise error.ValidationError(str(exc)) from None
 
 
 def _year(day: int) -> int:
@@ -179,7 +176,7 @@ class PriceCatalog:
             symbol in the order given. Callers may modify it.
 
         Raises:
-            ValidationError: a malformed or repeated symbol.
+            ValidationError: a malformed symbol, or none.
             UnknownSymbols: symbols without prices (422); ``symbols`` lists them.
             Unprocessable: ``end`` is before ``start``, or fewer than 2 dates
                 in the window have a price for every symbol.
