@@ -10,7 +10,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 def requirements():
     with open(os.path.join(HERE, "req.txt")) as handle:
         lines = [line.split("#")[0].strip() for line in handle]
-    tools = {"nose2", "coverage", "websockets", "schemathesis"}
+    tools = {"nose2", "coverage", "websockets", "schemathesis", "mypy", "types-cachetools"}
     return [line for line in lines if line and line.split(">")[0] not in tools]
 
 
