@@ -17,6 +17,7 @@ import uuid
 from pymongo.errors import PyMongoError
 
 from indico.db import sessions, users
+from indico.db.records import Account as AccountRecord
 from indico.db.records import Session, User
 from indico.db.util import now
 from indico.services.sessions import (
@@ -184,6 +185,33 @@ class StoreWalk:
                     if answer != stored:
                         problems.append(f"{name}: {what} stale in {where}")
         return problems
+
+
+class StoreRecordsTest(StoreWalk, ServerTest):
+    """The store hands up records, cached or not: string ids, UTC datetimes, no hash in a User."""
+
+    def test_reads_answer_records(self):
+        async def reads():
+            store = self.store(SessionStore, ChangeMarks(self.config.marks_path))
+            account = await store.create_account("ada@example.com", "$argon2id$x", "Ada")
+            expires = await store.open_session(account, "token")
+            return (account, expires, [await store.get_session(token_hash("token"))
+                                       for _ in range(2)],
+                    [await store.get_user(account.id) for _ in range(2)],
+                    await store.get_account(account.id), await store.get_user("not an id"))
+        account, expires, found, public, stored, nobody = self.io_loop.run_sync(reads)
+        self.assertIsInstance(account, AccountRecord)
+        self.assertEqual(stored, account)
+        self.assertIsNone(nobody)
+        for session in found:  # read from the database, then from the cache
+            self.assertIsInstance(session, Session)
+            self.assertEqual((session.id, session.user_id, session.expires),
+                             (token_hash("token"), account.id, expires))
+            self.assertEqual(session.created.utcoffset(), datetime.timedelta(0))
+        for user in public:
+            self.assertIs(type(user), User)
+            self.assertEqual((user.id, user.email, user.created), (account.id, account.email,
+                                                                   account.created))
 
 
 class StoreWalkTest(StoreWalk, ServerTest):
