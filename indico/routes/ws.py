@@ -88,7 +88,7 @@ class JobEventsHandler(BaseHandler, tornado.websocket.WebSocketHandler):
             return
         if self.auth_timer:
             self.auth_timer.cancel()
-        self.owner = str(user["_id"])
+        self.owner = user.id
         self.services.events.subscribe(self.owner, self.send_event)
         self.write_message({"event": "subscribed", "user": self.owner})
 

@@ -9,6 +9,7 @@ import urllib.request
 from tornado.httpclient import HTTPRequest
 
 from indico.app import make_app
+from indico.db.records import User
 from indico.db.util import now
 from indico.services.passwords import Passwords
 from indico.services.sessions import SessionStore, sessions_mark
@@ -429,7 +430,8 @@ class LoginDuringPasswordChangeTest(ServerTest):
 
         async def change_elsewhere():  # the owner changes the password meanwhile
             overlapped.append(True)
-            await services.users.change_password(user, PASSWORD, "battery staple", token)
+            await services.users.change_password(User.from_document(user), PASSWORD,
+                                                 "battery staple", token)
         self.passwords.during_next_verify = change_elsewhere
         self.assertError(self.post("/auth/login", {"email": "ada@example.com",
                                                    "password": PASSWORD}),

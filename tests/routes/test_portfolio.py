@@ -411,7 +411,7 @@ class LeaseTakeoverTest(PortfolioTest):
             "    job = await jobs.create_job(client[sys.argv[2]], sys.argv[3],\n"
             "                                json.loads(sys.argv[4]), 5,\n"
             "                                worker=f'pid-{os.getpid()}', lease=0.5)\n"
-            "    print(job['_id'], flush=True)\n"
+            "    print(job.id, flush=True)\n"
             "    await asyncio.sleep(3600)\n"
             "asyncio.run(main())\n")
         from tests.harness import REPO
@@ -451,7 +451,7 @@ class LeaseTakeoverTest(PortfolioTest):
         service = self._app.settings["services"].jobs
         self.assertTrue(self.io_loop.run_sync(service.claim_and_run))
         [stored] = self.find("jobs")
-        self.assertEqual((stored["_id"], stored["status"]), (job["_id"], "failed"))
+        self.assertEqual((stored["_id"], stored["status"]), (job.id, "failed"))
         self.assertIn("GONE", stored["error"])
 
 
