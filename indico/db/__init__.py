@@ -110,16 +110,14 @@ def create_client(uri: str, timeout: float = 2.0, selection_timeout: float | Non
     )
 
 
-async def ensure_indexes(db: AsyncDatabase) -> bool:
+async def ensure_indexes(db: AsyncDatabase) -> None:
     """Create every collection's indexes; safe to run at every start.
 
     A long operation (:func:`indico.db.util.long_operation`): building an
     index on a large collection takes longer than one request's timeout.
-
-    Returns:
-        True when the database is nx-27017, which gets no TTL index (see
-        ``util.create_expiry_index``): :func:`open_database` then runs an
-        :class:`ExpiryPurge`.
+    On nx-27017 the expiring collections get no TTL index (see
+    ``util.create_expiry_index``); :func:`open_database` runs an
+    :class:`ExpiryPurge` there instead.
     """
     async with long_operation(db):
         embedded = await is_embedded(db)
@@ -127,7 +125,6 @@ async def ensure_indexes(db: AsyncDatabase) -> bool:
             await module.create_indexes(db)
         for name in EXPIRING:
             await create_expiry_index(db, name, embedded)
-    return embedded
 
 
 async def purge_all_expired(db: AsyncDatabase) -> int:
@@ -269,8 +266,9 @@ async def open_database(config: Config, *, watch: bool = True,
                                **client_options)
         stack.push_async_callback(client.close)
         db = client[config.database]
+        await ensure_indexes(db)
         purge = None
-        if await ensure_indexes(db):
+        if await is_embedded(db):
             purge = ExpiryPurge(db)
             stack.push_async_callback(purge.stop)
             await purge.start()
