@@ -47,7 +47,7 @@ class OpenServicesTest(unittest.IsolatedAsyncioTestCase):
             job = await jobs.create_job(db, "someone", PARAMS, 5)
 
             async def failed() -> bool:
-                stored = await db.jobs.find_one({"_id": job["_id"]})
+                stored = await db.jobs.find_one({"_id": job.id})
                 return stored["status"] == "failed"
             await self.wait_for(failed, "the runner never claimed the queued job")
             worker = await pool.run(os.getpid, timeout=60)  # a worker process of the pool
