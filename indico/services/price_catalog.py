@@ -16,6 +16,7 @@ version moved, the new catalog: an import by any process, such as
 generations that left the catalog are dropped then.
 """
 
+import asyncio
 import functools
 import logging
 import time
@@ -106,6 +107,8 @@ class PriceCatalog:
         # (((symbol, generation), ...), first day, last day) -> frame
         self._frames: cachetools.LRUCache[Hashable, pd.DataFrame] = cachetools.LRUCache(
             maxsize=frame_cache_cells, getsizeof=lambda frame: max(frame.size, 1))
+        # (symbol, generation, year) -> the load under way that will bring it
+        self._loading: dict[tuple[str, str, int], asyncio.Future[Series | None]] = {}
 
     async def get_catalog(self) -> Catalog:
         """Return the current :class:`Catalog`, reading the store only when it moved.
@@ -271,19 +274,9 @@ class PriceCatalog:
                 else:
                     found[key] = arrays
         if missing:
-            buckets = await self.buckets.list_buckets(
-                self.db, {key[0] for key in missing}, {key[1] for key in missing},
-                min(key[2] for key in missing), max(key[2] for key in missing))
-            # A year without a bucket is a gap in the symbol's history.
-            loaded = dict.fromkeys(missing, EMPTY)
-            for bucket in buckets:
-                key = (bucket.symbol, bucket.generation, bucket.year)
-                if key in loaded:
-                    loaded[key] = (bucket.days, bucket.closes)
-            if head_version(await self.meta.get_head(self.db)) != catalog.version:
+            loaded = await self._fetch(catalog, missing)
+            if loaded is None:
                 return None
-            for key, arrays in loaded.items():
-                _remember(self._buckets, key, arrays)
             found.update(loaded)
         series = {}
         for symbol in symbols:
@@ -297,6 +290,58 @@ class PriceCatalog:
             high = np.searchsorted(days, last_day, side="right")
             series[symbol] = (days[low:high], closes[low:high])
         return series
+
+    async def _fetch(self, catalog: Catalog, missing: list[tuple[str, str, int]]
+                     ) -> dict[tuple[str, str, int], Series] | None:
+        """Read the ``missing`` buckets from the store, once for concurrent callers.
+
+        A bucket another request is already reading is waited for, not read
+        again: 20 requests that miss the same 33-year frame at once send one
+        read, not 20 (which kept nx-27017 busy past ``INDICO_DB_TIMEOUT``).
+        A caller whose read fails or is cancelled hands its waiters None, and
+        they start over as after a move of the store.
+
+        Returns:
+            ``{key: (days, closes)}``; None when the store moved meanwhile.
+        """
+        waiting = {key: self._loading[key] for key in missing if key in self._loading}
+        mine = [key for key in missing if key not in waiting]
+        promised: dict[tuple[str, str, int], asyncio.Future[Series | None]] = {}
+        loaded: dict[tuple[str, str, int], Series] = {}
+        checked: dict[tuple[str, str, int], Series] = {}  # read, and the store did not move
+        if mine:
+            loop = asyncio.get_running_loop()
+            promised = {key: loop.create_future() for key in mine}
+            self._loading.update(promised)
+            try:
+                buckets = await self.buckets.list_buckets(
+                    self.db, {key[0] for key in mine}, {key[1] for key in mine},
+                    min(key[2] for key in mine), max(key[2] for key in mine))
+                # A year without a bucket is a gap in the symbol's history.
+                loaded = dict.fromkeys(mine, EMPTY)
+                for bucket in buckets:
+                    key = (bucket.symbol, bucket.generation, bucket.year)
+                    if key in loaded:
+                        loaded[key] = (bucket.days, bucket.closes)
+                if head_version(await self.meta.get_head(self.db)) == catalog.version:
+                    for key, arrays in loaded.items():
+                        _remember(self._buckets, key, arrays)
+                    checked = loaded
+            finally:
+                for key, future in promised.items():
+                    if self._loading.get(key) is future:
+                        del self._loading[key]
+                    future.set_result(checked.get(key))
+            loaded = checked
+            if not loaded:
+                return None
+        for key, future in waiting.items():
+            # shield: a waiter that is cancelled must not cancel the others' load.
+            shared = await asyncio.shield(future)
+            if shared is None:
+                return None
+            loaded[key] = shared
+        return loaded
 
     def _align(self, catalog: Catalog, symbols: list[str], series: dict[str, Series],
                first_day: int, last_day: int) -> pd.DataFrame:
