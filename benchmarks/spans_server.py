@@ -35,7 +35,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import spans  # noqa: E402  (after the path is set)
+import spans  # after the path is set
 
 current = contextvars.ContextVar("bench_spans", default=None)
 finished = []
