@@ -94,17 +94,20 @@ def install():
     _wrap_async(job_records, "complete_job", "completion write")
     _wrap_sync(base.BaseHandler, "write_json", "serialization")
 
-    public = portfolio.JobPublic
-    original_from = public.from_document.__func__
+    public = getattr(portfolio, "JobPublic", None)
+    original_from = getattr(getattr(public, "from_document", None), "__func__", None)
+    if original_from is None:
+        print("spans_server: JobPublic.from_document not found; serialization is "
+              "write_json only", file=sys.stderr)
+    else:
+        def from_document(cls, *args, **kwargs):
+            began = time.perf_counter()
+            try:
+                return original_from(cls, *args, **kwargs)
+            finally:
+                _add("serialization", time.perf_counter() - began)
 
-    def from_document(cls, *args, **kwargs):
-        began = time.perf_counter()
-        try:
-            return original_from(cls, *args, **kwargs)
-        finally:
-            _add("serialization", time.perf_counter() - began)
-
-    public.from_document = classmethod(from_document)
+        public.from_document = classmethod(from_document)
 
     original_run = jobs.WorkerPool.run
 
