@@ -13,7 +13,9 @@ which validated the request with its rules and limits):
 3. It runs the job in the background (:meth:`JobService.run`): a worker
    process of the :class:`WorkerPool` (pebble) runs :func:`run_optimization`
    (:mod:`indico.optimization`) under the per-task time limit
-   ``INDICO_JOB_TIME_LIMIT``, while the lease is renewed.
+   ``INDICO_JOB_TIME_LIMIT``, while the lease is renewed. The price frame
+   travels to each worker once; later jobs on the same prices send only its
+   token (:class:`FrameTokens`, :func:`run_on_frame`).
 4. It records how the job ended (:func:`indico.db.jobs.complete_job`, which
    returns the stored job) and publishes the ``done`` or ``failed`` event.
 5. The request waits for steps 3–4 up to ``INDICO_JOB_WAIT`` seconds (none
