@@ -16,12 +16,29 @@ access_log = logging.getLogger("indico.access")
 
 
 class JsonFormatter(logging.Formatter):
-    """Format a record as a JSON object: time, level, logger, message, request id."""
+    """Format a record as a JSON object: time, level, logger, message, request id.
+
+    It runs for every access line, so it keeps what it can between records:
+    one JSON encoder, and the formatted second (``strftime`` once a second, not
+    once a line). Together they save about a third of its time (docs/PERFORMANCE.md).
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._encode = json.JSONEncoder(default=str).encode
+        self._second = (None, "")
+
+    def _time(self, created: float, msecs: float) -> str:
+        second = int(created)
+        cached = self._second  # read once: other threads format too
+        if cached[0] != second:
+            cached = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
+            self._second = cached
+        return f"{cached[1]}.{int(msecs):03d}Z"
 
     def format(self, record):
         entry = {
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
+            "time": self._time(record.created, record.msecs),
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),
@@ -30,7 +47,7 @@ class JsonFormatter(logging.Formatter):
         entry.update(getattr(record, "fields", {}))
         if record.exc_info:
             entry["traceback"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str)
+        return self._encode(entry)
 
 
 def describe_database_error(exc: Exception) -> str:

@@ -101,6 +101,23 @@ class ResultTest(unittest.TestCase):
         spent = float(prices.iloc[-1].to_numpy() @ result.shares)
         assert_allclose(spent + result.leftover, 10_000.0, rtol=1e-12)
 
+    def test_series_points_that_are_not_finite_are_null_in_the_json_form(self):
+        import dataclasses
+        result = optimize(sample_prices().loc["2019"], "max_sharpe", benchmark=sample_index())
+        portfolio = result.series_portfolio.copy()
+        portfolio[[1, 3]] = [np.nan, np.inf]
+        benchmark = result.series_benchmark.copy()
+        benchmark[-1] = -np.inf
+        series = dataclasses.replace(result, series_portfolio=portfolio,
+                                     series_benchmark=benchmark).to_dict()["performance"]["series"]
+        expected = result.series_portfolio.tolist()
+        expected[1] = expected[3] = None
+        self.assertEqual(series["portfolio"], expected)
+        self.assertEqual(series["benchmark"], result.series_benchmark.tolist()[:-1] + [None])
+        plain = result.to_dict()["performance"]["series"]
+        self.assertEqual(plain["portfolio"], result.series_portfolio.tolist())
+        self.assertTrue(all(type(value) is float for value in plain["portfolio"]))
+
     def test_without_investment_or_benchmark(self):
         document = optimize(sample_prices().loc["2019"], "min_volatility").to_dict()
         self.assertEqual(document["shares"], {})

@@ -1,0 +1,109 @@
+"""The workers' frame cache (indico.services.jobs: FrameTokens, run_on_frame, WorkerPool.run_on_frame).
+
+A frame travels to the optimization workers once; later tasks carry only its
+token. These tests check that a token always means the same prices: a price
+import that changes a frame (same symbols, same dates) gives the next job the
+new prices, never the frame a worker kept.
+"""
+
+import os
+import tempfile
+import unittest
+
+import numpy as np
+import pandas as pd
+
+from indico.services import jobs
+from indico.services.jobs import FrameMissing, FrameTokens, run_on_frame, run_optimization
+from indico.services.price_import import PriceImporter
+from tests.harness import ServerTest
+
+PARAMS = {"objective": "max_sharpe", "risk_free_rate": 0.0, "weight_bounds": [0.0, 1.0],
+          "target_return": None, "target_volatility": None, "initial_investment": 10000.0}
+
+
+def frame(seed=0):
+    """Prices of three symbols over 60 business days, from a seeded random walk."""
+    dates = pd.bdate_range("2020-01-01", periods=60, name="date")
+    steps = np.random.default_rng(seed).normal(0.001, 0.02, size=(60, 3))
+    return pd.DataFrame(100 * np.exp(np.cumsum(steps, axis=0)), index=dates,
+                        columns=["AAA", "BBB", "CCC"])
+
+
+class FrameTokensTest(unittest.TestCase):
+    """The server side: a token per distinct frame and benchmark, by value."""
+
+    def test_equal_frames_share_a_token_and_any_change_makes_a_new_one(self):
+        tokens = FrameTokens()
+        prices, benchmark = frame(), frame(1)["AAA"]
+        first, known = tokens.token(prices, benchmark)
+        self.assertFalse(known)
+        self.assertEqual(tokens.token(prices.copy(), benchmark.copy()), (first, True))
+        changed = prices.copy()
+        changed.iloc[30, 1] *= 1.01  # one price of one symbol: same shape, same dates
+        second, known = tokens.token(changed, benchmark)
+        self.assertFalse(known)
+        self.assertNotEqual(second, first)
+        third, known = tokens.token(changed, None)  # the benchmark differs
+        self.assertFalse(known)
+        self.assertNotIn(third, (first, second))
+        renamed = changed.set_axis(["AAA", "BBB", "DDD"], axis=1)
+        self.assertFalse(tokens.token(renamed, None)[1])
+
+
+class RunOnFrameTest(unittest.TestCase):
+    """The worker side, called in this process: it keeps what it is sent, by token."""
+
+    def setUp(self):
+        jobs._worker_frames.clear()
+        self.addCleanup(jobs._worker_frames.clear)
+
+    def test_a_token_without_its_frame_asks_for_the_frame(self):
+        with self.assertRaises(FrameMissing):
+            run_on_frame(run_optimization, 7, PARAMS)
+
+    def test_the_frame_sent_once_serves_the_next_tasks(self):
+        prices = frame()
+        expected = run_optimization(prices, None, PARAMS)
+        self.assertEqual(run_on_frame(run_optimization, 7, PARAMS, prices, None), expected)
+        self.assertEqual(run_on_frame(run_optimization, 7, PARAMS), expected)
+        with self.assertRaises(FrameMissing):
+            run_on_frame(run_optimization, 8, PARAMS)
+
+
+class PriceImportTest(ServerTest):
+    """Through HTTP and the real workers: an import that changes prices changes the result."""
+
+    def import_prices(self, prices):
+        handle, path = tempfile.mkstemp(suffix=".csv", prefix="indico-frames-")
+        os.close(handle)
+        self.addCleanup(os.remove, path)
+        prices.rename_axis("Date").to_csv(path)
+        self.io_loop.run_sync(lambda: PriceImporter(self.db).import_file(path))
+
+    def optimize(self, token):
+        status, body = self.post("/portfolio/optimize", {
+            "symbols": ["AAA", "BBB", "CCC"], "startDate": "2020-01-01",
+            "endDate": "2020-12-31", "initialInvestment": 10000}, token=token)
+        self.assertEqual(status, 200, body)
+        return body["data"]
+
+    def test_the_workers_serve_the_imported_prices_not_the_frame_they_kept(self):
+        token = self.signup()
+        before = frame()
+        self.import_prices(before)
+        # Both workers get the frame (a task may land on either), then its token only.
+        first = [self.optimize(token) for _ in range(4)]
+        self.assertTrue(all(result["allocations"] == first[0]["allocations"]
+                            for result in first))
+        after = before.copy()
+        after.iloc[30:, 0] *= 1.5  # AAA jumps: same symbols, same dates, other prices
+        self.import_prices(after)
+        expected = run_optimization(after, None, PARAMS)
+        for _ in range(4):
+            result = self.optimize(token)
+            self.assertEqual(result["allocations"], expected["allocations"])
+            self.assertEqual(result["shares"], expected["shares"])
+            self.assertEqual(result["performance"]["series"],
+                             expected["performance"]["series"])
+        self.assertNotEqual(first[0]["allocations"], expected["allocations"])
