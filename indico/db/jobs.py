@@ -9,7 +9,8 @@ by any process's job runner (:func:`claim_job`), read and deleted by
 Stored shape: ``_id`` (24 hex characters, a string), ``owner`` (the user's id
 as a string), ``status``, ``params`` (the normalized request), ``events``
 (a list of ``{"id", "event", "at"}``, one per transition, read by the event
-pollers of every process), ``result`` (when done), ``error`` (when failed),
+pollers of every process), ``result`` (when done: its JSON text, see
+:func:`~indico.db.records.encode_result`), ``error`` (when failed),
 ``created`` (a date, set once), ``updated`` and ``lease_expires`` (epoch
 seconds), ``lease_owner`` (the worker holding the job), ``attempts``, and
 ``slot`` (``"<owner>:<k>"``, only while the job is queued or running).
@@ -28,6 +29,7 @@ Every function hands up :class:`~indico.db.records.Job` records (string ids,
 UTC datetimes), decoded here from the stored shape.
 """
 
+import dataclasses
 import datetime
 import time
 import uuid
@@ -39,18 +41,21 @@ from pymongo import ASCENDING, DESCENDING, ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
-from indico.db.records import Job, as_epoch
+from indico.db.records import EPOCH, Job, JobEvent, as_datetime, as_epoch, encode_result
 from indico.db.util import journaled, now, reraise_lost_cancellation
 
 QUEUED, RUNNING, DONE, FAILED = "queued", "running", "done", "failed"
 
 
 def _stamp() -> float:
-    """The time as stored for times that change: epoch seconds, to the microsecond.
+    """The time as stored for times that change: epoch seconds, to the millisecond.
 
-    Rounded so that a record's datetime (microseconds) is the stored value exactly.
+    Rounded so that a record's datetime is the stored value exactly: nx-27017
+    keeps about 16 significant digits of a double, which loses a microsecond
+    of an epoch in seconds now and then (a record built from what was written
+    would then differ from the same job read back).
     """
-    return round(time.time(), 6)
+    return round(time.time(), 3)
 
 
 async def create_indexes(db: AsyncDatabase) -> None:
@@ -162,24 +167,37 @@ async def complete_job(db: AsyncDatabase, job: Job, worker: str, status: str, *,
                        error: str | None = None) -> Job | None:
     """Mark ``job`` done (with ``result``) or failed (with ``error``), if still ``worker``'s.
 
-    The write appends the ``status`` event to the job's events.
+    The write appends the ``status`` event to the job's events. The result is
+    stored as its JSON text (see the module docstring).
 
     Returns:
-        the job as stored by this write (the server's answer), or None when
-        another worker took the job over (or it was deleted) meanwhile.
+        the job as this write stored it, or None when another worker took the
+        job over (or it was deleted) meanwhile.
     """
-    fields: dict[str, Any] = {}
+    moment = _stamp()
+    events = _events(job, new_event(status, moment))
+    fields: dict[str, Any] = {"status": status, "updated": moment, "events": events,
+                              "lease_owner": None, "lease_expires": 0.0}
     if result is not None:
-        fields["result"] = result
+        fields["result"] = encode_result(result)
     if error is not None:
         fields["error"] = error
-    return _decode(await journaled(db, "jobs").find_one_and_update(
+    # update_one, not find_one_and_update: the filter proves that the job is
+    # still as ``job`` says but for its lease's end, which this write resets,
+    # so the stored job is known without asking for it back (a round trip
+    # and, on nx-27017, about 1.5 ms per job).
+    written = await journaled(db, "jobs").update_one(
         {"_id": job.id, "status": RUNNING, "lease_owner": worker},
-        {"$set": {"status": status, "updated": _stamp(), "events": _events(job, new_event(status)),
-                  "lease_owner": None, "lease_expires": 0.0, **fields},
-         "$unset": {"slot": ""}},
-        return_document=ReturnDocument.AFTER,
-    ))
+        {"$set": fields, "$unset": {"slot": ""}},
+    )
+    if not written.matched_count:
+        return None
+    return dataclasses.replace(
+        job, status=status, updated=as_datetime(moment),
+        events=tuple(JobEvent.from_document(entry) for entry in events),
+        result=job.result if result is None else result,
+        error=job.error if error is None else error,
+        lease_owner=None, lease_expires=EPOCH, slot=None)
 
 
 async def get_job(db: AsyncDatabase, owner: str, job_id: str) -> Job | None:

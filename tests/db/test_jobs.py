@@ -58,9 +58,29 @@ class JobsTest(ServerTest):
         self.assertEqual(done.status, "done")
         [stored] = self.find("jobs")
         self.assertEqual(done, Job.from_document(stored))  # the write answers with the stored job
-        self.assertEqual((stored["status"], stored["result"]), ("done", {"x": 2}))
+        # The result is stored as its JSON text, and read back as the document it was.
+        self.assertEqual((stored["status"], stored["result"]), ("done", '{"x":2}'))
+        self.assertEqual(done.result, {"x": 2})
         self.assertEqual([event["event"] for event in stored["events"]],
                          ["queued", "running", "running", "done"])
+
+    def test_a_failed_job_as_answered_is_the_job_as_stored(self):
+        job = self.run_async(jobs.create_job, "owner", PARAMS, 10, worker="w1", lease=30)
+        self.assertTrue(self.run_async(jobs.renew_lease, job.id, "w1", 30))  # lease moved
+        failed = self.run_async(jobs.complete_job, job, "w1", jobs.FAILED, error="no luck")
+        [stored] = self.find("jobs")
+        self.assertEqual(failed, Job.from_document(stored))
+        self.assertEqual((failed.error, failed.result, failed.slot, failed.lease_owner),
+                         ("no luck", None, None, None))
+        self.assertEqual(self.run_async(jobs.get_job, "owner", job.id), failed)
+
+    def test_a_result_stored_as_a_document_still_reads(self):
+        job = self.run_async(jobs.create_job, "owner", PARAMS, 10, worker="w1", lease=30)
+        self.run_async(jobs.complete_job, job, "w1", jobs.DONE, result={"x": 3})
+        self.io_loop.run_sync(lambda: self.db.jobs.update_one(
+            {"_id": job.id}, {"$set": {"result": {"x": 3, "series": [1.5, None]}}}))
+        self.assertEqual(self.run_async(jobs.get_job, "owner", job.id).result,
+                         {"x": 3, "series": [1.5, None]})
 
     def test_renewal_keeps_the_job(self):
         job = self.run_async(jobs.create_job, "owner", PARAMS, 10, worker="w1", lease=30)
