@@ -82,11 +82,11 @@ from indico.optimization.estimators import ReturnsModel, RiskModel
 
 __all__ = [
     "ENGINE_OPTIONS",
-    "ReturnsModel",
-    "RiskModel",
     "WORKER_BLAS_THREADS",
     "Objective",
     "OptimizationResult",
+    "ReturnsModel",
+    "RiskModel",
     "configure_worker",
     "optimize",
 ]

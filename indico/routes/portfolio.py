@@ -139,15 +139,22 @@ class OptimizeRequest(Request):
         validation_alias=AliasChoices("targetVolatility", "target_volatility"))
     returns_model: ReturnsModel = Field(
         ReturnsModel.MEAN, strict=False,
-        validation_alias=AliasChoices("returnsModel", "returns_model"))
-    returns_span: int = Field(500, ge=2, le=5000,
-                              validation_alias=AliasChoices("returnsSpan", "returns_span"))
-    risk_model: RiskModel = Field(RiskModel.SAMPLE, strict=False,
-                                  validation_alias=AliasChoices("riskModel", "risk_model"))
-    risk_span: int = Field(180, ge=2, le=5000,
-                           validation_alias=AliasChoices("riskSpan", "risk_span"))
-    cvar_level: float = Field(0.95, ge=0.5, le=0.999, allow_inf_nan=False,
-                              validation_alias=AliasChoices("cvarLevel", "cvar_level"))
+        validation_alias=AliasChoices("returnsModel", "returns_model"),
+        description="estimator of expected returns: mean, or ema (span returnsSpan)")
+    returns_span: int = Field(
+        500, ge=2, le=5000, validation_alias=AliasChoices("returnsSpan", "returns_span"),
+        description="span in days of returnsModel ema")
+    risk_model: RiskModel = Field(
+        RiskModel.SAMPLE, strict=False, validation_alias=AliasChoices("riskModel", "risk_model"),
+        description="estimator of the covariance: sample, ledoit_wolf, exp_cov (span "
+                    "riskSpan), or semicovariance (below riskFreeRate/252)")
+    risk_span: int = Field(
+        180, ge=2, le=5000, validation_alias=AliasChoices("riskSpan", "risk_span"),
+        description="span in days of riskModel exp_cov")
+    cvar_level: float = Field(
+        0.95, ge=0.5, le=0.999, allow_inf_nan=False,
+        validation_alias=AliasChoices("cvarLevel", "cvar_level"),
+        description="confidence level of objective min_cvar and of stats.cvar")
     wait: bool = True
 
     @field_validator("symbols")
