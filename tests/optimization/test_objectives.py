@@ -76,6 +76,9 @@ class HierarchicalRiskParityTest(unittest.TestCase):
         a = 1 - 0.2
         assert_allclose(weights, [0.8 * a, 0.0, 0.2 * a, 0.2], atol=1e-15)
 
+    def test_one_asset_gets_everything(self):
+        assert_allclose(optimize(window(symbols=["KO"]), "hrp").weights, [1.0])
+
     def test_engine_hrp_on_the_sample_within_bounds(self):
         prices = window()
         data = prepare_prices(prices)
