@@ -49,9 +49,14 @@ deploy-restart: $(STAMP)
 deploy-test: $(STAMP)
 	$(PY) deploy/reliability.py
 
+## lint: ruff over the code, then mypy over indico/services and indico/db (setup.cfg's [mypy]);
+## both run, and lint fails if either finds something
 lint: $(STAMP)
 	$(PY) -m pip install -q ruff
-	$(VENV)/bin/ruff check --line-length 100 indico tests config.py benchmarks
+	status=0; \
+	$(VENV)/bin/ruff check --line-length 100 indico tests config.py benchmarks || status=1; \
+	$(VENV)/bin/mypy indico/services indico/db || status=1; \
+	exit $$status
 
 clean:
 	rm -rf $(VENV) var .coverage .coverage.* .test-summary

@@ -10,7 +10,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 def requirements():
     with open(os.path.join(HERE, "req.txt")) as handle:
         lines = [line.split("#")[0].strip() for line in handle]
-    tools = {"nose2", "coverage", "websockets", "schemathesis", "playwright"}
+    tools = {"nose2", "coverage", "websockets", "schemathesis", "playwright", "mypy",
+             "types-cachetools"}
     return [line for line in lines if line and line.split(">")[0] not in tools]
 
 

@@ -16,15 +16,16 @@ import argparse
 import asyncio
 import logging
 import sys
+from collections.abc import Mapping, Sequence
+from typing import TextIO
 
 import tqdm
 from pymongo.errors import PyMongoError
 
 from config import Config
 from indico import error
-from indico.db import ensure_indexes
+from indico.db import open_database
 from indico.error import ConfigError
-from indico.server import open_database
 from indico.services.price_files import LAYOUTS_HELP, FileRejected
 from indico.services.price_import import PriceImporter
 
@@ -41,7 +42,8 @@ Exit status: 0 all imported, 1 a file was rejected (the others are imported),
 2 usage or configuration error, 3 database error, 130 interrupted."""
 
 
-def parse_args(argv):
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """The command line; exits 2 with the usage on a mistake."""
     parser = argparse.ArgumentParser(
         prog="indico-prices", description="Manage the price store of indico.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -61,7 +63,9 @@ def parse_args(argv):
     return args
 
 
-async def import_files(importer, paths, symbol=None, quiet=False, out=None, err=None):
+async def import_files(importer: PriceImporter, paths: Sequence[str], symbol: str | None = None,
+                       quiet: bool = False, out: TextIO | None = None,
+                       err: TextIO | None = None) -> int:
     """Import ``paths`` one by one; report each.
 
     Args:
@@ -82,7 +86,7 @@ async def import_files(importer, paths, symbol=None, quiet=False, out=None, err=
         bar = tqdm.tqdm(desc=str(path), unit=" prices", unit_scale=True, file=err,
                         disable=not show_bar, leave=False)
 
-        def advance(count, total, bar=bar):
+        def advance(count: int, total: int, bar: tqdm.tqdm = bar) -> None:
             bar.total = total
             bar.update(count)
         try:
@@ -98,21 +102,26 @@ async def import_files(importer, paths, symbol=None, quiet=False, out=None, err=
     return rejected
 
 
-async def run(config, args, out=None, err=None):
-    """Open the database, create the indexes, import; return the exit code."""
-    client, db, embedded = await open_database(config)
-    try:
-        await ensure_indexes(db)
-        importer = PriceImporter(db)
-        rejected = await import_files(importer, args.files, args.symbol, args.quiet, out, err)
-    finally:
-        await client.close()
-        if embedded:
-            embedded.stop()
+async def run(config: Config, args: argparse.Namespace, out: TextIO | None = None,
+              err: TextIO | None = None) -> int:
+    """Open the database (as the server does: :func:`indico.db.open_database`), import.
+
+    The embedded database is not watched: a database restarted here would be
+    stopped when the import ends, under a server that attached to it meanwhile.
+    If it dies, the import fails (:data:`EXIT_DATABASE`) and the server's own
+    watcher restarts it.
+
+    Returns:
+        the exit code: 0, or :data:`EXIT_REJECTED` when a file was rejected.
+    """
+    async with open_database(config, watch=False) as database:
+        rejected = await import_files(PriceImporter(database.db), args.files, args.symbol,
+                                      args.quiet, out, err)
     return EXIT_REJECTED if rejected else 0
 
 
-def main(argv=None, environ=None, out=None, err=None):
+def main(argv: list[str] | None = None, environ: Mapping[str, str] | None = None,
+         out: TextIO | None = None, err: TextIO | None = None) -> int:
     """Console entry point ``indico-prices``.
 
     Args:

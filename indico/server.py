@@ -1,13 +1,17 @@
 """The server process: ``python -m indico.server [--port=8001] [--address=...] [--debug]``.
 
-``main`` reads the configuration, starts (or attaches to) the embedded
-database when no MongoDB URI is set, and restarts it whenever it dies (the
-same port and data, so the client reconnects by itself); creates the indexes,
-serves HTTP, and on SIGTERM or SIGINT drains: it stops listening, answers every
-further request with ``Connection: close``, waits until in-flight requests have
-finished and clients (a proxy's kept-alive connections) have closed their
-connections (bounded by ``INDICO_SHUTDOWN_GRACE``), stops the embedded database and
-exits 0.
+``main`` reads the configuration and runs :func:`serve`: it opens the database
+(:func:`indico.db.open_database`: the embedded nx-27017 when no MongoDB URI is
+set, restarted whenever it dies, on the same port and data, so the client
+reconnects by itself; the indexes; the expiry purge on nx-27017), loads the
+sample prices on a first start, opens the services
+(:func:`indico.services.open_services`: the hashing executor, the worker pool,
+the job runner), serves HTTP, and on SIGTERM or SIGINT drains: it stops
+listening, answers every further request with ``Connection: close``, waits
+until in-flight requests have finished and clients (a proxy's kept-alive
+connections) have closed their connections (bounded by
+``INDICO_SHUTDOWN_GRACE``), then leaves both blocks, which stop the services,
+the purge, the client and the embedded database it started, and exits 0.
 """
 
 import argparse
@@ -23,18 +27,17 @@ import time
 import tornado.httpserver
 import tornado.iostream
 import tornado.netutil
-import tornado.web
 from pymongo.errors import ConnectionFailure, PyMongoError
 
 from config import Config
 from indico import __version__
 from indico.app import make_app
-from indico.db import create_client, ensure_indexes, purge_all_expired
-from indico.db.embedded import EmbeddedServer
+from indico.db import open_database
 from indico.error import ConfigError, StartupError
-from indico.services.jobs import JobRunner
+from indico.routes.base import InFlight
+from indico.services import open_services
 from indico.services.price_import import PriceImporter
-from indico.utils.logs import describe_database_error, setup_logging
+from indico.utils.logs import setup_logging
 
 log = logging.getLogger(__name__)
 
@@ -45,32 +48,16 @@ SERVER_MAX_BODY = 64 * 1024 * 1024
 # Request heads up to this size are read, so that one over INDICO_HEADER_LIMIT
 # gets a JSON 431 from the handler; past it Tornado closes the connection.
 SERVER_MAX_HEADER = 1024 * 1024
-# How often expired sessions and rate-limit windows are deleted on nx-27017,
-# which has no TTL monitor we can afford (see db.util.create_expiry_index).
-PURGE_INTERVAL = 60.0
-# After a failed purge (the database is down), wait this long, doubling up to
-# PURGE_INTERVAL, instead of logging the same failure every round.
-PURGE_RETRY = 5.0
 
 
-def parse_args(argv):
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """The command line: ``--port``, ``--address``, ``--debug`` (None when not given)."""
     parser = argparse.ArgumentParser(prog="indico", description="Serve the indico API.")
     parser.add_argument("--port", type=int, help="port to listen on (INDICO_PORT)")
     parser.add_argument("--address", help="address to bind (INDICO_ADDRESS)")
     parser.add_argument("--debug", action="store_true", default=None,
                         help="tornado debug mode: autoreload (INDICO_DEBUG)")
     return parser.parse_args(argv)
-
-
-async def open_database(config):
-    """Return ``(client, db, embedded)``: the client, the database, the server started here."""
-    embedded = None
-    uri = config.mongodb_uri
-    if not uri:
-        embedded = EmbeddedServer(config.data_path, config.embedded_start_timeout)
-        uri = await asyncio.get_running_loop().run_in_executor(None, embedded.start)
-    client = create_client(uri, config.db_timeout, config.db_selection_timeout)
-    return client, client[config.database], embedded
 
 
 class DrainingHTTPServer(tornado.httpserver.HTTPServer):
@@ -90,7 +77,7 @@ class DrainingHTTPServer(tornado.httpserver.HTTPServer):
         super().on_close(server_conn)
 
 
-def start_draining(app: tornado.web.Application) -> None:
+def start_draining(in_flight: InFlight) -> None:
     """Make every answer from now on end its connection (``Connection: close``).
 
     A proxy that keeps connections alive (nginx's upstream ``keepalive``) then
@@ -102,10 +89,10 @@ def start_draining(app: tornado.web.Application) -> None:
     keep their connections and send more requests on them.
 
     Args:
-        app: the Application; its ``draining`` setting is read by BaseHandler.
+        in_flight: the application's tracker; BaseHandler reads its ``draining``.
     """
-    app.settings["draining"] = True
-    for handler in list(app.settings["in_flight"]):
+    in_flight.draining = True
+    for handler in list(in_flight.handlers):
         handler.set_header("Connection", "close")
 
 
@@ -135,52 +122,28 @@ def stop_listening(server: tornado.httpserver.HTTPServer,
     server.stop()
 
 
-async def wait_for_requests(app: tornado.web.Application, grace: float,
+async def wait_for_requests(in_flight: InFlight, grace: float,
                             server: DrainingHTTPServer | None = None) -> None:
     """Wait until no request is in flight and no client connection is open.
 
     Args:
-        app: the Application (its ``in_flight`` set).
+        in_flight: the application's tracker of the requests being served.
         grace: the most seconds to wait.
         server: the DrainingHTTPServer whose connections must close first;
             requests only if None.
     """
     deadline = time.monotonic() + grace
     while time.monotonic() < deadline and (
-            app.settings["in_flight"] or (server is not None and server.open_connections)):
+            in_flight.handlers or (server is not None and server.open_connections)):
         await asyncio.sleep(0.02)
 
 
-async def purge_forever(db, interval: float = PURGE_INTERVAL, sleep=asyncio.sleep,
-                        retry: float = PURGE_RETRY) -> None:
-    """Delete expired documents every ``interval`` seconds until cancelled.
-
-    Args:
-        db: the database handle.
-        interval: seconds between rounds.
-        sleep: ``await sleep(seconds)``, injectable for tests.
-        retry: seconds before the round after a database error, doubled after
-            each further one up to ``interval``.
-    """
-    delay = retry
-    while True:
-        try:
-            removed = await purge_all_expired(db)
-            if removed:
-                log.info("purged %d expired sessions and rate-limit windows", removed)
-            wait, delay = interval, retry
-        except PyMongoError as exc:  # down or timing out: one line, no traceback
-            log.warning("purge of expired documents failed (%s); next try in %g s",
-                        describe_database_error(exc), delay)
-            wait, delay = delay, min(delay * 2, interval)
-        except Exception:  # a bug: keep its traceback; the next round tries again
-            log.exception("purge of expired documents failed")
-            wait = interval
-        await sleep(wait)
-
-
-async def serve(config):
+async def serve(config: Config) -> None:
     """Run the server until SIGTERM or SIGINT.
+
+    The database and the services are open for the time of the inner block;
+    leaving it, normally or by an error, closes them in reverse order
+    (:func:`indico.services.open_services`, :func:`indico.db.open_database`).
 
     Raises:
         ConfigError: INDICO_DATA_DIR cannot be used.
@@ -192,63 +155,46 @@ async def serve(config):
     except OSError as exc:
         raise ConfigError(f"INDICO_DATA_DIR: cannot use {config.data_path}: "
                           f"{exc.strerror}") from None
-    client, db, embedded = await open_database(config)
-    watcher = asyncio.ensure_future(embedded.watch()) if embedded else None
-    try:
-        purges_itself = await ensure_indexes(db)
-        purger = asyncio.ensure_future(purge_forever(db)) if purges_itself else None
-        app = make_app(config, db)
+    async with open_database(config) as database:
         if config.load_sample_prices:
-            for summary in await PriceImporter(db).load_sample_prices_if_empty():
+            for summary in await PriceImporter(database.db).load_sample_prices_if_empty():
                 log.info("loaded sample prices: %s", summary.describe())
-        services = app.settings["services"]
-        runner = JobRunner(services.jobs)
-        runner.start()
-        # What exists now (modules, the app, the sample prices) lives as long as
-        # the process: keep it out of the collector's full passes, which
-        # otherwise stall requests for tens of milliseconds (docs/PERFORMANCE.md).
-        gc.collect()
-        gc.freeze()
-        server = DrainingHTTPServer(app, max_body_size=SERVER_MAX_BODY,
-                                    max_header_size=SERVER_MAX_HEADER,
-                                    idle_connection_timeout=60, body_timeout=30)
-        sockets = tornado.netutil.bind_sockets(config.port, config.address)
-        server.add_sockets(sockets)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, stop.set)
-        log.info("indico %s listening on http://%s:%d", __version__, config.address, config.port)
-        log.info("session cache: %s s, change marks in %s (shared by this host's processes)",
-                 config.session_cache, config.marks_path)
-        await stop.wait()
-        log.info("shutting down: no new connections, waiting for in-flight requests "
-                 "and for %d open connections to close", server.open_connections)
-        # Refused connections are safe: a proxy tries another backend, as
-        # nothing was sent. Kept-alive ones are closed by their client after
-        # the next answer, or by a proxy's idle timeout (deploy/nginx: 4 s).
-        start_draining(app)
-        stop_listening(server, sockets)
-        await wait_for_requests(app, config.shutdown_grace, server)
-        await runner.stop()
-        if purger:
-            purger.cancel()
-        await services.events.stop()
-        await services.jobs.stop()
-        await asyncio.wait_for(server.close_all_connections(), 2.0)
-        app.settings["cpu_executor"].shutdown(wait=False, cancel_futures=True)
-    finally:
-        if watcher:
-            watcher.cancel()
-            await asyncio.gather(watcher, return_exceptions=True)
-        await client.close()
-        if embedded:
-            embedded.stop()
+        async with open_services(config, database.db) as services:
+            in_flight = InFlight()
+            app = make_app(config, database.db, services, in_flight)
+            # What exists now (modules, the app, the sample prices) lives as long as
+            # the process: keep it out of the collector's full passes, which
+            # otherwise stall requests for tens of milliseconds (docs/PERFORMANCE.md).
+            gc.collect()
+            gc.freeze()
+            server = DrainingHTTPServer(app, max_body_size=SERVER_MAX_BODY,
+                                        max_header_size=SERVER_MAX_HEADER,
+                                        idle_connection_timeout=60, body_timeout=30)
+            sockets = tornado.netutil.bind_sockets(config.port, config.address)
+            server.add_sockets(sockets)
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(signum, stop.set)
+            log.info("indico %s listening on http://%s:%d", __version__, config.address,
+                     config.port)
+            log.info("session cache: %s s, change marks in %s (shared by this host's processes)",
+                     config.session_cache, config.marks_path)
+            await stop.wait()
+            log.info("shutting down: no new connections, waiting for in-flight requests "
+                     "and for %d open connections to close", server.open_connections)
+            # Refused connections are safe: a proxy tries another backend, as
+            # nothing was sent. Kept-alive ones are closed by their client after
+            # the next answer, or by a proxy's idle timeout (deploy/nginx: 4 s).
+            start_draining(in_flight)
+            stop_listening(server, sockets)
+            await wait_for_requests(in_flight, config.shutdown_grace, server)
+            await asyncio.wait_for(server.close_all_connections(), 2.0)
     log.info("stopped")
 
 
-def main(argv=None):
-    """Console entry point ``indico-server``."""
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point ``indico-server``; exits with a message when it cannot start."""
     args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
         config = Config.from_environ(port=args.port, address=args.address, debug=args.debug)

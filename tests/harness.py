@@ -3,8 +3,10 @@
 With ``INDICO_MONGODB_URI`` set, tests use that server instead (``make test``
 runs the suite both ways), and the tests that need the embedded server itself
 are skipped with the reason (:func:`needs_embedded`). Each ``ServerTest``
-builds the real application on a database of its own and drops that database
-afterwards; requests go over HTTP through Tornado's client.
+opens a database of its own and the services with the server's own context
+managers (:func:`indico.db.open_database`, :func:`indico.services.open_services`),
+builds the real application on them, and afterwards closes both and drops that
+database; requests go over HTTP through Tornado's client.
 """
 
 import atexit
@@ -28,11 +30,13 @@ from pymongo import monitoring
 from tornado.testing import AsyncHTTPTestCase
 
 from config import Config
-from indico.app import build_services, make_app
-from indico.db import create_client, ensure_indexes
+from indico.app import make_app
+from indico.db import open_database
 from indico.db.embedded import EmbeddedServer
 from indico.db.util import Clock
+from indico.routes.base import InFlight
 from indico.server import SERVER_MAX_HEADER
+from indico.services import open_services
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _server = {}
@@ -196,7 +200,16 @@ class FakeClock(Clock):
 class ServerTest(AsyncHTTPTestCase):
     """The real application on a database of its own, spoken to over HTTP.
 
-    Subclasses may set ``settings`` (Config overrides) for the whole class.
+    The database and the services are opened as the server opens them, by
+    :func:`indico.db.open_database` and :func:`indico.services.open_services`
+    in ``self.resources`` (an ``AsyncExitStack`` closed at tear-down), with
+    the run's shared executor and worker pool and no job runner (tests claim
+    jobs themselves). ``self.client`` and ``self.db`` are the test's database,
+    ``self.services`` and ``self.in_flight`` what the application was given.
+
+    Subclasses may set ``settings`` (Config overrides) for the whole class,
+    give other services dependencies (:meth:`service_options`) or open the
+    application's database otherwise (:meth:`open_app_database`).
     ``self.clock`` is the :class:`FakeClock` of the application's session
     store and rate limits.
     """
@@ -208,6 +221,8 @@ class ServerTest(AsyncHTTPTestCase):
         self.db_name = f"test_{uuid.uuid4().hex[:20]}"
         self.data_dir = tempfile.mkdtemp(prefix="indico-test-data-")
         self.config = test_config(database=self.db_name, data_dir=self.data_dir, **self.settings)
+        self.resources = contextlib.AsyncExitStack()
+        self.in_flight = InFlight()
         super().setUp()
 
     def client_options(self):
@@ -221,33 +236,40 @@ class ServerTest(AsyncHTTPTestCase):
         return {"max_header_size": SERVER_MAX_HEADER}
 
     def get_app(self):
-        self.client = create_client(self.config.mongodb_uri, timeout=TEST_DB_TIMEOUT,
-                                    **self.client_options())
-        self.db = self.client[self.db_name]
-        self.io_loop.run_sync(lambda: ensure_indexes(self.db))
+        try:
+            self.io_loop.run_sync(self.open_resources)
+        except BaseException:  # setUp fails (or skips): tearDown will not run
+            self.io_loop.run_sync(self.resources.aclose)
+            raise
         return self.make_app()
 
-    def make_app(self):
-        """Build the application; subclasses may pass more dependencies."""
-        return make_app(self.config, self.db, cpu_executor=CPU_EXECUTOR,
-                        services=self.build_services())
+    async def open_resources(self):
+        """Open the test's database, then the application's services, in ``self.resources``."""
+        # The tests' client waits longer than the application would (TEST_DB_TIMEOUT).
+        database_config = self.config.model_copy(update={"db_timeout": TEST_DB_TIMEOUT})
+        database = await self.resources.enter_async_context(
+            open_database(database_config, **self.client_options()))
+        self.client, self.db = database.client, database.db
+        self.resources.push_async_callback(self.client.drop_database, self.db_name)
+        self.app_config, self.app_db = await self.open_app_database()
+        self.services = await self.resources.enter_async_context(
+            open_services(self.app_config, self.app_db, **self.service_options()))
 
-    def build_services(self, **dependencies):
-        """The application's services on ``self.clock``; ``dependencies`` as ``build_services``."""
-        return build_services(self.config, self.db, CPU_EXECUTOR, shared_pool(),
-                              **{"clock": self.clock, **dependencies})
+    async def open_app_database(self):
+        """``(config, db)`` of the application: the test's own; subclasses may open another."""
+        return self.config, self.db
+
+    def service_options(self):
+        """Keyword arguments of ``open_services``; subclasses may add dependencies."""
+        return {"cpu_executor": CPU_EXECUTOR, "pool": shared_pool(), "run_jobs": False,
+                "clock": self.clock}
+
+    def make_app(self):
+        """Build the application on what :meth:`open_resources` opened."""
+        return make_app(self.app_config, self.app_db, self.services, self.in_flight)
 
     def tearDown(self):
-        services = self._app.settings.get("services")
-
-        async def drop():
-            if services is not None and services.jobs is not None:
-                await services.events.stop()
-                await services.jobs.stop(shutdown_pool=services.jobs.pool
-                                         is not _server.get("pool"))
-            await self.client.drop_database(self.db_name)
-            await self.client.close()
-        self.io_loop.run_sync(drop)
+        self.io_loop.run_sync(self.resources.aclose)
         super().tearDown()
         shutil.rmtree(self.data_dir, ignore_errors=True)
 

@@ -102,7 +102,7 @@ class CliTest(Files, ServerTest):
         first = self.write("first.csv", "Date,AAPL\n2020-01-02,1\n2020-01-03,2\n")
         self.assertEqual(run_cli(self.db_name, "import", first).returncode, 0)
         self.assertEqual(self.symbols(token)["AAPL"]["rows"], 2)
-        service = self._app.settings["services"].prices
+        service = self.services.prices
         frame = self.io_loop.run_sync(lambda: service.get_frame(["AAPL"], "2020-01-01",
                                                                 "2020-01-31"))
         self.assertEqual(frame["AAPL"].tolist(), [1.0, 2.0])

@@ -1,5 +1,8 @@
 """The server process: start, serve, stop on SIGTERM with in-flight requests finished."""
 
+import asyncio
+import errno
+import gc
 import json
 import os
 import shutil
@@ -20,8 +23,15 @@ import tornado.iostream
 import tornado.netutil
 
 from indico.db.embedded import _free_port, _pid_alive
-from indico.server import DrainingHTTPServer, stop_listening
-from tests.harness import REPO, ServerTest, database_uri, needs_embedded, server_command
+from indico.server import DrainingHTTPServer, serve, stop_listening
+from tests.harness import (
+    REPO,
+    ServerTest,
+    database_uri,
+    needs_embedded,
+    server_command,
+    test_config,
+)
 from tests.relay import Relay
 
 
@@ -259,3 +269,28 @@ class StopListeningTest(ServerTest):
         head, _, body = answer.partition(b"\r\n\r\n")
         self.assertTrue(head.startswith(b"HTTP/1.1 200"), head)
         self.assertEqual(json.loads(body)["data"]["message"], "Success!")
+
+
+class ServeTest(unittest.IsolatedAsyncioTestCase):
+    """``serve`` in this process: what it opened is closed when the start fails."""
+
+    async def test_a_failure_after_the_services_opened_closes_everything(self):
+        data_dir = tempfile.mkdtemp(prefix="indico-serve-")
+        self.addCleanup(shutil.rmtree, data_dir, True)
+        taken = socket.socket()
+        self.addCleanup(taken.close)
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        # The embedded database of its own, and a port that cannot be bound:
+        # the last step of the start fails, inside both blocks.
+        config = test_config(mongodb_uri="", data_dir=data_dir, embedded_start_timeout=60.0,
+                             port=taken.getsockname()[1], workers=1)
+        self.addCleanup(gc.unfreeze)  # serve freezes what exists before it binds
+        before = asyncio.all_tasks()
+        with self.assertRaises(OSError) as raised:
+            await serve(config)
+        self.assertEqual(raised.exception.errno, errno.EADDRINUSE)
+        # No loop is left running (job runner, event poller, purge, watcher) ...
+        self.assertEqual(asyncio.all_tasks(), before)
+        # ... and the embedded database it started is stopped.
+        self.assertFalse(os.path.exists(os.path.join(data_dir, "db", "server.json")))

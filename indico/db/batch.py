@@ -19,11 +19,16 @@ only once its own command is acknowledged, with the command's write concern
 
 import asyncio
 import copy
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Generic, TypeVar
 
 from pymongo.errors import NetworkTimeout
 
+Item = TypeVar("Item")
+Result = TypeVar("Result")
 
-def _own_copy(exception):
+
+def _own_copy(exception: BaseException) -> BaseException:
     """A copy of ``exception`` for one caller, so callers do not share its traceback."""
     try:
         return copy.copy(exception)
@@ -31,7 +36,7 @@ def _own_copy(exception):
         return exception
 
 
-class Batcher:
+class Batcher(Generic[Item, Result]):
     """Send the items of concurrent calls together, a few commands at a time.
 
     Items wait while ``max_in_flight`` commands are out; each command carries
@@ -51,15 +56,17 @@ class Batcher:
             caller ``timeout`` seconds, not up to ``max_in_flight + 1`` of them.
     """
 
-    def __init__(self, run, max_size=25, max_in_flight=2, timeout=None):
+    def __init__(self, run: Callable[[list[Item]], Awaitable[Sequence[Result | Exception]]],
+                 max_size: int = 25, max_in_flight: int = 2,
+                 timeout: float | None = None) -> None:
         self.run = run
         self.max_size = max_size
         self.max_in_flight = max_in_flight
         self.timeout = timeout
-        self.pending = []
-        self.senders = set()
+        self.pending: list[tuple[Item, asyncio.Future[Result]]] = []
+        self.senders: set[asyncio.Future[None]] = set()
 
-    async def submit(self, item):
+    async def submit(self, item: Item) -> Result:
         """Return the result for ``item`` once the command that carries it returns.
 
         Raises:
@@ -67,7 +74,7 @@ class Batcher:
             NetworkTimeout: no answer within ``timeout`` seconds (a write may
                 still be applied, as with the driver's own timeouts).
         """
-        future = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
         self.pending.append((item, future))
         if len(self.senders) < self.max_in_flight:
             # Not started inline: the requests already queued on the IOLoop in
@@ -84,16 +91,16 @@ class Batcher:
             raise NetworkTimeout(f"no answer from the database within {self.timeout:g} s "
                                  "(queued behind other commands)") from None
 
-    def _next_batch(self):
+    def _next_batch(self) -> list[tuple[Item, asyncio.Future[Result]]]:
         """Take up to ``max_size`` pending items whose callers still wait."""
-        batch = []
+        batch: list[tuple[Item, asyncio.Future[Result]]] = []
         while self.pending and len(batch) < self.max_size:
             item, future = self.pending.pop(0)
             if not future.done():  # a cancelled caller's item is not sent
                 batch.append((item, future))
         return batch
 
-    async def _send(self):
+    async def _send(self) -> None:
         try:
             await self._send_batches()
         finally:
@@ -102,9 +109,11 @@ class Batcher:
             # between (by a caller this sender just woke) would still see this
             # sender counted, start none, and wait until some later call came:
             # forever, for a draining backend's or a load's last request.
-            self.senders.discard(asyncio.current_task())
+            task = asyncio.current_task()
+            if task is not None:
+                self.senders.discard(task)
 
-    async def _send_batches(self):
+    async def _send_batches(self) -> None:
         while batch := self._next_batch():
             try:
                 results = list(await self.run([item for item, _ in batch]))

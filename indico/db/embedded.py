@@ -26,6 +26,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Awaitable, Callable, Iterator
 
 from pymongo import MongoClient
 from pymongo.errors import PyMongoError
@@ -36,15 +37,18 @@ log = logging.getLogger(__name__)
 
 STATE_FILE = "server.json"
 
+Sleep = Callable[[float], Awaitable[None]]
 
-def _free_port(address="127.0.0.1"):
+
+def _free_port(address: str = "127.0.0.1") -> int:
     """Return a TCP port that is free on ``address`` right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((address, 0))
-        return sock.getsockname()[1]
+        port: int = sock.getsockname()[1]
+        return port
 
 
-def _port_in_use(port, address="127.0.0.1"):
+def _port_in_use(port: int, address: str = "127.0.0.1") -> bool:
     """True when something already listens on ``address:port``."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.settimeout(0.5)
@@ -68,9 +72,9 @@ def _pid_alive(pid: int) -> bool:
         return True
 
 
-def _answers(uri, timeout):
+def _answers(uri: str, timeout: float) -> bool:
     """True when a MongoDB server at ``uri`` answers a ping within ``timeout`` s."""
-    client = MongoClient(uri, serverSelectionTimeoutMS=int(timeout * 1000),
+    client: MongoClient[dict[str, object]] = MongoClient(uri, serverSelectionTimeoutMS=int(timeout * 1000),
                          connectTimeoutMS=int(timeout * 1000))
     try:
         client.admin.command("ping")
@@ -91,24 +95,27 @@ class EmbeddedServer:
             attached), the server's port is kept: a restart listens there again.
     """
 
-    def __init__(self, data_dir, start_timeout=20.0, port=None):
+    def __init__(self, data_dir: str, start_timeout: float = 20.0,
+                 port: int | None = None) -> None:
         self.directory = os.path.join(os.path.abspath(data_dir), "db")
         self.start_timeout = start_timeout
         self.port = port
-        self.process = None
-        self.pid = None
-        self.uri = None
+        self.process: subprocess.Popen[bytes] | None = None
+        self.pid: int | None = None
+        self.uri: str | None = None
         self.owned = False
 
     @property
-    def state_path(self):
+    def state_path(self) -> str:
+        """The file that names the running server's pid and URI."""
         return os.path.join(self.directory, STATE_FILE)
 
     @property
-    def pid_path(self):
+    def pid_path(self) -> str:
+        """The server's pid file."""
         return os.path.join(self.directory, "nx-27017.pid")
 
-    def _running(self):
+    def _running(self) -> tuple[int, str] | None:
         """Return ``(pid, uri)`` of a live server for this directory, or None.
 
         Removes state and pid files that a crashed server left behind.
@@ -129,7 +136,7 @@ class EmbeddedServer:
                 pass
         return None
 
-    def start(self):
+    def start(self) -> str:
         """Attach to this directory's running server, or start one.
 
         Returns:
@@ -144,7 +151,7 @@ class EmbeddedServer:
             return self._start_locked()
 
     @contextlib.contextmanager
-    def _lock(self):
+    def _lock(self) -> Iterator[None]:
         """Hold ``db/start.lock`` exclusively (blocking until it is free).
 
         Held from the look for a live server to the state file written, so two
@@ -155,7 +162,7 @@ class EmbeddedServer:
             fcntl.flock(handle, fcntl.LOCK_EX)
             yield
 
-    def _start_locked(self):
+    def _start_locked(self) -> str:
         running = self._running()
         if running:
             self.pid, self.uri = running
@@ -216,7 +223,8 @@ class EmbeddedServer:
             return self.process.poll() is None
         return self.pid is not None and _pid_alive(self.pid)
 
-    async def recover(self, sleep=asyncio.sleep, first_delay=0.5, max_delay=10.0) -> int:
+    async def recover(self, sleep: Sleep = asyncio.sleep, first_delay: float = 0.5,
+                      max_delay: float = 10.0) -> int:
         """Start the dead server again on the same port, retrying with a back-off.
 
         Each attempt logs one line. A server started meanwhile by another
@@ -245,7 +253,8 @@ class EmbeddedServer:
                         attempt, "started" if self.owned else "attached", self.uri, self.pid)
             return attempt
 
-    async def watch(self, sleep=asyncio.sleep, interval=0.5, **backoff) -> None:
+    async def watch(self, sleep: Sleep = asyncio.sleep, interval: float = 0.5,
+                    **backoff: float) -> None:
         """Restart the server whenever it dies, until cancelled.
 
         Args:
@@ -263,14 +272,14 @@ class EmbeddedServer:
                         "" if code is None else f" with code {code}")
             await self.recover(sleep, **backoff)
 
-    def stop(self, timeout=10.0):
+    def stop(self, timeout: float = 10.0) -> None:
         """Stop the server if this object started it; a no-op otherwise."""
         if self.pid is None:  # never started nor attached
             return
         with self._lock():
             self._stop_locked(timeout)
 
-    def _stop_locked(self, timeout=10.0):
+    def _stop_locked(self, timeout: float = 10.0) -> None:
         if not self.owned or self.process is None:
             return
         if self.process.poll() is None:
@@ -288,7 +297,7 @@ class EmbeddedServer:
         log.info("stopped the embedded database")
 
 
-def _serve():  # pragma: no cover - runs in the child process
+def _serve() -> None:  # pragma: no cover - runs in the child process
     """Child-process entry point: nx-27017 with quiet logging."""
     from nx_27017.nx_27017 import main
 

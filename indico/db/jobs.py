@@ -23,21 +23,37 @@ Times that change are numbers, and lists are written whole with ``$set``:
 nx-27017 stores dates written by ``$set`` as strings and documents written by
 ``$push`` as JSON strings. Owner-scoped queries with ``$or`` use an explicit
 ``$and``, because nx-27017 drops the sibling conditions of a top-level ``$or``.
+
+Every function hands up :class:`~indico.db.records.Job` records (string ids,
+UTC datetimes), decoded here from the stored shape.
 """
 
+import datetime
 import time
 import uuid
+from collections.abc import Iterable
+from typing import Any
 
 from bson import ObjectId
 from pymongo import ASCENDING, DESCENDING, ReturnDocument
+from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
+from indico.db.records import Job, as_epoch
 from indico.db.util import journaled, now, reraise_lost_cancellation
 
 QUEUED, RUNNING, DONE, FAILED = "queued", "running", "done", "failed"
 
 
-async def create_indexes(db):
+def _stamp() -> float:
+    """The time as stored for times that change: epoch seconds, to the microsecond.
+
+    Rounded so that a record's datetime (microseconds) is the stored value exactly.
+    """
+    return round(time.time(), 6)
+
+
+async def create_indexes(db: AsyncDatabase) -> None:
     await db.jobs.create_index([("owner", ASCENDING), ("created", DESCENDING)],
                                name="owner_created")
     await db.jobs.create_index([("status", ASCENDING), ("lease_expires", ASCENDING)],
@@ -47,29 +63,43 @@ async def create_indexes(db):
     await db.jobs.create_index([("slot", ASCENDING)], unique=True, sparse=True, name="slot")
 
 
-def new_event(event, **details):
-    """An entry of a job's ``events`` list."""
-    return {"id": uuid.uuid4().hex, "event": event, "at": time.time(), **details}
+def new_event(event: str, moment: float | None = None) -> dict[str, Any]:
+    """An entry of a job's ``events`` list, as stored, stamped ``moment`` (now if None)."""
+    return {"id": uuid.uuid4().hex, "event": event, "at": _stamp() if moment is None else moment}
 
 
-async def create_job(db, owner, params, max_active, worker=None, lease=None):
+def _events(job: Job, *more: dict[str, Any]) -> list[dict[str, Any]]:
+    """The stored ``events`` list of ``job`` with ``more`` entries appended."""
+    return [event.to_document() for event in job.events] + list(more)
+
+
+def _decode(document: dict[str, Any] | None) -> Job | None:
+    return None if document is None else Job.from_document(document)
+
+
+async def create_job(db: AsyncDatabase, owner: str, params: dict[str, Any], max_active: int,
+                     worker: str | None = None, lease: float = 0.0) -> Job | None:
     """Insert a job, queued; or already running under ``worker`` when it is given.
 
     Args:
+        owner: the user's id.
+        params: the normalized request.
         max_active: how many queued or running jobs ``owner`` may have.
+        worker: the worker that runs it at once, or None (queued).
+        lease: seconds of that worker's first lease.
 
     Returns:
-        the stored document, or None when all of ``owner``'s slots are taken.
+        the stored job, or None when all of ``owner``'s slots are taken.
     """
-    moment = time.time()
-    events = [new_event(QUEUED)]
+    moment = _stamp()
+    events = [new_event(QUEUED, moment)]
     document = {
         "_id": str(ObjectId()), "owner": owner, "params": params, "status": QUEUED,
         "created": now(), "updated": moment, "attempts": 0, "lease_owner": None,
         "lease_expires": 0.0,
     }
     if worker is not None:
-        events.append(new_event(RUNNING))
+        events.append(new_event(RUNNING, moment))
         document.update(status=RUNNING, lease_owner=worker, lease_expires=moment + lease,
                         attempts=1)
     document["events"] = events
@@ -78,19 +108,23 @@ async def create_job(db, owner, params, max_active, worker=None, lease=None):
         document["slot"] = f"{owner}:{slot}"
         try:
             await collection.insert_one(document)
-            return document
+            return Job.from_document(document)
         except DuplicateKeyError:
             continue  # that slot belongs to another active job
     return None
 
 
-async def claim_job(db, worker, lease):
+async def claim_job(db: AsyncDatabase, worker: str, lease: float) -> Job | None:
     """Atomically take the oldest queued job, or a running one whose lease expired.
+
+    Args:
+        worker: the worker that takes it.
+        lease: seconds of its lease.
 
     Returns:
         the claimed job (status running, ``lease_owner`` = ``worker``), or None.
     """
-    moment = time.time()
+    moment = _stamp()
     collection = journaled(db, "jobs")
     for query in ({"status": QUEUED},
                   {"status": RUNNING, "lease_expires": {"$lt": moment}}):
@@ -98,7 +132,7 @@ async def claim_job(db, worker, lease):
         reraise_lost_cancellation()  # the job runner stops by cancellation
         if candidate is None:
             continue
-        events = candidate["events"] + [new_event(RUNNING)]
+        events = _events(Job.from_document(candidate), new_event(RUNNING))
         # The filter repeats what made it claimable: two workers racing for
         # the same job cannot both match.
         claimed = await collection.find_one_and_update(
@@ -110,12 +144,12 @@ async def claim_job(db, worker, lease):
             return_document=ReturnDocument.AFTER,
         )
         if claimed is not None:
-            return claimed
+            return Job.from_document(claimed)
         reraise_lost_cancellation()
     return None
 
 
-async def renew_lease(db, job_id, worker, lease):
+async def renew_lease(db: AsyncDatabase, job_id: str, worker: str, lease: float) -> bool:
     """Extend ``worker``'s lease on a running job; False if the job is no longer its own."""
     result = await db.jobs.update_one(
         {"_id": job_id, "status": RUNNING, "lease_owner": worker},
@@ -123,8 +157,10 @@ async def renew_lease(db, job_id, worker, lease):
     return bool(result.matched_count)
 
 
-async def complete_job(db, job, worker, status, **fields):
-    """Mark ``job`` done or failed with ``fields`` (``result`` or ``error``), if still ``worker``'s.
+async def complete_job(db: AsyncDatabase, job: Job, worker: str, status: str, *,
+                       result: dict[str, Any] | None = None,
+                       error: str | None = None) -> Job | None:
+    """Mark ``job`` done (with ``result``) or failed (with ``error``), if still ``worker``'s.
 
     The write appends the ``status`` event to the job's events.
 
@@ -132,28 +168,33 @@ async def complete_job(db, job, worker, status, **fields):
         the job as stored by this write (the server's answer), or None when
         another worker took the job over (or it was deleted) meanwhile.
     """
-    events = job["events"] + [new_event(status)]
-    return await journaled(db, "jobs").find_one_and_update(
-        {"_id": job["_id"], "status": RUNNING, "lease_owner": worker},
-        {"$set": {"status": status, "updated": time.time(), "events": events,
+    fields: dict[str, Any] = {}
+    if result is not None:
+        fields["result"] = result
+    if error is not None:
+        fields["error"] = error
+    return _decode(await journaled(db, "jobs").find_one_and_update(
+        {"_id": job.id, "status": RUNNING, "lease_owner": worker},
+        {"$set": {"status": status, "updated": _stamp(), "events": _events(job, new_event(status)),
                   "lease_owner": None, "lease_expires": 0.0, **fields},
          "$unset": {"slot": ""}},
         return_document=ReturnDocument.AFTER,
-    )
+    ))
 
 
-async def get_job(db, owner, job_id):
+async def get_job(db: AsyncDatabase, owner: str, job_id: str) -> Job | None:
     """Return ``owner``'s job ``job_id``, or None (also for someone else's job)."""
-    return await db.jobs.find_one({"_id": job_id, "owner": owner})
+    return _decode(await db.jobs.find_one({"_id": job_id, "owner": owner}))
 
 
-async def list_jobs(db, owner, limit, after=None):
-    """Return up to ``limit`` of ``owner``'s jobs, newest first.
+async def list_jobs(db: AsyncDatabase, owner: str, limit: int,
+                    after: tuple[datetime.datetime, str] | None = None) -> list[Job]:
+    """Return up to ``limit`` of ``owner``'s jobs, newest first, without their events.
 
     Args:
         after: ``(created, id)`` of the last job of the previous page, or None.
     """
-    query = {"owner": owner}
+    query: dict[str, Any] = {"owner": owner}
     if after is not None:
         created, job_id = after
         query = {"$and": [query, {"$or": [
@@ -161,26 +202,32 @@ async def list_jobs(db, owner, limit, after=None):
             {"created": created, "_id": {"$lt": job_id}},
         ]}]}
     cursor = db.jobs.find(query, {"events": 0}).sort([("created", DESCENDING), ("_id", DESCENDING)])
-    return await cursor.limit(limit).to_list()
+    return [Job.from_document(document) for document in await cursor.limit(limit).to_list()]
 
 
-async def list_changed_jobs(db, owners, since):
-    """Jobs of ``owners`` updated at or after ``since`` (epoch seconds), with their events."""
+async def list_changed_jobs(db: AsyncDatabase, owners: Iterable[str],
+                            since: datetime.datetime) -> list[Job]:
+    """Jobs of ``owners`` updated at or after ``since``, with their events.
+
+    Without the lease fields (the event pollers do not need them; the records
+    have their defaults there).
+    """
     changed = await db.jobs.find(
-        {"owner": {"$in": list(owners)}, "updated": {"$gte": since}},
-        {"owner": 1, "events": 1, "status": 1, "result": 1, "error": 1, "updated": 1},
+        {"owner": {"$in": list(owners)}, "updated": {"$gte": as_epoch(since)}},
+        {"owner": 1, "events": 1, "status": 1, "result": 1, "error": 1, "updated": 1,
+         "created": 1, "params": 1},
     ).to_list()
     reraise_lost_cancellation()  # the event poller stops by cancellation
-    return changed
+    return [Job.from_document(document) for document in changed]
 
 
-async def delete_job(db, owner, job_id):
+async def delete_job(db: AsyncDatabase, owner: str, job_id: str) -> int:
     """Delete ``owner``'s job ``job_id``; returns how many were deleted (0 or 1)."""
     result = await journaled(db, "jobs").delete_one({"_id": job_id, "owner": owner})
     return result.deleted_count
 
 
-async def delete_owner_jobs(db, owner):
+async def delete_owner_jobs(db: AsyncDatabase, owner: str) -> int:
     """Delete every job of ``owner``; returns how many."""
     result = await journaled(db, "jobs").delete_many({"owner": owner})
     return result.deleted_count

@@ -16,43 +16,55 @@ so every reader sees either all of a file or none of it, even if the importer
 dies half way, and two imports that overlap cannot both commit on the same
 version. ``version`` only grows; servers compare it with the version of their
 cache before each read (one small read by ``_id``).
+
+Reads hand up :class:`~indico.db.records.Head` and
+:class:`~indico.db.records.CatalogRecord` records. The head's ``updated`` is
+written by ``$set`` at every commit but the first, so on nx-27017 it is stored
+as a string (:func:`indico.db.records.as_datetime` reads it back).
 """
 
+from collections.abc import Iterable, Sequence
+
 from pymongo import DeleteMany
+from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
+from indico.db.records import CatalogRecord, Head, SymbolEntry
 from indico.db.util import journaled, now
 
 HEAD_ID = "head"
 
 
-async def create_indexes(db):
+async def create_indexes(db: AsyncDatabase) -> None:
     """Nothing to create: every read is by ``_id``."""
 
 
-async def get_head(db):
-    """Return the head document, or None when nothing was ever imported."""
-    return await db.price_meta.find_one({"_id": HEAD_ID})
+async def get_head(db: AsyncDatabase) -> Head | None:
+    """Return the head, or None when nothing was ever imported."""
+    document = await db.price_meta.find_one({"_id": HEAD_ID})
+    return None if document is None else Head.from_document(document)
 
 
-async def get_catalog(db, generation):
-    """Return the catalog document of ``generation``, or None."""
-    return await db.price_meta.find_one({"_id": generation, "kind": "catalog"})
+async def get_catalog(db: AsyncDatabase, generation: str) -> CatalogRecord | None:
+    """Return the catalog of ``generation``, or None."""
+    document = await db.price_meta.find_one({"_id": generation, "kind": "catalog"})
+    return None if document is None else CatalogRecord.from_document(document)
 
 
-async def create_catalog(db, generation, symbols):
+async def create_catalog(db: AsyncDatabase, generation: str,
+                         symbols: Sequence[SymbolEntry]) -> None:
     """Store the catalog of ``generation``.
 
     Args:
         generation: the import generation (also the catalog's ``_id``).
-        symbols: the entries: dicts with ``symbol``, ``generation``, ``first``,
-            ``last`` and ``rows``.
+        symbols: its entries, one per stored symbol.
     """
     await journaled(db, "price_meta").insert_one(
-        {"_id": generation, "kind": "catalog", "created": now(), "symbols": symbols})
+        {"_id": generation, "kind": "catalog", "created": now(),
+         "symbols": [entry.to_document() for entry in symbols]})
 
 
-async def update_head(db, expected_version, catalog):
+async def update_head(db: AsyncDatabase, expected_version: int, catalog: str) -> int | None:
     """Point the head at ``catalog`` if its version is still ``expected_version``.
 
     Args:
@@ -63,19 +75,20 @@ async def update_head(db, expected_version, catalog):
         the new version, or None when another import committed first.
     """
     collection = journaled(db, "price_meta")
-    head = {"version": expected_version + 1, "catalog": catalog, "updated": now()}
+    head: dict[str, object] = {"version": expected_version + 1, "catalog": catalog, "updated": now()}
     if expected_version == 0:
         try:
             await collection.insert_one({"_id": HEAD_ID, **head})
         except DuplicateKeyError:
             return None
-        return head["version"]
+        return expected_version + 1
     result = await collection.update_one({"_id": HEAD_ID, "version": expected_version},
                                          {"$set": head})
-    return head["version"] if result.matched_count else None
+    return expected_version + 1 if result.matched_count else None
 
 
-async def delete_catalogs(db, generations, stale_before=None, keep=None):
+async def delete_catalogs(db: AsyncDatabase, generations: Iterable[str],
+                          stale_before: str | None = None, keep: str | None = None) -> int:
     """Delete the catalogs of ``generations``, and unused ones older than ``stale_before``.
 
     Args:

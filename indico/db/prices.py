@@ -20,13 +20,21 @@ unique and ordered by creation time; a string because nx-27017 does not
 compare ObjectId values outside ``_id``), and only the catalog that the head
 document of ``price_meta`` points to says which generation of a symbol is
 current. Readers therefore filter by generation.
+
+Buckets go in and come out as :class:`~indico.db.records.Bucket` records
+(numpy arrays); the packing is this module's business.
 """
 
 import datetime
+from collections.abc import Collection, Iterable, Sequence
+from typing import Any
 
 import numpy as np
+from bson import ObjectId
 from pymongo import ASCENDING, DeleteMany
+from pymongo.asynchronous.database import AsyncDatabase
 
+from indico.db.records import Bucket
 from indico.db.util import journaled, long_operation
 
 INDEX_NAME = "symbol_year_generation"
@@ -36,7 +44,7 @@ LEGACY_INDEX_KEY = [("symbol", 1), ("year", 1)]
 EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
 
 
-async def create_indexes(db):
+async def create_indexes(db: AsyncDatabase) -> None:
     # By key, not name: nx-27017 reports index names with a prefix of its own.
     for name, index in (await db.prices.index_information()).items():
         if index.get("unique") and list(index["key"]) == LEGACY_INDEX_KEY:
@@ -46,35 +54,41 @@ async def create_indexes(db):
         unique=True, name=INDEX_NAME)
 
 
-def _moment(day):
+def new_generation() -> tuple[str, datetime.datetime]:
+    """Return a new generation and the time it was made (to the second)."""
+    oid = ObjectId()
+    return str(oid), oid.generation_time
+
+
+def generation_before(moment: datetime.datetime) -> str:
+    """Return the least generation made at ``moment``: every older one compares below it."""
+    return str(ObjectId.from_datetime(moment))
+
+
+def _moment(day: int) -> datetime.datetime:
     return EPOCH + datetime.timedelta(days=int(day))
 
 
-def encode_bucket(symbol, generation, year, days, closes):
-    """Return the document of one bucket.
-
-    Args:
-        symbol: the symbol.
-        generation: the import generation the bucket belongs to.
-        year: the calendar year of every day in ``days``.
-        days: int32 days since 1970-01-01, increasing.
-        closes: float64 prices, same length.
-    """
+def encode_bucket(bucket: Bucket) -> dict[str, Any]:
+    """Return the stored document of ``bucket`` (its ``days`` in one calendar year)."""
     return {
-        "symbol": symbol, "year": int(year), "generation": generation,
-        "days": np.ascontiguousarray(days, dtype="<i4").tobytes(),
-        "closes": np.ascontiguousarray(closes, dtype="<f8").tobytes(),
-        "rows": len(days), "first": _moment(days[0]), "last": _moment(days[-1]),
+        "symbol": bucket.symbol, "year": int(bucket.year), "generation": bucket.generation,
+        "days": np.ascontiguousarray(bucket.days, dtype="<i4").tobytes(),
+        "closes": np.ascontiguousarray(bucket.closes, dtype="<f8").tobytes(),
+        "rows": bucket.rows, "first": _moment(bucket.days[0]), "last": _moment(bucket.days[-1]),
     }
 
 
-def decode_bucket(document):
-    """Return ``(days, closes)`` of a bucket document as read-only numpy arrays."""
-    return (np.frombuffer(document["days"], dtype="<i4"),
-            np.frombuffer(document["closes"], dtype="<f8"))
+def decode_bucket(document: dict[str, Any]) -> Bucket:
+    """Return the bucket a stored document holds; its arrays are read-only."""
+    return Bucket(document["symbol"], document["generation"], int(document["year"]),
+                  np.frombuffer(document["days"], dtype="<i4"),
+                  np.frombuffer(document["closes"], dtype="<f8"))
 
 
-async def list_buckets(db, symbols, generations, first_year=None, last_year=None):
+async def list_buckets(db: AsyncDatabase, symbols: Iterable[str], generations: Iterable[str],
+                       first_year: int | None = None,
+                       last_year: int | None = None) -> list[Bucket]:
     """Return the buckets of ``symbols`` in ``generations`` between two years (inclusive).
 
     The result may include buckets of a listed generation for another listed
@@ -86,29 +100,30 @@ async def list_buckets(db, symbols, generations, first_year=None, last_year=None
         generations: the generations to read.
         first_year, last_year: bounds on ``year``; no bound when None.
     """
-    query = {"symbol": {"$in": sorted(set(symbols))},
+    query: dict[str, Any] = {"symbol": {"$in": sorted(set(symbols))},
              "generation": {"$in": sorted(set(generations))}}
-    years = {}
+    years: dict[str, int] = {}
     if first_year is not None:
         years["$gte"] = int(first_year)
     if last_year is not None:
         years["$lte"] = int(last_year)
     if years:
         query["year"] = years
-    return await db.prices.find(query).to_list()
+    return [decode_bucket(document) for document in await db.prices.find(query).to_list()]
 
 
-async def create_buckets(db, documents):
-    """Insert bucket documents (journaled, unordered: one bulk round trip per batch).
+async def create_buckets(db: AsyncDatabase, buckets: Sequence[Bucket]) -> None:
+    """Insert buckets (journaled, unordered: one bulk round trip per batch).
 
     A long operation (``util.long_operation``): a batch is up to a few megabytes.
     """
-    if documents:
+    if buckets:
         async with long_operation(db):
-            await journaled(db, "prices").insert_many(documents, ordered=False)
+            await journaled(db, "prices").insert_many(
+                [encode_bucket(bucket) for bucket in buckets], ordered=False)
 
 
-async def delete_generation(db, generation):
+async def delete_generation(db: AsyncDatabase, generation: str) -> int:
     """Delete every bucket of ``generation`` (an import attempt that did not commit).
 
     A long operation, like every bulk deletion of buckets.
@@ -118,7 +133,9 @@ async def delete_generation(db, generation):
     return result.deleted_count
 
 
-async def delete_superseded(db, pairs, stale_before=None, keep=()):
+async def delete_superseded(db: AsyncDatabase, pairs: Iterable[tuple[str, str]],
+                            stale_before: str | None = None,
+                            keep: Collection[str] = ()) -> int:
     """Delete buckets no catalog needs any more, in one bulk write.
 
     Args:

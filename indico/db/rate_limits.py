@@ -15,17 +15,18 @@ There is deliberately no function that only reads a counter.
 import datetime
 
 from pymongo import ReturnDocument
+from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
+from indico.db.records import Window, as_datetime
 from indico.db.util import Now, journaled, now
 
 
-async def create_indexes(db):
+async def create_indexes(db: AsyncDatabase) -> None:
     """Nothing beyond the expiry index, which comes from ``ensure_indexes``."""
 
 
-async def increment(db, key: str, window: float,
-                    clock: Now = now) -> tuple[int, datetime.datetime]:
+async def increment(db: AsyncDatabase, key: str, window: float, clock: Now = now) -> Window:
     """Add one to ``key``'s counter, opening a window of ``window`` s if none is live.
 
     Each call gets a count of its own: the ``$inc`` of a live window is one
@@ -39,7 +40,8 @@ async def increment(db, key: str, window: float,
         clock: the time (tests move it instead of waiting for a window to end).
 
     Returns:
-        ``(count, expires)`` after the increment.
+        the :class:`~indico.db.records.Window` counted in: its count after
+        the increment and its end.
 
     Raises:
         RuntimeError: the window kept appearing and disappearing (three tries).
@@ -52,7 +54,7 @@ async def increment(db, key: str, window: float,
             return_document=ReturnDocument.AFTER,
         )
         if document:
-            return document["count"], document["expires"]
+            return Window(int(document["count"]), as_datetime(document["expires"]))
         expires = moment + datetime.timedelta(seconds=window)
         # No live window: drop an expired counter, then open a new one. (A
         # delete and an insert, not a $set: nx-27017 stores dates written by
@@ -64,13 +66,13 @@ async def increment(db, key: str, window: float,
         await collection.delete_one({"_id": key, "expires": {"$lte": moment}})
         try:
             await collection.insert_one({"_id": key, "count": 1, "expires": expires})
-            return 1, expires
+            return Window(1, expires)
         except DuplicateKeyError:
             continue  # another process opened the window first: count in it
     raise RuntimeError(f"rate limit counter {key!r} kept changing under us")
 
 
-async def give_back(db, key: str, expires: datetime.datetime) -> None:
+async def give_back(db: AsyncDatabase, key: str, expires: datetime.datetime) -> None:
     """Take back one attempt counted in the window of ``key`` that ends at ``expires``.
 
     A later window (the one counted in has passed) is left alone, and the
@@ -85,6 +87,6 @@ async def give_back(db, key: str, expires: datetime.datetime) -> None:
         {"_id": key, "expires": expires, "count": {"$gt": 0}}, {"$inc": {"count": -1}})
 
 
-async def reset(db, key: str) -> None:
+async def reset(db: AsyncDatabase, key: str) -> None:
     """Delete ``key``'s counter: the next attempt opens a new window."""
     await journaled(db, "rate_limits").delete_one({"_id": key})

@@ -7,20 +7,37 @@ creation, holding only the keys that are set), ``created``, ``updated``. Only
 ``indico.services`` reads the hash; responses are built from the public shape
 in ``indico.routes.models``. Writes stamp dates from ``clock``
 (:data:`indico.db.util.Now`), so that tests can move it.
+
+Reads hand up :class:`~indico.db.records.User` records (no hash) or
+:class:`~indico.db.records.Account` records (with it); ids go in and come out
+as strings, the ObjectId being this module's business. ``updated`` is written
+by ``$set``, so on nx-27017 it is stored as a string after a change
+(:func:`indico.db.records.as_datetime` reads it back).
 """
+
+import datetime
+from collections.abc import Sequence
+from typing import Any
 
 from bson import ObjectId
 from pymongo import ASCENDING, UpdateOne
+from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError, DuplicateKeyError, OperationFailure
 
+from indico.db.records import Account, User
 from indico.db.util import Now, find_by_ids, journaled, now, object_id
 
+# What a change of the profile may set: the request model's fields, and the
+# re-hash at login.
+Fields = dict[str, Any]
 
-async def create_indexes(db):
+
+async def create_indexes(db: AsyncDatabase) -> None:
     await db.users.create_index([("email", ASCENDING)], unique=True, name="email_unique")
 
 
-async def create_user(db, email, password_hash, name, clock: Now = now):
+async def create_user(db: AsyncDatabase, email: str, password_hash: str, name: str | None,
+                      clock: Now = now) -> Account:
     """Insert a user; raises DuplicateKeyError when the email is taken."""
     created = clock()
     document = {
@@ -28,34 +45,42 @@ async def create_user(db, email, password_hash, name, clock: Now = now):
         "preferences": {}, "created": created, "updated": created,
     }
     await journaled(db, "users").insert_one(document)
-    return document
+    return Account.from_document(document)
 
 
-async def get_user(db, user_id):
-    """Return the user with id ``user_id`` (ObjectId or string), or None."""
-    oid = object_id(user_id)
-    return None if oid is None else await db.users.find_one({"_id": oid})
+async def get_user(db: AsyncDatabase, user_id: str) -> Account | None:
+    """Return the user with id ``user_id``, with its password hash, or None.
 
-
-async def get_public_users(db, user_ids):
-    """Return each user of ``user_ids`` (ObjectIds) without its password hash, or None.
-
-    One command for many lookups (see :mod:`indico.db.batch`); results in order.
-    The hash is dropped here rather than by a projection, which costs nx-27017
-    a fifth more per document.
+    A string that is no user id (not 24 hex digits) is no user: None.
     """
-    found = await find_by_ids(db.users, user_ids)
-    for user in found:
-        if user is not None:
-            user.pop("password_hash", None)
-    return found
+    oid = object_id(user_id)
+    document = None if oid is None else await db.users.find_one({"_id": oid})
+    return None if document is None else Account.from_document(document)
 
 
-async def get_user_by_email(db, email):
-    return await db.users.find_one({"email": email})
+async def get_public_users(db: AsyncDatabase, user_ids: Sequence[str]) -> list[User | None]:
+    """Return each user of ``user_ids`` without its password hash, or None, in order.
+
+    One command for many lookups (see :mod:`indico.db.batch`). The hash is
+    left out by the decoding rather than by a projection, which costs
+    nx-27017 a fifth more per document. An id that is no ObjectId finds nothing.
+    """
+    oids = [object_id(user_id) for user_id in user_ids]
+    found = iter(await find_by_ids(db.users, [oid for oid in oids if oid is not None]))
+    users: list[User | None] = []
+    for oid in oids:
+        document = None if oid is None else next(found)
+        users.append(None if document is None else User.from_document(document))
+    return users
 
 
-def profile_update(fields: dict, stamp) -> dict:
+async def get_user_by_email(db: AsyncDatabase, email: str) -> Account | None:
+    """Return the user with ``email`` (normalized), with its password hash, or None."""
+    document = await db.users.find_one({"email": email})
+    return None if document is None else Account.from_document(document)
+
+
+def profile_update(fields: Fields, stamp: datetime.datetime) -> dict[str, Any]:
     """Return the update document that applies validated ``fields`` to a user.
 
     Top-level fields are set whole; ``preferences`` is applied key by key:
@@ -72,8 +97,8 @@ def profile_update(fields: dict, stamp) -> dict:
         fields: the fields to change, as the request model validated them.
         stamp: the ``updated`` date to write.
     """
-    to_set = {"updated": stamp}
-    to_unset = {}
+    to_set: dict[str, Any] = {"updated": stamp}
+    to_unset: dict[str, str] = {}
     for name, value in fields.items():
         if name != "preferences":
             to_set[name] = value
@@ -86,7 +111,8 @@ def profile_update(fields: dict, stamp) -> dict:
     return {"$set": to_set, "$unset": to_unset} if to_unset else {"$set": to_set}
 
 
-async def update_user(db, user_id, fields, clock: Now = now):
+async def update_user(db: AsyncDatabase, user_id: str, fields: Fields,
+                      clock: Now = now) -> bool:
     """Apply ``fields`` (already validated; see :func:`profile_update`).
 
     Returns:
@@ -98,23 +124,25 @@ async def update_user(db, user_id, fields, clock: Now = now):
     # update_one, not find_one_and_update: nx-27017 answers a unique-index
     # violation in findAndModify with null instead of error 11000.
     result = await journaled(db, "users").update_one(
-        {"_id": user_id}, profile_update(fields, clock()))
+        {"_id": object_id(user_id)}, profile_update(fields, clock()))
     return bool(result.matched_count)
 
 
-async def set_password(db, user_id, password_hash, clock: Now = now):
+async def set_password(db: AsyncDatabase, user_id: str, password_hash: str,
+                       clock: Now = now) -> None:
     """Store a new password hash and count the change in ``password_version``.
 
     (A re-hash of the same password at login goes through :func:`update_user`
     and leaves the version alone.)
     """
     await journaled(db, "users").update_one(
-        {"_id": user_id},
+        {"_id": object_id(user_id)},
         {"$set": {"password_hash": password_hash, "updated": clock()},
          "$inc": {"password_version": 1}})
 
 
-async def update_users(db, changes, clock: Now = now):
+async def update_users(db: AsyncDatabase, changes: Sequence[tuple[str, Fields]],
+                       clock: Now = now) -> list[Exception | None]:
     """Apply many ``(user_id, fields)`` changes in one journaled command.
 
     Each change is applied as :func:`profile_update` says (preferences key by
@@ -129,9 +157,9 @@ async def update_users(db, changes, clock: Now = now):
         BulkWriteError: the write concern failed, so no change is known durable.
     """
     stamp = clock()
-    requests = [UpdateOne({"_id": user_id}, profile_update(fields, stamp))
+    requests = [UpdateOne({"_id": object_id(user_id)}, profile_update(fields, stamp))
                 for user_id, fields in changes]
-    results = [None] * len(changes)
+    results: list[Exception | None] = [None] * len(changes)
     try:
         await journaled(db, "users").bulk_write(requests, ordered=False)
     except BulkWriteError as exc:
@@ -143,6 +171,7 @@ async def update_users(db, changes, clock: Now = now):
     return results
 
 
-async def delete_user(db, user_id):
-    result = await journaled(db, "users").delete_one({"_id": user_id})
+async def delete_user(db: AsyncDatabase, user_id: str) -> int:
+    """Delete the user ``user_id``; returns how many were deleted (0 or 1)."""
+    result = await journaled(db, "users").delete_one({"_id": object_id(user_id)})
     return result.deleted_count

@@ -16,6 +16,7 @@ import contextlib
 import datetime
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
+from typing import Any
 
 import pymongo
 from bson import ObjectId
@@ -87,8 +88,8 @@ def object_id(value: object) -> ObjectId | None:
         return None
 
 
-async def find_by_ids(collection: AsyncCollection, ids: Iterable,
-                      conditions: dict | None = None) -> list[dict | None]:
+async def find_by_ids(collection: AsyncCollection, ids: Iterable[Any],
+                      conditions: dict[str, Any] | None = None) -> list[dict[str, Any] | None]:
     """Return the document of ``collection`` with each of ``ids``, or None, in order.
 
     One command for all of them (see :mod:`indico.db.batch`); ``conditions``
@@ -100,10 +101,13 @@ async def find_by_ids(collection: AsyncCollection, ids: Iterable,
         conditions: more filters, or None.
 
     Returns:
-        one document or None per entry of ``ids``.
+        one stored document or None per entry of ``ids`` (the collection
+        modules decode them into records).
     """
     ids = list(ids)
     keys = list(set(ids))
+    if not keys:
+        return []  # a find with limit 0 would have no limit at all
     query = {"_id": {"$in": keys}, **(conditions or {})}
     # limit, not batch_size: no more than one document per key can match, and
     # a find with a limit ends its cursor once it has returned that many, so
@@ -111,7 +115,7 @@ async def find_by_ids(collection: AsyncCollection, ids: Iterable,
     # after a full batch and costs a getMore that finds nothing. Past the
     # first batch's default size, batchSize makes the whole limit fit in it.
     # https://www.mongodb.com/docs/manual/reference/command/find/
-    options = {"limit": len(keys)}
+    options: dict[str, Any] = {"limit": len(keys)}
     if len(keys) > FIRST_BATCH:
         options["batch_size"] = len(keys)
     found = {document["_id"]: document

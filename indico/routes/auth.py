@@ -57,10 +57,10 @@ class AuthHandler(ActionHandler):
     @action(response=Empty)
     async def logout(self, body):
         """Revoke the token used for this request at once."""
-        await self.services.auth.logout(self.bearer_token(), self.user["_id"])
+        await self.services.auth.logout(self.bearer_token(), self.user.id)
         return {}
 
     @action(response=UserResponse)
     async def check(self, body):
         """Answer 200 with the user when the token is valid."""
-        return UserResponse(user=UserPublic.from_document(self.user))
+        return UserResponse(user=UserPublic.from_record(self.user))

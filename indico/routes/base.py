@@ -69,19 +69,42 @@ def head_size(request) -> int:
     return size + 2
 
 
+class InFlight:
+    """The requests being served, and whether the server is draining.
+
+    One per application: ``make_app`` gives it to every handler, and the
+    server's shutdown (``indico.server``) sets :attr:`draining` and waits
+    until :attr:`handlers` is empty.
+
+    Attributes:
+        handlers: the handlers of the requests being served.
+        draining: the server is stopping; every answer ends its connection.
+    """
+
+    def __init__(self) -> None:
+        self.handlers: set[tornado.web.RequestHandler] = set()
+        self.draining = False
+
+
 class BaseHandler(tornado.web.RequestHandler):
     """Shared behaviour of every indico handler.
 
     Dependencies arrive through :meth:`initialize` from the route table:
-    ``config`` (the Config), ``db`` (the database handle) and ``services``
-    (the service objects built by ``make_app``).
+    ``config`` (the Config), ``db`` (the database handle), ``services``
+    (the service objects given to ``make_app``) and ``in_flight`` (the
+    application's :class:`InFlight`).
     """
 
-    def initialize(self, config, db, services, **_):
+    # None until initialize(): tornado's constructor sets the default headers first.
+    in_flight: InFlight | None = None
+
+    def initialize(self, config, db, services, in_flight: InFlight, **_) -> None:
         """Run for each request with the route's keyword arguments."""
         self.config = config
         self.db = db
         self.services = services
+        self.in_flight = in_flight
+        self.set_default_headers()  # again, now that draining is known
         self.user = None
         self.started = time.monotonic()
 
@@ -98,7 +121,7 @@ class BaseHandler(tornado.web.RequestHandler):
         self.request_id = supplied if REQUEST_ID_PATTERN.match(supplied) else os.urandom(16).hex()
         request_id_var.set(self.request_id)
         self.set_header("X-Request-ID", self.request_id)
-        self.application.settings["in_flight"].add(self)
+        self.in_flight.handlers.add(self)
         self.set_cors_headers()
         size = head_size(self.request)
         if size > self.config.header_limit:
@@ -109,7 +132,7 @@ class BaseHandler(tornado.web.RequestHandler):
 
     def on_finish(self):
         """Run after the response is sent: the request no longer counts as in flight."""
-        self.application.settings["in_flight"].discard(self)
+        self.in_flight.handlers.discard(self)
 
     def on_connection_close(self):
         """Run when the client goes away before the answer.
@@ -123,7 +146,7 @@ class BaseHandler(tornado.web.RequestHandler):
         """
         super().on_connection_close()
         if not self.body_complete:
-            self.application.settings["in_flight"].discard(self)
+            self.in_flight.handlers.discard(self)
 
     # Tornado reads the whole body before prepare() runs, except for handlers
     # that stream it (ActionHandler), which say when it is complete.
@@ -135,7 +158,7 @@ class BaseHandler(tornado.web.RequestHandler):
         self.set_header("Content-Type", "application/json; charset=UTF-8")
         self.set_header("X-Content-Type-Options", "nosniff")
         self.set_header("Cache-Control", "no-store")
-        if self.application.settings.get("draining"):
+        if self.in_flight is not None and self.in_flight.draining:
             # The server is stopping: the client (nginx) must not reuse this
             # connection (see indico.server.start_draining).
             self.set_header("Connection", "close")

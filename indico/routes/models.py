@@ -12,6 +12,8 @@ import email_validator
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 from pydantic_core import PydanticCustomError
 
+from indico.db.records import User
+from indico.services.auth import NewSession
 from indico.services.price_files import SYMBOL_RULE, normalize_symbol
 
 
@@ -77,13 +79,10 @@ class UserPublic(BaseModel):
     preferences: Preferences
 
     @classmethod
-    def from_document(cls, document):
-        """Build the public shape from a stored user document."""
-        return cls(
-            id=str(document["_id"]), email=document["email"], name=document.get("name"),
-            created=document["created"],
-            preferences=Preferences(**document.get("preferences") or {}),
-        )
+    def from_record(cls, user: User) -> "UserPublic":
+        """Build the public shape from a user record."""
+        return cls(id=user.id, email=user.email, name=user.name, created=user.created,
+                   preferences=Preferences(**user.preferences))
 
 
 class UserResponse(BaseModel):
@@ -98,9 +97,9 @@ class SessionResponse(BaseModel):
     expires: datetime.datetime
 
     @classmethod
-    def from_session(cls, session):
-        return cls(user=UserPublic.from_document(session["user"]),
-                   token=session["token"], expires=session["expires"])
+    def from_session(cls, session: NewSession) -> "SessionResponse":
+        return cls(user=UserPublic.from_record(session.user), token=session.token,
+                   expires=session.expires)
 
 
 class Empty(BaseModel):

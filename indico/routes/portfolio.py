@@ -33,6 +33,7 @@ from pydantic_core import PydanticCustomError
 
 from config import Config
 from indico import error
+from indico.db.records import Job
 from indico.optimization import Objective, ReturnsModel, RiskModel
 from indico.routes.actions import ActionHandler, Reply, action
 from indico.routes.models import Empty, Request, Symbol
@@ -242,14 +243,13 @@ class JobPublic(BaseModel):
     performance: dict | None = None
 
     @classmethod
-    def from_document(cls, job, summary=False):
+    def from_record(cls, job: Job, summary: bool = False) -> "JobPublic":
         """Build the public shape; ``summary`` leaves out the bulky performance series."""
-        result = job.get("result") or {}
+        result = job.result or {}
         return cls(
-            id=job["_id"], status=job["status"], objective=job["params"]["objective"],
-            params=job["params"], created=job["created"],
-            updated=datetime.datetime.fromtimestamp(job["updated"], datetime.timezone.utc),
-            error=job.get("error"), allocations=result.get("allocations"),
+            id=job.id, status=job.status, objective=job.params["objective"],
+            params=job.params, created=job.created, updated=job.updated,
+            error=job.error, allocations=result.get("allocations"),
             shares=result.get("shares"), leftover=result.get("leftover"),
             stats=result.get("stats"),
             performance=None if summary else result.get("performance"),
@@ -268,7 +268,7 @@ class PortfolioHandler(ActionHandler):
 
     @property
     def owner(self):
-        return str(self.user["_id"])
+        return self.user.id
 
     @action(request=OptimizeRequest, response=JobPublic, errors=(422, 429))
     async def optimize(self, body):
@@ -279,12 +279,12 @@ class PortfolioHandler(ActionHandler):
         with portfolio/result or the /ws/jobs WebSocket.
         """
         job = await self.services.jobs.optimize(self.owner, body.params(), wait=body.wait)
-        return Reply(200 if job["status"] == "done" else 202, JobPublic.from_document(job))
+        return Reply(200 if job.status == "done" else 202, JobPublic.from_record(job))
 
     @action(request=IdRequest, response=JobPublic)
     async def result(self, body):
         """Return one saved result (or the job's status while it runs)."""
-        return JobPublic.from_document(
+        return JobPublic.from_record(
             await self.services.portfolio.get_result(self.owner, body.id))
 
     @action("list", request=ListRequest, response=JobList)
@@ -292,7 +292,7 @@ class PortfolioHandler(ActionHandler):
         """The caller's results, newest first; pass ``cursor`` for the next page."""
         page, cursor = await self.services.portfolio.list_results(self.owner, body.limit,
                                                                   body.cursor)
-        return JobList(results=[JobPublic.from_document(job, summary=True) for job in page],
+        return JobList(results=[JobPublic.from_record(job, summary=True) for job in page],
                        cursor=cursor)
 
     @action("delete", request=IdRequest, response=Empty)

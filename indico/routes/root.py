@@ -60,8 +60,13 @@ class HealthHandler(BaseHandler):
 class OpenAPIHandler(BaseHandler):
     """``GET /openapi.json``: the OpenAPI 3.1 document built by ``make_app``."""
 
+    def initialize(self, document: dict, **dependencies) -> None:
+        """Take the route's ``document`` and the usual dependencies."""
+        super().initialize(**dependencies)
+        self.document = document
+
     def get(self):
-        self.finish(self.application.settings["openapi"])
+        self.finish(self.document)
 
 
 class DocsHandler(BaseHandler):
@@ -95,9 +100,9 @@ class DocsStaticHandler(BaseHandler, tornado.web.StaticFileHandler):
 
     allow_header = "GET, HEAD, OPTIONS"
 
-    def initialize(self, path: str, config, db, services, **_) -> None:
+    def initialize(self, path: str, **dependencies) -> None:
         """Take the route's ``path`` and the usual dependencies."""
-        BaseHandler.initialize(self, config, db, services)
+        BaseHandler.initialize(self, **dependencies)
         tornado.web.StaticFileHandler.initialize(self, path)
 
     def set_extra_headers(self, path: str) -> None:
@@ -123,7 +128,6 @@ class DocsStaticHandler(BaseHandler, tornado.web.StaticFileHandler):
 ROUTES = [
     (r"/", RootHandler),
     (r"/healthCheck", HealthHandler),
-    (r"/openapi\.json", OpenAPIHandler),
     (r"/docs/?", DocsHandler),
     (r"/docs/static/docs-init\.js", DocsInitHandler),
 ]

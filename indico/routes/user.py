@@ -54,7 +54,7 @@ class UserHandler(ActionHandler):
     @action("get", response=UserResponse)
     async def get_user(self, body):
         """Return the caller's public profile."""
-        return UserResponse(user=UserPublic.from_document(self.user))
+        return UserResponse(user=UserPublic.from_record(self.user))
 
     @action(request=UpdateRequest, response=UserResponse, errors=(409,))
     async def update(self, body):
@@ -66,7 +66,7 @@ class UserHandler(ActionHandler):
         # Only the keys given, nulls included: a null clears its key.
         fields = body.update_user.model_dump(exclude_unset=True)
         updated = await self.services.users.update(self.user, fields)
-        return UserResponse(user=UserPublic.from_document(updated))
+        return UserResponse(user=UserPublic.from_record(updated))
 
     @action(request=PasswordRequest, response=Empty, errors=(403, 429))
     async def password(self, body):

@@ -28,10 +28,10 @@ CONTENT_SECURITY_POLICY = (
 class AppStaticHandler(DocsStaticHandler):
     """The page's files: tornado's static file handler, indico's errors, a strict CSP."""
 
-    def initialize(self, path: str, config, db, services, default_filename: str | None = None,
-                   **_) -> None:
+    def initialize(self, path: str, default_filename: str | None = None,
+                   **dependencies) -> None:
         """Take the route's ``path`` and ``default_filename`` and the usual dependencies."""
-        super().initialize(path, config, db, services)
+        super().initialize(path, **dependencies)
         self.default_filename = default_filename
 
     def set_default_headers(self) -> None:

@@ -42,9 +42,9 @@ HANDSHAKE_ERRORS = {
 class JobEventsHandler(BaseHandler, tornado.websocket.WebSocketHandler):
     """One client's stream of job events."""
 
-    def initialize(self, config, db, services, **_) -> None:
+    def initialize(self, **dependencies) -> None:
         """Run for each request with the route's dependencies."""
-        super().initialize(config, db, services)
+        super().initialize(**dependencies)
         self.owner = None
         self.auth_timer = None
 
@@ -88,7 +88,7 @@ class JobEventsHandler(BaseHandler, tornado.websocket.WebSocketHandler):
             return
         if self.auth_timer:
             self.auth_timer.cancel()
-        self.owner = str(user["_id"])
+        self.owner = user.id
         self.services.events.subscribe(self.owner, self.send_event)
         self.write_message({"event": "subscribed", "user": self.owner})
 

@@ -11,15 +11,18 @@ sent are remembered for :data:`SENT_MEMORY` seconds, in a bounded cache.
 """
 
 import asyncio
+import datetime
 import logging
 import time
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import cachetools
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import PyMongoError
 
 from indico.db import jobs
+from indico.db.records import Job, JobEvent
 from indico.utils.logs import describe_database_error
 
 log = logging.getLogger(__name__)
@@ -40,28 +43,29 @@ SENT_LIMIT = 65536
 # After failed polls, the wait doubles, up to this many intervals.
 POLL_BACKOFF_LIMIT = 5
 
-Message = dict
+Message = dict[str, Any]
 Callback = Callable[[Message], None]
 
 
-def job_summary(job: dict) -> dict:
+def job_summary(job: Job) -> dict[str, Any]:
     """What the ``done`` event says of a finished job: objective, allocations, stats."""
-    result = job.get("result") or {}
+    result = job.result or {}
     return {"objective": result.get("objective"), "allocations": result.get("allocations"),
             "stats": result.get("stats")}
 
 
-def event_message(job: dict, event: dict) -> Message:
+def event_message(job: Job, event: JobEvent) -> Message:
     """The WebSocket message of ``event`` of the stored ``job``.
 
     Returns:
-        ``{"event", "id", "at"}``, with ``summary`` for done and ``error`` for failed.
+        ``{"event", "id", "at"}`` (``at`` in epoch seconds), with ``summary``
+        for done and ``error`` for failed.
     """
-    message = {"event": event["event"], "id": job["_id"], "at": event["at"]}
-    if event["event"] == jobs.DONE:
+    message: Message = {"event": event.event, "id": job.id, "at": event.at.timestamp()}
+    if event.event == jobs.DONE:
         message["summary"] = job_summary(job)
-    elif event["event"] == jobs.FAILED:
-        message["error"] = job.get("error")
+    elif event.event == jobs.FAILED:
+        message["error"] = job.error
     return message
 
 
@@ -76,7 +80,7 @@ class JobEvents:
     """
 
     def __init__(self, db: AsyncDatabase, interval: float = 0.25,
-                 clock: Callable[[], float] = time.time):
+                 clock: Callable[[], float] = time.time) -> None:
         self.db = db
         self.interval = interval
         self.clock = clock
@@ -99,22 +103,22 @@ class JobEvents:
         if not callbacks:
             self.subscribers.pop(owner, None)
 
-    def publish(self, job: dict, since: float | None = None) -> None:
+    def publish(self, job: Job, since: float | None = None) -> None:
         """Send the events of the stored ``job`` not sent yet to its owner's subscribers.
 
         Args:
-            job: a job document as stored (as the write returned it, or as read).
+            job: a job as stored (as the write returned it, or as read).
             since: send only events stamped at or after this (epoch seconds);
                 never older than :data:`SENT_MEMORY` seconds in any case.
         """
         horizon = self.clock() - SENT_MEMORY
         if since is not None:
             horizon = max(horizon, since)
-        callbacks = self.subscribers.get(job["owner"], ())
-        for event in job.get("events", ()):
-            if event["at"] < horizon or event["id"] in self.sent:
+        callbacks = self.subscribers.get(job.owner, set())
+        for event in job.events:
+            if event.at.timestamp() < horizon or event.id in self.sent:
                 continue
-            self.sent[event["id"]] = True
+            self.sent[event.id] = True
             message = event_message(job, event)
             for callback in list(callbacks):
                 callback(message)
@@ -140,13 +144,14 @@ class JobEvents:
             self._publish_all(changed, window)
             since = moment
 
-    async def changed_jobs(self, since: float) -> list[dict]:
+    async def changed_jobs(self, since: float) -> list[Job]:
         """The subscribers' jobs updated at or after ``since`` (epoch seconds)."""
-        return await jobs.list_changed_jobs(self.db, self.subscribers, since)
+        return await jobs.list_changed_jobs(
+            self.db, self.subscribers, datetime.datetime.fromtimestamp(since, datetime.UTC))
 
-    def _publish_all(self, changed: Iterable[dict], window: float) -> None:
+    def _publish_all(self, changed: Iterable[Job], window: float) -> None:
         # Events before the window were sent before, or happened before anyone listened.
-        for job in sorted(changed, key=lambda item: item["updated"]):
+        for job in sorted(changed, key=lambda item: item.updated):
             self.publish(job, since=window)
 
     async def stop(self) -> None:
@@ -162,7 +167,7 @@ class JobEvents:
         await stop_task(self.task)
 
 
-async def stop_task(task: asyncio.Task | None, retry: float = 0.1) -> None:
+async def stop_task(task: "asyncio.Future[Any] | None", retry: float = 0.1) -> None:
     """Cancel ``task`` until it is done, however many cancellations it swallows.
 
     Args:

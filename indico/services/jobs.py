@@ -40,7 +40,7 @@ import os
 import socket
 import threading
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from concurrent.futures.process import BrokenProcessPool
 from multiprocessing.connection import Connection
 from typing import Any
@@ -53,8 +53,10 @@ from pymongo.errors import PyMongoError
 from config import Config
 from indico import error
 from indico.db import jobs
+from indico.db.records import Job
 from indico.optimization import ENGINE_OPTIONS, configure_worker, optimize
 from indico.services.events import JobEvents, stop_task
+from indico.services.price_catalog import PriceCatalog
 from indico.utils.logs import describe_database_error
 
 log = logging.getLogger(__name__)
@@ -236,7 +238,7 @@ class Waiter:
         self.waiting = True
         self.answering = False
 
-    async def wait(self, task: asyncio.Task, seconds: float) -> dict | None:
+    async def wait(self, task: "asyncio.Task[Job | None]", seconds: float) -> Job | None:
         """Wait up to ``seconds`` for ``task``.
 
         Returns:
@@ -271,9 +273,9 @@ class JobService:
         sleep: ``await sleep(seconds)`` between lease renewals (injectable).
     """
 
-    def __init__(self, db: AsyncDatabase, config: Config, prices: Any, events: JobEvents,
-                 pool: WorkerPool | None = None, work: Work = run_optimization,
-                 sleep: Sleep = asyncio.sleep):
+    def __init__(self, db: AsyncDatabase, config: Config, prices: PriceCatalog,
+                 events: JobEvents, pool: WorkerPool | None = None,
+                 work: Work = run_optimization, sleep: Sleep = asyncio.sleep) -> None:
         self.db = db
         self.config = config
         self.prices = prices
@@ -284,7 +286,7 @@ class JobService:
         self.worker = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.background: set[asyncio.Task] = set()
 
-    async def load_inputs(self, params: dict) -> tuple[pd.DataFrame, pd.Series | None]:
+    async def load_inputs(self, params: dict[str, Any]) -> tuple[pd.DataFrame, pd.Series | None]:
         """The aligned price frame and the benchmark series for ``params``.
 
         Raises:
@@ -297,7 +299,7 @@ class JobService:
                                                     frame.index)
         return frame, benchmark
 
-    async def optimize(self, owner: str, params: dict, wait: bool = True) -> dict:
+    async def optimize(self, owner: str, params: dict[str, Any], wait: bool = True) -> Job:
         """Create, run and wait for one optimization job.
 
         Args:
@@ -333,11 +335,12 @@ class JobService:
             return job
         if finished is None:
             raise error.NotFound("no such result")
-        if finished["status"] == jobs.FAILED:
-            raise error.Unprocessable(finished["error"], id=finished["_id"])
+        if finished.status == jobs.FAILED:
+            raise error.Unprocessable(finished.error, id=finished.id)
         return finished
 
-    def spawn(self, coroutine: Awaitable, waiter: Waiter | None = None) -> asyncio.Task:
+    def spawn(self, coroutine: Coroutine[Any, Any, Job | None],
+              waiter: Waiter | None = None) -> "asyncio.Task[Job | None]":
         """Run ``coroutine`` in the background, keeping a reference until it ends.
 
         An exception nobody waits for (``waiter`` gone or None) is logged here.
@@ -347,7 +350,7 @@ class JobService:
         task.add_done_callback(lambda done: self._forget(done, waiter))
         return task
 
-    def _forget(self, task: asyncio.Task, waiter: Waiter | None) -> None:
+    def _forget(self, task: "asyncio.Task[Job | None]", waiter: Waiter | None) -> None:
         self.background.discard(task)
         if task.cancelled():
             return
@@ -392,8 +395,8 @@ class JobService:
                 delay = min(period, RENEW_RETRY)
                 log.exception("job %s: lease renewal failed", job_id)
 
-    async def _compute(self, job: dict, frame: pd.DataFrame,
-                       benchmark: pd.Series | None) -> tuple[str, dict]:
+    async def _compute(self, job: Job, frame: pd.DataFrame,
+                       benchmark: pd.Series | None) -> tuple[str, dict[str, Any]]:
         """Run ``job`` in the pool: ``(status, fields)`` to record.
 
         Raises:
@@ -401,7 +404,7 @@ class JobService:
         """
         limit = self.config.job_time_limit
         try:
-            result = await self.pool.run(self.work, frame, benchmark, job["params"],
+            result = await self.pool.run(self.work, frame, benchmark, job.params,
                                          timeout=limit)
             return jobs.DONE, {"result": result}
         except error.OptimizationError:
@@ -413,11 +416,11 @@ class JobService:
         except (pebble.ProcessExpired, BrokenProcessPool):
             return jobs.FAILED, {"error": WORKER_DIED}
         except Exception:  # the job must end failed, whatever went wrong
-            log.exception("job %s failed unexpectedly", job["_id"])
+            log.exception("job %s failed unexpectedly", job.id)
             return jobs.FAILED, {"error": INTERNAL_ERROR}
 
-    async def run(self, job: dict, frame: pd.DataFrame, benchmark: pd.Series | None,
-                  waiter: Waiter | None = None) -> dict | None:
+    async def run(self, job: Job, frame: pd.DataFrame, benchmark: pd.Series | None,
+                  waiter: Waiter | None = None) -> Job | None:
         """Run a job this process holds the lease of, record how it ended, announce it.
 
         Args:
@@ -432,13 +435,13 @@ class JobService:
             OptimizationError: only while ``waiter`` waits: the job was deleted.
         """
         ended = asyncio.Event()
-        renewer = asyncio.ensure_future(self.keep_lease(job["_id"], ended))
+        renewer = asyncio.ensure_future(self.keep_lease(job.id, ended))
         try:
             status, fields = await self._compute(job, frame, benchmark)
         except error.OptimizationError as exc:
             if waiter is not None and waiter.waiting:
                 waiter.answering = True
-                await jobs.delete_job(self.db, job["owner"], job["_id"])
+                await jobs.delete_job(self.db, job.owner, job.id)
                 raise
             status, fields = jobs.FAILED, {"error": exc.message}
         finally:
@@ -446,7 +449,7 @@ class JobService:
             renewer.cancel()
         return await self.finish(job, status, fields)
 
-    async def finish(self, job: dict, status: str, fields: dict) -> dict | None:
+    async def finish(self, job: Job, status: str, fields: dict[str, Any]) -> Job | None:
         """Record that ``job`` ended ``status`` with ``fields`` and publish the event.
 
         Returns:
@@ -454,8 +457,8 @@ class JobService:
         """
         finished = await jobs.complete_job(self.db, job, self.worker, status, **fields)
         if finished is None:
-            log.warning("job %s was taken over or deleted while it ran", job["_id"])
-            finished = await jobs.get_job(self.db, job["owner"], job["_id"])
+            log.warning("job %s was taken over or deleted while it ran", job.id)
+            finished = await jobs.get_job(self.db, job.owner, job.id)
             if finished is None:
                 return None
         self.events.publish(finished)
@@ -468,7 +471,7 @@ class JobService:
             return False
         self.events.publish(job)
         try:
-            frame, benchmark = await self.load_inputs(job["params"])
+            frame, benchmark = await self.load_inputs(job.params)
         except error.IndicoError as exc:  # its prices are gone, for example
             await self.finish(job, jobs.FAILED, {"error": exc.message})
             return True

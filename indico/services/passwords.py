@@ -6,10 +6,17 @@ parameters, so both failures cost the same time.
 """
 
 import asyncio
+import concurrent.futures
 import secrets
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import argon2
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+
+from config import Config
+
+Value = TypeVar("Value")
 
 
 class Passwords:
@@ -21,7 +28,7 @@ class Passwords:
         executor: a concurrent.futures executor for the CPU work.
     """
 
-    def __init__(self, config, executor):
+    def __init__(self, config: Config, executor: concurrent.futures.Executor | None) -> None:
         self.hasher = argon2.PasswordHasher(
             time_cost=config.argon2_time_cost,
             memory_cost=config.argon2_memory_kib,
@@ -29,22 +36,22 @@ class Passwords:
             type=argon2.Type.ID,
         )
         self.executor = executor
-        self.dummy_hash = None
+        self.dummy_hash: str | None = None
 
-    async def _run(self, function, *args):
+    async def _run(self, function: Callable[..., Value], *args: Any) -> Value:
         return await asyncio.get_running_loop().run_in_executor(self.executor, function, *args)
 
-    async def hash(self, password):
+    async def hash(self, password: str) -> str:
         """Return the Argon2id hash of ``password``."""
         return await self._run(self.hasher.hash, password)
 
-    def _verify(self, password_hash, password):
+    def _verify(self, password_hash: str, password: str) -> bool:
         try:
             return self.hasher.verify(password_hash, password)
         except (VerifyMismatchError, VerificationError, InvalidHashError):
             return False
 
-    async def verify(self, password_hash, password):
+    async def verify(self, password_hash: str | None, password: str) -> bool:
         """True when ``password`` matches; with ``password_hash`` None, burn the same time."""
         if password_hash is None:
             if self.dummy_hash is None:
@@ -53,6 +60,6 @@ class Passwords:
             return False
         return await self._run(self._verify, password_hash, password)
 
-    def needs_rehash(self, password_hash):
+    def needs_rehash(self, password_hash: str) -> bool:
         """True when the hash was made with other parameters than the current ones."""
         return self.hasher.check_needs_rehash(password_hash)

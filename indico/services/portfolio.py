@@ -14,11 +14,12 @@ from pymongo.asynchronous.database import AsyncDatabase
 from config import Config
 from indico import error
 from indico.db import jobs
+from indico.db.records import Job
 
 
-def encode_cursor(job: dict) -> str:
+def encode_cursor(job: Job) -> str:
     """An opaque cursor pointing after ``job`` in the newest-first order."""
-    raw = json.dumps([job["created"].isoformat(), job["_id"]]).encode()
+    raw = json.dumps([job.created.isoformat(), job.id]).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
@@ -45,11 +46,11 @@ class PortfolioService:
         config: the Config (largest page).
     """
 
-    def __init__(self, db: AsyncDatabase, config: Config):
+    def __init__(self, db: AsyncDatabase, config: Config) -> None:
         self.db = db
         self.config = config
 
-    async def get_result(self, owner: str, job_id: str) -> dict:
+    async def get_result(self, owner: str, job_id: str) -> Job:
         """Return ``owner``'s job ``job_id``, finished or not.
 
         Raises:
@@ -61,7 +62,7 @@ class PortfolioService:
         return job
 
     async def list_results(self, owner: str, limit: int,
-                           cursor: str | None = None) -> tuple[list[dict], str | None]:
+                           cursor: str | None = None) -> tuple[list[Job], str | None]:
         """A page of ``owner``'s jobs, newest first, and the cursor of the next page.
 
         Args:

@@ -16,7 +16,7 @@ version moved, the new catalog: an import by any process, such as
 generations that left the catalog are dropped then.
 """
 
-import datetime
+import asyncio
 import functools
 import logging
 import time
@@ -32,37 +32,33 @@ from pymongo.asynchronous.database import AsyncDatabase
 from config import Config
 from indico import error
 from indico.db import price_meta, prices
-from indico.services.price_files import date_to_day, day_to_date, normalize_symbol
-from indico.services.price_records import ATTEMPTS, Catalog, SymbolEntry, head_version, read_catalog
+from indico.db.records import SymbolEntry
+from indico.services.price_files import DateLike, Series, date_to_day, day_to_date, normalize_symbol
+from indico.services.price_records import ATTEMPTS, Catalog, head_version, read_catalog
 
 log = logging.getLogger(__name__)
 
 BENCHMARK_SYMBOL = "SP500"
 EMPTY = (np.empty(0, dtype=np.int32), np.empty(0, dtype=np.float64))
 
-Series = tuple[np.ndarray, np.ndarray]  # (days since 1970-01-01 as int32, closes as float64)
-DateLike = datetime.date | datetime.datetime | pd.Timestamp | str
 
 
-def validate_symbols(symbols: Sequence[str], field: str = "symbols") -> list[str]:
+def validate_symbols(symbols: Sequence[str]) -> list[str]:
     """Return ``symbols`` stripped and upper-cased, or raise ValidationError.
 
+    Repeats are left to the callers' rules (``OptimizeRequest`` refuses them,
+    once, naming its field); a repeated symbol is a repeated column here.
+
     Raises:
-        ValidationError: not a non-empty list, a symbol that is not 1 to 10
-            upper-case letters, digits, '.' or '-', or a symbol given twice.
+        ValidationError: not a non-empty list, or a symbol that is not 1 to 10
+            upper-case letters, digits, '.' or '-'.
     """
     if isinstance(symbols, str) or not symbols:
-        raise error.ValidationError(f"{field}: give a list of at least one symbol", field=field)
-    normalized = []
-    for value in symbols:
-        try:
-            symbol = normalize_symbol(value)
-        except ValueError as exc:
-            raise error.ValidationError(f"{field}: {exc}", field=field) from None
-        if symbol in normalized:
-            raise error.ValidationError(f"{field}: {symbol} is listed twice", field=field)
-        normalized.append(symbol)
-    return normalized
+        raise error.ValidationError("give a list of at least one symbol")
+    try:
+        return [normalize_symbol(value) for value in symbols]
+    except ValueError as exc:
+        raise error.ValidationError(str(exc)) from None
 
 
 def _year(day: int) -> int:
@@ -105,10 +101,14 @@ class PriceCatalog:
         self.buckets = buckets
         self._catalog: Catalog | None = None
         self._checked = float("-inf")
-        self._buckets = cachetools.LRUCache(maxsize=cache_rows,
-                                            getsizeof=lambda arrays: len(arrays[0]))
-        self._frames = cachetools.LRUCache(maxsize=frame_cache_cells,
-                                           getsizeof=lambda frame: max(frame.size, 1))
+        # (symbol, generation, year) -> (days, closes)
+        self._buckets: cachetools.LRUCache[tuple[str, str, int], Series] = cachetools.LRUCache(
+            maxsize=cache_rows, getsizeof=lambda arrays: len(arrays[0]))
+        # (((symbol, generation), ...), first day, last day) -> frame
+        self._frames: cachetools.LRUCache[Hashable, pd.DataFrame] = cachetools.LRUCache(
+            maxsize=frame_cache_cells, getsizeof=lambda frame: max(frame.size, 1))
+        # (symbol, generation, year) -> the load under way that will bring it
+        self._loading: dict[tuple[str, str, int], asyncio.Future[Series | None]] = {}
 
     async def get_catalog(self) -> Catalog:
         """Return the current :class:`Catalog`, reading the store only when it moved.
@@ -179,7 +179,7 @@ class PriceCatalog:
             symbol in the order given. Callers may modify it.
 
         Raises:
-            ValidationError: a malformed or repeated symbol.
+            ValidationError: a malformed symbol, or none.
             UnknownSymbols: symbols without prices (422); ``symbols`` lists them.
             Unprocessable: ``end`` is before ``start``, or fewer than 2 dates
                 in the window have a price for every symbol.
@@ -274,19 +274,9 @@ class PriceCatalog:
                 else:
                     found[key] = arrays
         if missing:
-            documents = await self.buckets.list_buckets(
-                self.db, {key[0] for key in missing}, {key[1] for key in missing},
-                min(key[2] for key in missing), max(key[2] for key in missing))
-            # A year without a bucket is a gap in the symbol's history.
-            loaded = dict.fromkeys(missing, EMPTY)
-            for document in documents:
-                key = (document["symbol"], document["generation"], document["year"])
-                if key in loaded:
-                    loaded[key] = prices.decode_bucket(document)
-            if head_version(await self.meta.get_head(self.db)) != catalog.version:
+            loaded = await self._fetch(catalog, missing)
+            if loaded is None:
                 return None
-            for key, arrays in loaded.items():
-                _remember(self._buckets, key, arrays)
             found.update(loaded)
         series = {}
         for symbol in symbols:
@@ -300,6 +290,58 @@ class PriceCatalog:
             high = np.searchsorted(days, last_day, side="right")
             series[symbol] = (days[low:high], closes[low:high])
         return series
+
+    async def _fetch(self, catalog: Catalog, missing: list[tuple[str, str, int]]
+                     ) -> dict[tuple[str, str, int], Series] | None:
+        """Read the ``missing`` buckets from the store, once for concurrent callers.
+
+        A bucket another request is already reading is waited for, not read
+        again: 20 requests that miss the same 33-year frame at once send one
+        read, not 20 (which kept nx-27017 busy past ``INDICO_DB_TIMEOUT``).
+        A caller whose read fails or is cancelled hands its waiters None, and
+        they start over as after a move of the store.
+
+        Returns:
+            ``{key: (days, closes)}``; None when the store moved meanwhile.
+        """
+        waiting = {key: self._loading[key] for key in missing if key in self._loading}
+        mine = [key for key in missing if key not in waiting]
+        promised: dict[tuple[str, str, int], asyncio.Future[Series | None]] = {}
+        loaded: dict[tuple[str, str, int], Series] = {}
+        checked: dict[tuple[str, str, int], Series] = {}  # read, and the store did not move
+        if mine:
+            loop = asyncio.get_running_loop()
+            promised = {key: loop.create_future() for key in mine}
+            self._loading.update(promised)
+            try:
+                buckets = await self.buckets.list_buckets(
+                    self.db, {key[0] for key in mine}, {key[1] for key in mine},
+                    min(key[2] for key in mine), max(key[2] for key in mine))
+                # A year without a bucket is a gap in the symbol's history.
+                loaded = dict.fromkeys(mine, EMPTY)
+                for bucket in buckets:
+                    key = (bucket.symbol, bucket.generation, bucket.year)
+                    if key in loaded:
+                        loaded[key] = (bucket.days, bucket.closes)
+                if head_version(await self.meta.get_head(self.db)) == catalog.version:
+                    for key, arrays in loaded.items():
+                        _remember(self._buckets, key, arrays)
+                    checked = loaded
+            finally:
+                for key, future in promised.items():
+                    if self._loading.get(key) is future:
+                        del self._loading[key]
+                    future.set_result(checked.get(key))
+            loaded = checked
+            if not loaded:
+                return None
+        for key, future in waiting.items():
+            # shield: a waiter that is cancelled must not cancel the others' load.
+            shared = await asyncio.shield(future)
+            if shared is None:
+                return None
+            loaded[key] = shared
+        return loaded
 
     def _align(self, catalog: Catalog, symbols: list[str], series: dict[str, Series],
                first_day: int, last_day: int) -> pd.DataFrame:

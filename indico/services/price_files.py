@@ -31,11 +31,17 @@ import io
 import os
 import re
 import zlib
+from collections.abc import Callable
+from typing import Any, SupportsInt, TypeAlias
 
 import numpy as np
 import pandas as pd
 
 from indico import error
+
+Path: TypeAlias = str | os.PathLike[str]
+Series: TypeAlias = tuple[np.ndarray, np.ndarray]  # (days since 1970-01-01 as int32, closes)
+DateLike: TypeAlias = datetime.date | datetime.datetime | pd.Timestamp | str
 
 LAYOUTS_HELP = """\
 layouts (told apart by the header; names are case-insensitive):
@@ -71,7 +77,7 @@ class FileRejected(error.Unprocessable):
         reason: what is wrong, for humans.
     """
 
-    def __init__(self, path, line, reason):
+    def __init__(self, path: Path, line: int | None, reason: str) -> None:
         where = f"line {line}: " if line else ""
         super().__init__(f"{path}: {where}{reason}", file=str(path), line=line, reason=reason)
         self.path = path
@@ -93,37 +99,40 @@ class ParsedFile:
 
     path: str
     layout: str
-    series: dict
+    series: dict[str, Series]
 
     @property
-    def symbols(self):
+    def symbols(self) -> list[str]:
+        """The file's symbols, sorted."""
         return sorted(self.series)
 
     @property
-    def rows(self):
+    def rows(self) -> int:
         """The number of prices in the file."""
         return sum(len(days) for days, _ in self.series.values())
 
     @property
-    def first(self):
+    def first(self) -> datetime.date:
+        """The file's first date."""
         return day_to_date(min(int(days[0]) for days, _ in self.series.values()))
 
     @property
-    def last(self):
+    def last(self) -> datetime.date:
+        """The file's last date."""
         return day_to_date(max(int(days[-1]) for days, _ in self.series.values()))
 
 
-def day_to_date(day):
+def day_to_date(day: SupportsInt) -> datetime.date:
     """Return the ``datetime.date`` that is ``day`` days after 1970-01-01."""
     return EPOCH + datetime.timedelta(days=int(day))
 
 
-def date_to_day(value):
+def date_to_day(value: DateLike) -> int:
     """Return the days since 1970-01-01 of a date, datetime, Timestamp or ISO string."""
     return int((pd.Timestamp(value).date() - EPOCH).days)
 
 
-def normalize_symbol(value):
+def normalize_symbol(value: object) -> str:
     """Return ``value`` stripped and upper-cased.
 
     Raises:
@@ -135,7 +144,7 @@ def normalize_symbol(value):
     return symbol
 
 
-def symbol_from_path(path):
+def symbol_from_path(path: Path) -> str | None:
     """Return the symbol a Yahoo-style file's name gives, or None.
 
     ``AAPL.csv`` -> ``AAPL``, ``brk-b.csv.gz`` -> ``BRK-B``.
@@ -150,18 +159,18 @@ def symbol_from_path(path):
         return None
 
 
-def _show(value, limit=40):
+def _show(value: object, limit: int = 40) -> str:
     """``repr`` of a cell, shortened: rejected files can hold anything."""
     text = str(value)
     return repr(text if len(text) <= limit else text[:limit] + "...")
 
 
-def _key(name):
+def _key(name: str) -> str:
     """A header name reduced for matching: ``" Adj. Close "`` -> ``"adjclose"``."""
     return re.sub(r"[^a-z0-9]", "", name.lower())
 
 
-def _read_text(path):
+def _read_text(path: Path) -> str:
     """Return the file's text, gunzipped when it starts with the gzip magic bytes."""
     try:
         with open(path, "rb") as handle:
@@ -180,7 +189,7 @@ def _read_text(path):
         raise FileRejected(path, line, "the file is not UTF-8 text") from None
 
 
-def _read_records(path):
+def _read_records(path: Path) -> tuple[list[str], int, np.ndarray, np.ndarray]:
     """Return ``(header, header_line, cells, lines)``: the CSV records, blank ones dropped.
 
     ``cells`` is a 2-D object array of stripped strings, one row per record,
@@ -188,8 +197,10 @@ def _read_records(path):
     fields as the header.
     """
     reader = csv.reader(io.StringIO(_read_text(path), newline=""), strict=True)
-    header = header_line = None
-    rows, lines = [], []
+    header: list[str] | None = None
+    header_line = 0
+    rows: list[list[str]] = []
+    lines: list[int] = []
     try:
         for record in reader:
             if not any(cell.strip() for cell in record):
@@ -212,12 +223,12 @@ def _read_records(path):
     return header, header_line, cells, np.array(lines)
 
 
-def _check_header(path, header, line):
+def _check_header(path: Path, header: list[str], line: int) -> list[str]:
     keys = [_key(name) for name in header]
     for position, name in enumerate(header):
         if not name:
             raise FileRejected(path, line, f"column {position + 1} has no name")
-    seen = {}
+    seen: dict[str, int] = {}
     for position, name in enumerate(header):
         first = seen.setdefault(name.upper(), position)
         if first != position:
@@ -226,7 +237,8 @@ def _check_header(path, header, line):
     return keys
 
 
-def _layout(path, header, line, symbol):
+def _layout(path: Path, header: list[str], line: int,
+            symbol: str | None) -> tuple[str, int, list[int], list[str] | None]:
     """Tell the layout from the header.
 
     Returns:
@@ -277,7 +289,7 @@ def _layout(path, header, line, symbol):
     return layout, date_column, columns, symbols
 
 
-def _parse_dates(path, values, lines):
+def _parse_dates(path: Path, values: np.ndarray, lines: np.ndarray) -> np.ndarray:
     """Return int32 days since 1970-01-01 for an object array of date strings."""
     text = pd.Series(values, dtype=object).str.strip()
     dates = pd.to_datetime(text, format="%Y-%m-%d", errors="coerce")
@@ -295,7 +307,8 @@ def _parse_dates(path, values, lines):
     return days.astype(np.int32)
 
 
-def _parse_prices(path, cells, lines, symbols):
+def _parse_prices(path: Path, cells: np.ndarray, lines: np.ndarray,
+                  symbols: np.ndarray) -> np.ndarray:
     """Return a float64 array shaped like ``cells``; NaN where a price is missing.
 
     ``symbols`` gives the symbol of each cell (same shape), for messages.
@@ -328,7 +341,8 @@ def _parse_prices(path, cells, lines, symbols):
     return numbers.reshape(cells.shape)
 
 
-def _check_duplicates(path, keys, days, lines, what):
+def _check_duplicates(path: Path, keys: np.ndarray, days: np.ndarray, lines: np.ndarray,
+                      what: Callable[[Any], str]) -> None:
     """Reject the file when the same (``keys``, day) pair appears twice."""
     frame = pd.DataFrame({"key": keys, "day": days})
     duplicated = frame.duplicated(keep=False).to_numpy()
@@ -340,7 +354,7 @@ def _check_duplicates(path, keys, days, lines, what):
                            f"(lines {lines[same[0]]} and {lines[same[1]]})")
 
 
-def _series(keys, days, prices):
+def _series(keys: np.ndarray, days: np.ndarray, prices: np.ndarray) -> dict[str, Series]:
     """Group parallel arrays by key into ``{key: (days, closes)}``, sorted by day."""
     present = ~np.isnan(prices)
     keys, days, prices = keys[present], days[present], prices[present]
@@ -353,7 +367,7 @@ def _series(keys, days, prices):
             for start, end in zip(starts, ends) if end > start}
 
 
-def parse_file(path, symbol=None):
+def parse_file(path: Path, symbol: str | None = None) -> ParsedFile:
     """Read and check a whole price file.
 
     Args:
@@ -382,6 +396,7 @@ def parse_file(path, symbol=None):
         _check_duplicates(path, keys, days, lines, lambda key: f"{key}: ")
         keys = keys.astype(str)
     else:
+        assert symbols is not None  # wide and Yahoo-style files name theirs in the header
         names = np.broadcast_to(np.array(symbols, dtype=object), (len(cells), len(symbols)))
         prices = _parse_prices(path, cells[:, price_columns], lines, names)
         _check_duplicates(path, np.zeros(len(days), dtype=np.int8), days, lines, lambda _: "")

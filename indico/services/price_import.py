@@ -27,16 +27,17 @@ from collections.abc import Callable, Iterator
 from types import ModuleType
 
 import numpy as np
-from bson import ObjectId
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import PyMongoError
 
 from indico import error
 from indico.db import price_meta, prices
+from indico.db.prices import generation_before, new_generation
+from indico.db.records import Bucket, SymbolEntry
 from indico.db.util import long_operation, now
 from indico.services import price_files
-from indico.services.price_files import ParsedFile, day_to_date
-from indico.services.price_records import ATTEMPTS, Catalog, SymbolEntry, head_version, read_catalog
+from indico.services.price_files import ParsedFile, Series, day_to_date
+from indico.services.price_records import ATTEMPTS, Catalog, head_version, read_catalog
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +50,6 @@ STAGING_LIMIT = datetime.timedelta(minutes=30)
 STALE_AFTER = datetime.timedelta(hours=2)
 WRITE_BATCH = 500
 
-Series = tuple[np.ndarray, np.ndarray]  # (days since 1970-01-01 as int32, closes as float64)
 Progress = Callable[[int, int], object]
 
 
@@ -205,12 +205,12 @@ class PriceImporter:
         wanted = {(symbol, catalog.entries[symbol].generation) for symbol in symbols}
         # Every bucket of these symbols: longer than a request's read.
         async with long_operation(self.db):
-            documents = await self.buckets.list_buckets(
+            buckets = await self.buckets.list_buckets(
                 self.db, symbols, {generation for _, generation in wanted})
-        parts = collections.defaultdict(list)
-        for document in sorted(documents, key=lambda document: document["year"]):
-            if (document["symbol"], document["generation"]) in wanted:
-                parts[document["symbol"]].append(prices.decode_bucket(document))
+        parts: dict[str, list[Series]] = collections.defaultdict(list)
+        for bucket in sorted(buckets, key=lambda bucket: bucket.year):
+            if (bucket.symbol, bucket.generation) in wanted:
+                parts[bucket.symbol].append((bucket.days, bucket.closes))
         return {symbol: (np.concatenate([part[0] for part in pieces]),
                          np.concatenate([part[1] for part in pieces]))
                 for symbol, pieces in parts.items()}
@@ -223,27 +223,27 @@ class PriceImporter:
             the new version, or None when another import committed first
             (what was staged is removed).
         """
-        generation = str(ObjectId())
+        generation, started = new_generation()
         entries = dict(catalog.entries)
-        documents = []
+        buckets = []
         for symbol, (days, closes) in changed.items():
             entries[symbol] = SymbolEntry(symbol, generation, day_to_date(days[0]),
                                           day_to_date(days[-1]), len(days))
             for year, start, end in split_years(days):
-                documents.append(prices.encode_bucket(symbol, generation, year,
-                                                      days[start:end], closes[start:end]))
+                buckets.append(Bucket(symbol, generation, year, days[start:end],
+                                      closes[start:end]))
         version = None
         outcome_known = True
         total = sum(len(days) for days, _ in changed.values())
         try:
-            for offset in range(0, len(documents), WRITE_BATCH):
-                batch = documents[offset:offset + WRITE_BATCH]
+            for offset in range(0, len(buckets), WRITE_BATCH):
+                batch = buckets[offset:offset + WRITE_BATCH]
                 await self.buckets.create_buckets(self.db, batch)
                 if progress is not None:
-                    progress(sum(document["rows"] for document in batch), total)
+                    progress(sum(bucket.rows for bucket in batch), total)
             await self.meta.create_catalog(
-                self.db, generation, [entries[symbol].to_document() for symbol in sorted(entries)])
-            if now() - ObjectId(generation).generation_time > self.staging_limit:
+                self.db, generation, [entries[symbol] for symbol in sorted(entries)])
+            if now() - started > self.staging_limit:
                 raise error.Conflict("the import took more than 30 minutes to write its prices; "
                                      "nothing was stored, run it again")
             # If this write fails, it may still have been applied: keep what was
@@ -272,7 +272,7 @@ class PriceImporter:
         """After a commit: delete superseded buckets and catalogs, and stale leftovers."""
         superseded = [(symbol, catalog.entries[symbol].generation)
                       for symbol in changed if symbol in catalog.entries]
-        stale_before = str(ObjectId.from_datetime(now() - STALE_AFTER))
+        stale_before = generation_before(now() - STALE_AFTER)
         keep = {entry.generation for entry in entries.values()}
         try:
             await self.buckets.delete_superseded(self.db, superseded, stale_before, keep)

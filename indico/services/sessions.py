@@ -22,11 +22,18 @@ import contextlib
 import datetime
 import hashlib
 from collections.abc import Callable, Iterator
+from typing import Any
+
+from pymongo.asynchronous.database import AsyncDatabase
 
 from indico.db import sessions, users
 from indico.db.batch import Batcher
-from indico.db.util import SYSTEM_CLOCK, Clock, object_id
+from indico.db.records import Account, Session, User
+from indico.db.util import SYSTEM_CLOCK, Clock
 from indico.utils.marks import ChangeMarks
+
+# An entry of a cache table: the record, its mark as read before it, its end of life.
+Entry = tuple[Any, int, float]
 
 
 def token_hash(token: str) -> str:
@@ -34,12 +41,12 @@ def token_hash(token: str) -> str:
     return hashlib.sha256(token.encode("ascii")).hexdigest()
 
 
-def sessions_mark(user_id: object) -> str:
+def sessions_mark(user_id: str) -> str:
     """The change mark of a user's sessions: bumped when any of them is revoked."""
     return f"sessions:{user_id}"
 
 
-def profile_mark(user_id: object) -> str:
+def profile_mark(user_id: str) -> str:
     """The change mark of a user's profile: bumped when it changes or goes."""
     return f"profile:{user_id}"
 
@@ -68,16 +75,16 @@ class SessionCache:
         self.lifetime = lifetime
         self.size = size
         self.clock = clock
-        self.sessions: collections.OrderedDict = collections.OrderedDict()
-        self.users: collections.OrderedDict = collections.OrderedDict()
+        self.sessions: collections.OrderedDict[str, Entry] = collections.OrderedDict()
+        self.users: collections.OrderedDict[str, Entry] = collections.OrderedDict()
 
     @property
     def enabled(self) -> bool:
         """True unless the lifetime is 0."""
         return self.lifetime > 0
 
-    def _get(self, table: collections.OrderedDict, key: str,
-             mark_of: Callable[[dict], str]) -> dict | None:
+    def _get(self, table: collections.OrderedDict[str, Entry], key: str,
+             mark_of: Callable[[Any], str]) -> Any:
         entry = table.get(key)
         if entry is None:
             return None
@@ -87,29 +94,32 @@ class SessionCache:
             return None
         return value
 
-    def _put(self, table: collections.OrderedDict, key: str, value: dict, stamp: int) -> None:
+    def _put(self, table: collections.OrderedDict[str, Entry], key: str, value: object,
+             stamp: int) -> None:
         table[key] = (value, stamp, self.clock.monotonic() + self.lifetime)
         table.move_to_end(key)
         if len(table) > self.size:
             table.popitem(last=False)
 
-    def get_session(self, key: str) -> dict | None:
+    def get_session(self, key: str) -> Session | None:
         """The cached session under token hash ``key`` if nothing changed, else None."""
-        session = self._get(self.sessions, key, lambda value: sessions_mark(value["user_id"]))
-        if session is not None and session["expires"] <= self.clock.now():
+        session: Session | None = self._get(self.sessions, key,
+                                            lambda value: sessions_mark(value.user_id))
+        if session is not None and session.expires <= self.clock.now():
             del self.sessions[key]
             return None
         return session
 
-    def put_session(self, key: str, session: dict, stamp: int) -> None:
+    def put_session(self, key: str, session: Session, stamp: int) -> None:
         """Cache ``session`` under token hash ``key``, stamped with its mark read before it."""
         self._put(self.sessions, key, session, stamp)
 
-    def get_user(self, user_id: str) -> dict | None:
+    def get_user(self, user_id: str) -> User | None:
         """The cached user ``user_id`` if nothing changed, else None."""
-        return self._get(self.users, user_id, lambda value: profile_mark(user_id))
+        user: User | None = self._get(self.users, user_id, lambda value: profile_mark(user_id))
+        return user
 
-    def put_user(self, user_id: str, user: dict, stamp: int) -> None:
+    def put_user(self, user_id: str, user: User, stamp: int) -> None:
         """Cache ``user``, stamped with its profile mark read before it."""
         self._put(self.users, user_id, user, stamp)
 
@@ -135,22 +145,25 @@ class SessionStore:
     READS = frozenset({"get_session", "get_user", "get_account", "get_account_by_email",
                        "fetch_sessions"})
 
-    def __init__(self, db, marks: ChangeMarks, *, cache_lifetime: float, session_ttl: float,
+    def __init__(self, db: AsyncDatabase, marks: ChangeMarks, *, cache_lifetime: float,
+                 session_ttl: float,
                  clock: Clock = SYSTEM_CLOCK, timeout: float | None = None) -> None:
         self.db = db
         self.marks = marks
         self.session_ttl = session_ttl
         self.clock = clock
         self.cache = SessionCache(marks, cache_lifetime, clock=clock)
-        self.session_reader = Batcher(self.fetch_sessions, timeout=timeout)
-        self.user_reader = Batcher(lambda ids: users.get_public_users(db, ids), timeout=timeout)
+        self.session_reader: Batcher[str, Session | None] = Batcher(self.fetch_sessions,
+                                                                    timeout=timeout)
+        self.user_reader: Batcher[str, User | None] = Batcher(
+            lambda ids: users.get_public_users(db, ids), timeout=timeout)
         # Profile changes of concurrent requests share one journaled command.
-        self.updater = Batcher(lambda changes: users.update_users(db, changes, clock.now),
-                               timeout=timeout)
+        self.updater: Batcher[tuple[str, users.Fields], None] = Batcher(
+            lambda changes: users.update_users(db, changes, clock.now), timeout=timeout)
 
     # Reads.
 
-    async def fetch_sessions(self, keys: list[str]) -> list[dict | None]:
+    async def fetch_sessions(self, keys: list[str]) -> list[Session | None]:
         """One database command reading the unexpired sessions under ``keys``, uncached.
 
         The command behind :meth:`get_session`'s group reads; a test's subclass
@@ -158,7 +171,7 @@ class SessionStore:
         """
         return await sessions.get_sessions(self.db, keys, self.clock.now)
 
-    async def get_session(self, key: str) -> dict | None:
+    async def get_session(self, key: str) -> Session | None:
         """Return the unexpired session under token hash ``key``, or None."""
         session = self.cache.get_session(key)
         if session is not None:
@@ -168,47 +181,44 @@ class SessionStore:
             return session
         # The mark lives under the user, known only now: read the session
         # again after the mark, so a revocation between the two reads counts.
-        stamp = self.marks.read(sessions_mark(session["user_id"]))
+        stamp = self.marks.read(sessions_mark(session.user_id))
         session = await self.session_reader.submit(key)
         if session is not None:
             self.cache.put_session(key, session, stamp)
         return session
 
-    async def get_user(self, user_id: object) -> dict | None:
+    async def get_user(self, user_id: str) -> User | None:
         """Return the user ``user_id`` as it is now, without its password hash, or None."""
-        user_id = str(user_id)
         user = self.cache.get_user(user_id)
         if user is not None:
             return user
-        oid = object_id(user_id)
-        if oid is None:
-            return None
         stamp = self.marks.read(profile_mark(user_id))
-        user = await self.user_reader.submit(oid)
+        user = await self.user_reader.submit(user_id)
         if user is not None and self.cache.enabled:
             self.cache.put_user(user_id, user, stamp)
         return user
 
-    async def get_account(self, user_id: object) -> dict | None:
+    async def get_account(self, user_id: str) -> Account | None:
         """Return the stored user ``user_id`` with its password hash, from the database, or None."""
         return await users.get_user(self.db, user_id)
 
-    async def get_account_by_email(self, email: str) -> dict | None:
+    async def get_account_by_email(self, email: str) -> Account | None:
         """Return the stored user with ``email`` (normalized), with its password hash, or None."""
         return await users.get_user_by_email(self.db, email)
 
     # Writes: each bumps the marks of what it changes, inside the write.
 
     @contextlib.contextmanager
-    def _changing(self, user_id: object, *marks: Callable[[object], str]) -> Iterator[None]:
+    def _changing(self, user_id: str, *marks: Callable[[str], str]) -> Iterator[None]:
         """Bump ``marks`` of ``user_id`` once the block is over, even when it failed half-way."""
         try:
             yield
         finally:
             for mark in marks:
-                self.marks.bump(mark(str(user_id)))
+                self.marks.bump(mark(user_id))
 
-    async def create_account(self, email: str, password_hash: str, name: str | None) -> dict:
+    async def create_account(self, email: str, password_hash: str,
+                             name: str | None) -> Account:
         """Store a new user (no cached answer can name a new id, so no mark).
 
         Raises:
@@ -216,21 +226,22 @@ class SessionStore:
         """
         return await users.create_user(self.db, email, password_hash, name, self.clock.now)
 
-    async def open_session(self, user: dict, token: str) -> datetime.datetime:
+    async def open_session(self, user: User, token: str) -> datetime.datetime:
         """Store a session of ``user`` under ``token``'s hash; return its expiry.
 
         A token nobody held before is in no cache, so no mark.
         """
         expires = self.clock.now() + datetime.timedelta(seconds=self.session_ttl)
-        await sessions.create_session(self.db, token_hash(token), user, expires, self.clock.now)
+        await sessions.create_session(self.db, token_hash(token), user.id, expires,
+                                      self.clock.now)
         return expires
 
-    async def revoke_session(self, token: str, user_id: object) -> None:
+    async def revoke_session(self, token: str, user_id: str) -> None:
         """Delete the session of ``token`` (a session of ``user_id``): it stops working at once."""
         with self._changing(user_id, sessions_mark):
             await sessions.delete_session(self.db, token_hash(token))
 
-    async def update_profile(self, user_id: object, fields: dict) -> None:
+    async def update_profile(self, user_id: str, fields: users.Fields) -> None:
         """Apply validated ``fields`` (:func:`indico.db.users.profile_update`) to a user.
 
         Grouped with the updates of concurrent requests into one command.
@@ -239,26 +250,26 @@ class SessionStore:
             DuplicateKeyError: the new email belongs to another account.
         """
         with self._changing(user_id, profile_mark):
-            await self.updater.submit((object_id(user_id), fields))
+            await self.updater.submit((user_id, fields))
 
-    async def rehash_password(self, user_id: object, password_hash: str) -> None:
+    async def rehash_password(self, user_id: str, password_hash: str) -> None:
         """Store a new hash of the same password (new Argon2 parameters); sessions stay."""
         with self._changing(user_id, profile_mark):
-            await users.update_user(self.db, object_id(user_id), {"password_hash": password_hash},
+            await users.update_user(self.db, user_id, {"password_hash": password_hash},
                                     self.clock.now)
 
-    async def change_password(self, user_id: object, password_hash: str,
+    async def change_password(self, user_id: str, password_hash: str,
                               keep_token: str | None) -> None:
         """Store a new password and revoke every session of the user but ``keep_token``'s."""
         with self._changing(user_id, sessions_mark, profile_mark):
             # The new password first: a login that checked the old one and
             # opens its session after this sees it changed and gives it up.
-            await users.set_password(self.db, object_id(user_id), password_hash, self.clock.now)
+            await users.set_password(self.db, user_id, password_hash, self.clock.now)
             await sessions.delete_user_sessions(
-                self.db, str(user_id), keep=None if keep_token is None else token_hash(keep_token))
+                self.db, user_id, keep=None if keep_token is None else token_hash(keep_token))
 
-    async def delete_account(self, user_id: object) -> None:
+    async def delete_account(self, user_id: str) -> None:
         """Delete the user and every session of theirs (their jobs are the caller's)."""
         with self._changing(user_id, sessions_mark, profile_mark):
-            await sessions.delete_user_sessions(self.db, str(user_id))
-            await users.delete_user(self.db, object_id(user_id))
+            await sessions.delete_user_sessions(self.db, user_id)
+            await users.delete_user(self.db, user_id)

@@ -4,10 +4,15 @@ The rules live here; the writes, and the cache they must keep exact, are the
 :class:`~indico.services.sessions.SessionStore`'s.
 """
 
+from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
 from indico import error
 from indico.db import jobs
+from indico.db.records import Account, User
+from indico.db.users import Fields
+from indico.services.auth import AuthService
+from indico.services.passwords import Passwords
 from indico.services.sessions import SessionStore
 
 
@@ -22,20 +27,21 @@ class UsersService:
         store: the :class:`~indico.services.sessions.SessionStore`.
     """
 
-    def __init__(self, db, passwords, auth, store: SessionStore) -> None:
+    def __init__(self, db: AsyncDatabase, passwords: Passwords, auth: AuthService,
+                 store: SessionStore) -> None:
         self.db = db
         self.passwords = passwords
         self.auth = auth
         self.store = store
 
-    async def update(self, user: dict, fields: dict) -> dict:
+    async def update(self, user: User, fields: Fields) -> User:
         """Apply already-validated ``fields`` (name, email, preferences) to ``user``.
 
         ``preferences`` holds only the keys to change; a None value clears its
         key (:func:`indico.db.users.profile_update`).
 
         Args:
-            user: the caller (a user document).
+            user: the caller.
             fields: the fields to change.
 
         Returns:
@@ -46,16 +52,16 @@ class UsersService:
             Unauthorized: the account was deleted meanwhile.
         """
         try:
-            await self.store.update_profile(user["_id"], fields)
+            await self.store.update_profile(user.id, fields)
         except DuplicateKeyError:
             raise error.Conflict("an account with this email exists", field="email") from None
-        updated = await self.store.get_user(user["_id"])
+        updated = await self.store.get_user(user.id)
         if updated is None:
             raise error.Unauthorized("the account no longer exists",
                                      bearer_error="invalid_token")
         return updated
 
-    async def _check_password(self, user: dict, password: str, field: str) -> dict:
+    async def _check_password(self, user: User, password: str, field: str) -> Account:
         """Return the stored user when ``password`` is theirs.
 
         Wrong passwords count against the account's login limit
@@ -66,7 +72,7 @@ class UsersService:
             TooManyRequests: too many wrong passwords for the account.
             Forbidden: the password is wrong.
         """
-        stored = await self.store.get_account(user["_id"])
+        stored = await self.store.get_account(user.id)
         if stored is None:
             raise error.Unauthorized("the account no longer exists",
                                      bearer_error="invalid_token")
@@ -74,15 +80,15 @@ class UsersService:
             raise error.Forbidden("the password is wrong", field=field)
         return stored
 
-    async def change_password(self, user: dict, current_password: str, new_password: str,
+    async def change_password(self, user: User, current_password: str, new_password: str,
                               token: str) -> None:
         """Set a new password and revoke every session but the caller's (``token``'s)."""
         stored = await self._check_password(user, current_password, "current_password")
         new_hash = await self.passwords.hash(new_password)
-        await self.store.change_password(stored["_id"], new_hash, keep_token=token)
+        await self.store.change_password(stored.id, new_hash, keep_token=token)
 
-    async def delete(self, user: dict, password: str) -> None:
+    async def delete(self, user: User, password: str) -> None:
         """Delete the user, their sessions and their results."""
         stored = await self._check_password(user, password, "password")
-        await jobs.delete_owner_jobs(self.db, str(stored["_id"]))
-        await self.store.delete_account(stored["_id"])
+        await jobs.delete_owner_jobs(self.db, stored.id)
+        await self.store.delete_account(stored.id)

@@ -1,4 +1,8 @@
-"""db.batch: concurrent calls share commands; each item is answered by a later command."""
+"""db.batch: concurrent calls share commands; each item is answered by a later command.
+
+No test waits on the clock: a command is held by an event until the test
+releases it, and a test waits for a command to be out by stepping the loop.
+"""
 
 import asyncio
 import unittest
@@ -9,11 +13,18 @@ from indico.db.batch import Batcher
 
 
 class Recorder:
-    """A ``run`` that records the batches it gets and answers each item doubled."""
+    """A ``run`` that records the batches it gets and answers each item doubled.
 
-    def __init__(self, delay=0.0):
+    Args:
+        held: hold every command until :attr:`release` is set (a slow database);
+            otherwise answer at once.
+    """
+
+    def __init__(self, held=False):
         self.batches = []
-        self.delay = delay
+        self.release = asyncio.Event()
+        if not held:
+            self.release.set()
         self.in_flight = 0
         self.most_in_flight = 0
 
@@ -22,10 +33,19 @@ class Recorder:
         self.in_flight += 1
         self.most_in_flight = max(self.most_in_flight, self.in_flight)
         try:
-            await asyncio.sleep(self.delay)
+            await self.release.wait()
         finally:
             self.in_flight -= 1
         return [item * 2 for item in items]
+
+
+async def until(condition, steps=1000):
+    """Step the event loop until ``condition()`` holds (steps, not time)."""
+    for _ in range(steps):
+        if condition():
+            return
+        await asyncio.sleep(0)
+    raise AssertionError(f"still not true after {steps} loop steps")
 
 
 class BatcherTest(unittest.IsolatedAsyncioTestCase):
@@ -45,20 +65,28 @@ class BatcherTest(unittest.IsolatedAsyncioTestCase):
         self.assertEqual(run.batches, [[21], [5]])
 
     async def test_an_item_submitted_during_a_command_goes_in_a_later_one(self):
-        run = Recorder(delay=0.05)
+        run = Recorder(held=True)
         batcher = Batcher(run, max_in_flight=1)
         first = asyncio.ensure_future(batcher.submit(1))
-        await asyncio.sleep(0.01)  # the first command is out now
+        await until(lambda: run.in_flight)  # the first command is out now
         self.assertEqual(run.batches, [[1]])
         late = [asyncio.ensure_future(batcher.submit(number)) for number in (2, 3)]
+        await asyncio.sleep(0)
+        run.release.set()
         self.assertEqual(await first, 2)
         self.assertEqual(await asyncio.gather(*late), [4, 6])
         self.assertEqual(run.batches, [[1], [2, 3]])
 
     async def test_size_and_commands_in_flight_are_bounded(self):
-        run = Recorder(delay=0.01)
+        run = Recorder(held=True)
         batcher = Batcher(run, max_size=3, max_in_flight=2)
-        results = await asyncio.gather(*(batcher.submit(number) for number in range(10)))
+        callers = asyncio.gather(*(batcher.submit(number) for number in range(10)))
+        await until(lambda: run.in_flight == 2)
+        for _ in range(10):  # a third command would be out by now
+            await asyncio.sleep(0)
+        self.assertEqual((run.in_flight, len(run.batches)), (2, 2))
+        run.release.set()
+        results = await callers
         self.assertEqual(results, [number * 2 for number in range(10)])
         self.assertEqual(sorted(item for batch in run.batches for item in batch), list(range(10)))
         self.assertLessEqual(max(len(batch) for batch in run.batches), 3)
@@ -102,34 +130,38 @@ class BatcherTest(unittest.IsolatedAsyncioTestCase):
             self.assertIn("gave 1 results for 2 items", str(result))
 
     async def test_a_cancelled_caller_does_not_disturb_the_others(self):
-        run = Recorder(delay=0.02)
+        run = Recorder(held=True)
         batcher = Batcher(run)
         doomed = asyncio.ensure_future(batcher.submit(1))
         kept = asyncio.ensure_future(batcher.submit(2))
-        await asyncio.sleep(0.005)
+        await until(lambda: run.in_flight)
         doomed.cancel()
+        await asyncio.sleep(0)
+        run.release.set()
         self.assertEqual(await kept, 4)
         with self.assertRaises(asyncio.CancelledError):
             await doomed
         self.assertEqual(run.batches, [[1, 2]])
 
     async def test_an_item_whose_caller_left_before_the_command_is_not_sent(self):
-        run = Recorder(delay=0.05)
+        run = Recorder(held=True)
         batcher = Batcher(run, max_in_flight=1)
         first = asyncio.ensure_future(batcher.submit(1))
-        await asyncio.sleep(0.01)  # the first command is out
+        await until(lambda: run.in_flight)  # the first command is out
         gone = asyncio.ensure_future(batcher.submit(2))
         kept = asyncio.ensure_future(batcher.submit(3))
         await asyncio.sleep(0)
         gone.cancel()
+        await asyncio.sleep(0)
+        run.release.set()
         self.assertEqual((await first, await kept), (2, 6))
         self.assertEqual(run.batches, [[1], [3]])
 
     async def test_a_sender_cancelled_mid_command_cancels_its_callers(self):
-        run = Recorder(delay=1.0)
+        run = Recorder(held=True)
         batcher = Batcher(run)
         callers = [asyncio.ensure_future(batcher.submit(number)) for number in (1, 2)]
-        await asyncio.sleep(0.01)
+        await until(lambda: run.in_flight)
         [sender] = batcher.senders
         sender.cancel()
         results = await asyncio.gather(*callers, return_exceptions=True)

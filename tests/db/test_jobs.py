@@ -1,9 +1,12 @@
 """The jobs collection: atomic claims, leases, completion only by the lease holder, paging."""
 
 import asyncio
+import datetime
+import json
 import time
 
 from indico.db import jobs
+from indico.db.records import Job, JobEvent
 from tests.harness import ServerTest
 
 PARAMS = {"symbols": ["AAPL", "MSFT"], "objective": "max_sharpe"}
@@ -17,7 +20,7 @@ class JobsTest(ServerTest):
     def expire_lease(self, job):
         """Move ``job``'s lease into the past in the database: no waiting on the clock."""
         self.io_loop.run_sync(lambda: self.db.jobs.update_one(
-            {"_id": job["_id"]}, {"$set": {"lease_expires": time.time() - 1}}))
+            {"_id": job.id}, {"$set": {"lease_expires": time.time() - 1}}))
 
     def test_claim_is_atomic_between_racing_workers(self):
         for _ in range(3):
@@ -26,7 +29,7 @@ class JobsTest(ServerTest):
         async def race():
             return await asyncio.gather(*[jobs.claim_job(self.db, f"w{n}", 30) for n in range(6)])
         claimed = [job for job in self.io_loop.run_sync(race) if job]
-        self.assertEqual(len({job["_id"] for job in claimed}), len(claimed))
+        self.assertEqual(len({job.id for job in claimed}), len(claimed))
         stored = self.find("jobs")
         running = [job for job in stored if job["status"] == "running"]
         self.assertEqual(len(running), len(claimed))
@@ -36,8 +39,8 @@ class JobsTest(ServerTest):
         first = self.run_async(jobs.create_job, "owner", PARAMS, 10)
         self.run_async(jobs.create_job, "owner", PARAMS, 10)
         claimed = self.run_async(jobs.claim_job, "w1", 30)
-        self.assertEqual(claimed["_id"], first["_id"])
-        self.assertEqual([event["event"] for event in claimed["events"]], ["queued", "running"])
+        self.assertEqual(claimed.id, first.id)
+        self.assertEqual([event.event for event in claimed.events], ["queued", "running"])
         self.run_async(jobs.claim_job, "w1", 30)
         self.assertIsNone(self.run_async(jobs.claim_job, "w1", 30))
 
@@ -46,15 +49,15 @@ class JobsTest(ServerTest):
         self.assertIsNone(self.run_async(jobs.claim_job, "w2", 30))  # lease still live
         self.expire_lease(job)
         taken = self.run_async(jobs.claim_job, "w2", 30)
-        self.assertEqual((taken["_id"], taken["lease_owner"], taken["attempts"]),
-                         (job["_id"], "w2", 2))
-        self.assertFalse(self.run_async(jobs.renew_lease, job["_id"], "dead", 30))
+        self.assertEqual((taken.id, taken.lease_owner, taken.attempts),
+                         (job.id, "w2", 2))
+        self.assertFalse(self.run_async(jobs.renew_lease, job.id, "dead", 30))
         late = self.run_async(jobs.complete_job, job, "dead", jobs.DONE, result={"x": 1})
         self.assertIsNone(late)
         done = self.run_async(jobs.complete_job, taken, "w2", jobs.DONE, result={"x": 2})
-        self.assertEqual(done["status"], "done")
+        self.assertEqual(done.status, "done")
         [stored] = self.find("jobs")
-        self.assertEqual(done, stored)  # the write answers with the stored job
+        self.assertEqual(done, Job.from_document(stored))  # the write answers with the stored job
         self.assertEqual((stored["status"], stored["result"]), ("done", {"x": 2}))
         self.assertEqual([event["event"] for event in stored["events"]],
                          ["queued", "running", "running", "done"])
@@ -62,18 +65,18 @@ class JobsTest(ServerTest):
     def test_renewal_keeps_the_job(self):
         job = self.run_async(jobs.create_job, "owner", PARAMS, 10, worker="w1", lease=30)
         self.expire_lease(job)  # the first lease ran out before its renewal landed
-        self.assertTrue(self.run_async(jobs.renew_lease, job["_id"], "w1", 30))
+        self.assertTrue(self.run_async(jobs.renew_lease, job.id, "w1", 30))
         self.assertIsNone(self.run_async(jobs.claim_job, "w2", 30))
 
     def test_paging_newest_first_is_owner_scoped(self):
         created = [self.run_async(jobs.create_job, owner, PARAMS, 10)
                    for owner in ("a", "b", "a", "a", "b", "a")]
-        mine = [job["_id"] for job in reversed(created) if job["owner"] == "a"]
+        mine = [job.id for job in reversed(created) if job.owner == "a"]
         first = self.run_async(jobs.list_jobs, "a", 2)
-        self.assertEqual([job["_id"] for job in first], mine[:2])
-        after = (first[-1]["created"], first[-1]["_id"])
+        self.assertEqual([job.id for job in first], mine[:2])
+        after = (first[-1].created, first[-1].id)
         second = self.run_async(jobs.list_jobs, "a", 5, after)
-        self.assertEqual([job["_id"] for job in second], mine[2:])
+        self.assertEqual([job.id for job in second], mine[2:])
         self.assertEqual(self.run_async(jobs.get_job, "b", mine[0]), None)
         self.assertEqual(self.run_async(jobs.delete_job, "b", mine[0]), 0)
         self.assertEqual(self.run_async(jobs.delete_job, "a", mine[0]), 1)
@@ -85,8 +88,72 @@ class JobsTest(ServerTest):
         self.assertIsNotNone(self.run_async(jobs.create_job, "b", PARAMS, 2))  # per user
         self.run_async(jobs.complete_job, first, "w1", jobs.DONE, result={})
         again = self.run_async(jobs.create_job, "a", PARAMS, 2)
-        self.assertEqual(again["slot"], "a:0")
-        done = [job for job in self.find("jobs") if job["_id"] == first["_id"]][0]
+        self.assertEqual(again.slot, "a:0")
+        done = [job for job in self.find("jobs") if job["_id"] == first.id][0]
         self.assertNotIn("slot", done)
         self.assertEqual(sorted(job["slot"] for job in self.find("jobs") if "slot" in job),
                          ["a:0", "a:1", "b:0"])
+
+
+class JobRecordTest(ServerTest):
+    """Jobs come back as records: string ids, UTC datetimes, typed events."""
+
+    def run_async(self, coroutine_function, *args, **kwargs):
+        return self.io_loop.run_sync(lambda: coroutine_function(self.db, *args, **kwargs))
+
+    def assertUtc(self, moment):
+        self.assertIsInstance(moment, datetime.datetime)
+        self.assertEqual(moment.utcoffset(), datetime.timedelta(0))
+
+    def test_every_write_and_read_answers_a_record(self):
+        created = self.run_async(jobs.create_job, "owner", PARAMS, 10, worker="w1", lease=30)
+        done = self.run_async(jobs.complete_job, created, "w1", jobs.DONE, result={"x": 1})
+        read = self.run_async(jobs.get_job, "owner", created.id)
+        [listed] = self.run_async(jobs.list_jobs, "owner", 5)
+        [changed] = self.run_async(jobs.list_changed_jobs, ["owner"],
+                                   created.updated - datetime.timedelta(seconds=1))
+        for job in (created, done, read, listed, changed):
+            self.assertIsInstance(job, Job)
+            self.assertIsInstance(job.id, str)
+            self.assertEqual(len(job.id), 24)
+            self.assertUtc(job.created)
+            self.assertUtc(job.updated)
+            self.assertEqual(job.params, PARAMS)
+        self.assertEqual(listed.events, ())  # a listing leaves the events out
+        for job in (done, read, changed):
+            self.assertEqual([event.event for event in job.events],
+                             ["queued", "running", "done"])
+            for event in job.events:
+                self.assertIsInstance(event, JobEvent)
+                self.assertUtc(event.at)
+        self.assertEqual(read, done)
+        self.assertEqual(done.result, {"x": 1})
+        self.assertGreaterEqual(done.updated, created.updated)
+        self.assertUtc(created.lease_expires)
+        self.assertGreater(created.lease_expires, created.updated)
+
+    def test_stored_times_are_epoch_seconds_read_back_exactly(self):
+        job = self.run_async(jobs.create_job, "owner", PARAMS, 10, worker="w1", lease=30)
+        [stored] = self.find("jobs")
+        self.assertIsInstance(stored["updated"], float)
+        self.assertEqual(job.updated.timestamp(), stored["updated"])
+        self.assertEqual([event.at.timestamp() for event in job.events],
+                         [event["at"] for event in stored["events"]])
+
+    def test_quirky_stored_shapes_are_decoded(self):
+        """What nx-27017 makes of a ``$set`` date (a string) and a ``$push``ed event (JSON)."""
+        job = self.run_async(jobs.create_job, "owner", PARAMS, 10)
+        at = round(time.time(), 3)
+        self.io_loop.run_sync(lambda: self.db.jobs.update_one({"_id": job.id}, {"$set": {
+            "created": "2026-12-01 23:53:39.123000", "updated": at,
+            "events": [json.dumps({"id": "e1", "event": "queued", "at": at})],
+        }}))
+        read = self.run_async(jobs.get_job, "owner", job.id)
+        self.assertEqual(read.created,
+                         datetime.datetime(2026, 12, 1, 23, 53, 39, 123000, datetime.UTC))
+        self.assertEqual(read.events, (JobEvent("e1", "queued", read.updated),))
+        # A later write stores the events as documents again.
+        claimed = self.run_async(jobs.claim_job, "w1", 30)
+        [stored] = self.find("jobs")
+        self.assertEqual([event["id"] for event in stored["events"]],
+                         ["e1", claimed.events[-1].id])

@@ -8,6 +8,8 @@ from numpy.testing import assert_array_equal
 from pymongo.errors import BulkWriteError
 
 from indico.db import price_meta, prices
+from indico.db.records import Bucket, CatalogRecord, Head, SymbolEntry
+from indico.db.util import is_embedded
 from tests.harness import ServerTest
 
 OLD = str(ObjectId.from_datetime(datetime.datetime(2001, 1, 1, tzinfo=datetime.UTC)))
@@ -17,8 +19,7 @@ NEW = str(ObjectId())
 
 def bucket(symbol, generation, year=2020):
     first = (datetime.date(year, 1, 2) - datetime.date(1970, 1, 1)).days
-    return prices.encode_bucket(symbol, generation, year, np.array([first, first + 1]),
-                                np.array([1.5, 2.25]))
+    return Bucket(symbol, generation, year, np.array([first, first + 1]), np.array([1.5, 2.25]))
 
 
 class BucketsTest(ServerTest):
@@ -33,10 +34,12 @@ class BucketsTest(ServerTest):
                          ("AAPL", 2020, NEW, 2))
         self.assertEqual(stored["first"].date(), datetime.date(2020, 1, 2))
         self.assertEqual(stored["last"].date(), datetime.date(2020, 1, 3))
-        days, closes = prices.decode_bucket(stored)
-        assert_array_equal(closes, [1.5, 2.25])
-        self.assertEqual(days[1] - days[0], 1)
-        self.assertEqual((days.dtype, closes.dtype), (np.dtype("<i4"), np.dtype("<f8")))
+        [read] = self.run_async(prices.list_buckets, ["AAPL"], [NEW])
+        self.assertIsInstance(read, Bucket)
+        self.assertEqual((read.symbol, read.generation, read.year, read.rows), ("AAPL", NEW, 2020, 2))
+        assert_array_equal(read.closes, [1.5, 2.25])
+        self.assertEqual(read.days[1] - read.days[0], 1)
+        self.assertEqual((read.days.dtype, read.closes.dtype), (np.dtype("<i4"), np.dtype("<f8")))
 
     def test_one_bucket_per_symbol_year_and_generation(self):
         self.run_async(prices.create_buckets, [bucket("AAPL", NEW), bucket("AAPL", OLD)])
@@ -62,12 +65,12 @@ class BucketsTest(ServerTest):
             bucket("AAPL", NEW, 2019), bucket("AAPL", NEW, 2020), bucket("AAPL", OLD, 2020),
             bucket("MSFT", NEW, 2020), bucket("KO", NEW, 2020)])
         found = self.run_async(prices.list_buckets, ["AAPL", "MSFT"], [NEW], 2020, 2020)
-        self.assertEqual(sorted((doc["symbol"], doc["year"]) for doc in found),
+        self.assertEqual(sorted((read.symbol, read.year) for read in found),
                          [("AAPL", 2020), ("MSFT", 2020)])
         found = self.run_async(prices.list_buckets, ["AAPL"], [NEW, OLD])
         self.assertEqual(len(found), 3)
         found = self.run_async(prices.list_buckets, ["AAPL"], [NEW], 2020)
-        self.assertEqual([doc["year"] for doc in found], [2020])
+        self.assertEqual([bucket.year for bucket in found], [2020])
 
     def test_deletions(self):
         self.run_async(prices.create_buckets, [
@@ -98,16 +101,27 @@ class HeadTest(ServerTest):
         self.assertIsNone(self.run_async(price_meta.update_head, 2, MIDDLE))
         self.assertEqual(self.run_async(price_meta.update_head, 1, NEW), 2)
         head = self.run_async(price_meta.get_head)
-        self.assertEqual((head["version"], head["catalog"]), (2, NEW))
+        self.assertIsInstance(head, Head)
+        self.assertEqual((head.version, head.catalog), (2, NEW))
+        # Written by $set, which nx-27017 stores as a string: read back as a UTC datetime.
+        [stored] = self.find("price_meta", {"_id": "head"})
+        embedded = self.io_loop.run_sync(lambda: is_embedded(self.db))
+        self.assertIsInstance(stored["updated"], str if embedded else datetime.datetime)
+        self.assertIsInstance(head.updated, datetime.datetime)
+        self.assertEqual(head.updated.utcoffset(), datetime.timedelta(0))
 
     def test_catalogs(self):
-        entry = {"symbol": "AAPL", "generation": NEW, "rows": 1,
-                 "first": datetime.datetime(2020, 1, 2, tzinfo=datetime.UTC),
-                 "last": datetime.datetime(2020, 1, 2, tzinfo=datetime.UTC)}
+        entry = SymbolEntry("AAPL", NEW, datetime.date(2020, 1, 2), datetime.date(2020, 1, 2), 1)
         for generation in (OLD, MIDDLE, NEW):
             self.run_async(price_meta.create_catalog, generation, [entry])
         self.run_async(price_meta.update_head, 0, NEW)
-        self.assertEqual(self.run_async(price_meta.get_catalog, NEW)["symbols"], [entry])
+        catalog = self.run_async(price_meta.get_catalog, NEW)
+        self.assertIsInstance(catalog, CatalogRecord)
+        self.assertEqual((catalog.generation, catalog.symbols), (NEW, (entry,)))
+        self.assertIsInstance(catalog.created, datetime.datetime)
+        [stored] = self.find("price_meta", {"_id": NEW})
+        self.assertEqual(stored["symbols"][0]["first"],
+                         datetime.datetime(2020, 1, 2, tzinfo=datetime.UTC))
         self.assertIsNone(self.run_async(price_meta.get_catalog, "head"))
         self.assertEqual(self.run_async(price_meta.delete_catalogs, [MIDDLE]), 1)
         self.assertEqual(self.run_async(price_meta.delete_catalogs, [], NEW, NEW), 1)

@@ -94,8 +94,8 @@ class ReplyTest(ServerTest):
 
     def make_app(self):
         app = super().make_app()
-        dependencies = {"config": self.config, "db": self.db,
-                        "services": app.settings["services"]}
+        dependencies = {"config": self.config, "db": self.db, "services": self.services,
+                        "in_flight": self.in_flight}
         app.add_handlers(r".*", [(r"/demo/([^/]*)", DemoHandler, dependencies)])
         return app
 

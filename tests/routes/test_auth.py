@@ -8,7 +8,7 @@ import urllib.request
 
 from tornado.httpclient import HTTPRequest
 
-from indico.app import make_app
+from indico.db.records import User
 from indico.db.util import now
 from indico.services.passwords import Passwords
 from indico.services.sessions import SessionStore, sessions_mark
@@ -378,7 +378,7 @@ class RevocationDuringAMissTest(ServerTest):
 
     settings = {"session_cache": 300.0}
 
-    def make_app(self):
+    def service_options(self):
         async def revoke():  # another process logs the token out now
             [user] = await self.db.users.find().to_list()
             await self.db.sessions.delete_many({})
@@ -386,8 +386,7 @@ class RevocationDuringAMissTest(ServerTest):
         self.store = RevokeAfterFirstRead(
             self.db, ChangeMarks(self.config.marks_path), cache_lifetime=300.0,
             session_ttl=self.config.session_ttl, clock=self.clock, revoke=revoke)
-        return make_app(self.config, self.db, cpu_executor=CPU_EXECUTOR,
-                        services=self.build_services(sessions=self.store))
+        return {**super().service_options(), "sessions": self.store}
 
     def test_a_session_revoked_between_the_reads_is_refused(self):
         token = self.signup()
@@ -416,20 +415,20 @@ class VerifyThenAct(Passwords):
 class LoginDuringPasswordChangeTest(ServerTest):
     """A login that checked the old password keeps no session past the change."""
 
-    def make_app(self):
+    def service_options(self):
         self.passwords = VerifyThenAct(self.config, CPU_EXECUTOR)
-        return make_app(self.config, self.db, cpu_executor=CPU_EXECUTOR,
-                        services=self.build_services(passwords=self.passwords))
+        return {**super().service_options(), "passwords": self.passwords}
 
     def test_a_login_overlapping_a_password_change_gets_401_and_no_session(self):
         token = self.signup(password=PASSWORD)
         [user] = self.find("users")
-        services = self._app.settings["services"]
+        services = self.services
         overlapped = []
 
         async def change_elsewhere():  # the owner changes the password meanwhile
             overlapped.append(True)
-            await services.users.change_password(user, PASSWORD, "battery staple", token)
+            await services.users.change_password(User.from_document(user), PASSWORD,
+                                                 "battery staple", token)
         self.passwords.during_next_verify = change_elsewhere
         self.assertError(self.post("/auth/login", {"email": "ada@example.com",
                                                    "password": PASSWORD}),

@@ -120,16 +120,16 @@ class ParsingTest(ServerTest):
                          b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{")
             await writer.drain()
             await asyncio.sleep(0.1)
-            self.assertEqual(len(self._app.settings["in_flight"]), 1)
+            self.assertEqual(len(self.in_flight.handlers), 1)
             writer.close()
             for _ in range(100):
                 await asyncio.sleep(0.01)
                 waiting = [task for task in asyncio.all_tasks()
                            if "RequestHandler._execute" in repr(task.get_coro())]
-                if not waiting and not self._app.settings["in_flight"]:
+                if not waiting and not self.in_flight.handlers:
                     return
             self.fail(f"still waiting for the body: {waiting}, "
-                      f"in flight: {self._app.settings['in_flight']}")
+                      f"in flight: {self.in_flight.handlers}")
         self.io_loop.run_sync(leave_mid_body)
         self.assertEqual(self.find("users"), [])
 

@@ -19,14 +19,11 @@ from pymongo.errors import (
 )
 
 from indico import error
-from indico.app import make_app
-from indico.db import create_client
+from indico.db import open_database
 from indico.routes.base import DATABASE_RETRY_AFTER, _public
 from tests.harness import (
     ACCESS_LOG,
-    CPU_EXECUTOR,
     ServerTest,
-    shared_pool,
     test_config,
     tolerate_logs,
 )
@@ -108,7 +105,7 @@ class RelayedDatabaseTest(ServerTest):
 
     timeout = 1.0
 
-    def make_app(self):
+    async def open_app_database(self):
         parsed = uri_parser.parse_uri(self.config.mongodb_uri)
         if len(parsed["nodelist"]) != 1:
             self.skipTest("the relay needs a single-server INDICO_MONGODB_URI")
@@ -123,17 +120,15 @@ class RelayedDatabaseTest(ServerTest):
         # flight. Checks far apart stand for a server that still answers its
         # monitor while operations hang (a lock, a stalled disk): only the
         # operation timeout can end such a request.
-        self.relay_client = create_client(self.relay.uri, timeout=self.timeout,
-                                          directConnection=True, heartbeatFrequencyMS=600_000,
-                                          **credentials)
         config = test_config(mongodb_uri=self.relay.uri, database=self.db_name,
                              data_dir=self.data_dir, db_timeout=self.timeout)
-        return make_app(config, self.relay_client[self.db_name], cpu_executor=CPU_EXECUTOR,
-                        pool=shared_pool())
+        database = await self.resources.enter_async_context(open_database(
+            config, directConnection=True, heartbeatFrequencyMS=600_000, **credentials))
+        self.relay_client = database.client
+        return config, database.db
 
     def tearDown(self):
         self.relay.thaw()
-        self.io_loop.run_sync(self.relay_client.close)
         super().tearDown()
         self.relay.close()
 

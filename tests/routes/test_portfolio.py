@@ -379,21 +379,19 @@ class TimeLimitTest(PortfolioTest):
 
     settings = {"job_time_limit": 1.0, "workers": 2}
 
-    def make_app(self):
-        # A pool of its own (a worker is killed), and workers that never finish
-        # a min_volatility job: stuck however fast the machine is.
-        from indico.app import build_services, make_app
-        from indico.services.jobs import JobService, WorkerPool
-        from tests.harness import CPU_EXECUTOR
+    def service_options(self):
+        # A pool of its own (a worker is killed): open_services makes one of
+        # INDICO_WORKERS processes and shuts it down; and workers that never
+        # finish a min_volatility job: stuck however fast the machine is.
         from tests.workloads import stall_on_min_volatility
-        self.pool = WorkerPool(2)
+        return {**super().service_options(), "pool": None, "work": stall_on_min_volatility}
+
+    def make_app(self):
+        self.pool = self.services.jobs.pool
         # Started here, with a generous deadline: a worker takes seconds to import
         # the engine on a busy machine, more than a request's 5 s.
         self.pool.pool.schedule(os.getpid).result(timeout=60)
-        services = build_services(self.config, self.db, CPU_EXECUTOR, self.pool)
-        services.jobs = JobService(self.db, self.config, services.prices, services.events,
-                                   self.pool, work=stall_on_min_volatility)
-        return make_app(self.config, self.db, cpu_executor=CPU_EXECUTOR, services=services)
+        return super().make_app()
 
     def test_a_job_over_the_time_limit_fails_and_the_pool_serves_the_next(self):
         from tests.workloads import hold_until
@@ -471,7 +469,7 @@ class LeaseTakeoverTest(PortfolioTest):
             "    job = await jobs.create_job(client[sys.argv[2]], sys.argv[3],\n"
             "                                json.loads(sys.argv[4]), 5,\n"
             "                                worker=f'pid-{os.getpid()}', lease=0.5)\n"
-            "    print(job['_id'], flush=True)\n"
+            "    print(job.id, flush=True)\n"
             "    await asyncio.sleep(3600)\n"
             "asyncio.run(main())\n")
         from tests.harness import REPO
@@ -485,7 +483,7 @@ class LeaseTakeoverTest(PortfolioTest):
         [stored] = self.find("jobs")
         self.assertEqual((stored["_id"], stored["status"]), (job_id, "running"))
         self.assertEqual(stored["lease_owner"], f"pid-{worker.pid}")
-        service = self._app.settings["services"].jobs
+        service = self.services.jobs
         deadline = time.monotonic() + 10
         while not self.io_loop.run_sync(service.claim_and_run):  # until the lease expires
             self.assertLess(time.monotonic(), deadline, "the job was never claimed again")
@@ -508,10 +506,10 @@ class LeaseTakeoverTest(PortfolioTest):
                   "objective": "max_sharpe", "risk_free_rate": 0.0, "weight_bounds": [0.0, 1.0],
                   "target_return": None, "target_volatility": None}
         job = self.io_loop.run_sync(lambda: jobs.create_job(self.db, owner, params, 5))
-        service = self._app.settings["services"].jobs
+        service = self.services.jobs
         self.assertTrue(self.io_loop.run_sync(service.claim_and_run))
         [stored] = self.find("jobs")
-        self.assertEqual((stored["_id"], stored["status"]), (job["_id"], "failed"))
+        self.assertEqual((stored["_id"], stored["status"]), (job.id, "failed"))
         self.assertIn("GONE", stored["error"])
 
 

@@ -6,7 +6,7 @@ that reads the counter before any of them has written it. The tests hold every
 password check at a gate until all the requests of a burst have either been
 answered or reached the gate, so the burst is as concurrent as it can be
 whatever the machine's speed, and count the checks with a real
-:class:`~indico.services.passwords.Passwords` subclass given to ``make_app``.
+:class:`~indico.services.passwords.Passwords` subclass given to ``open_services``.
 """
 
 import asyncio
@@ -14,7 +14,6 @@ import json
 
 from tornado.httpclient import AsyncHTTPClient
 
-from indico.app import make_app
 from indico.services.passwords import Passwords
 from tests.harness import CPU_EXECUTOR, ServerTest
 
@@ -58,10 +57,9 @@ class GatedPasswords(Passwords):
 class RateLimitTest(ServerTest):
     """The application with :class:`GatedPasswords`; concurrent bursts of real requests."""
 
-    def make_app(self):
+    def service_options(self):
         self.passwords = GatedPasswords(self.config, CPU_EXECUTOR)
-        return make_app(self.config, self.db, cpu_executor=CPU_EXECUTOR,
-                        services=self.build_services(passwords=self.passwords))
+        return {**super().service_options(), "passwords": self.passwords}
 
     def get_http_client(self):
         # The default client sends at most 10 requests at a time.

@@ -8,12 +8,10 @@ import time
 import urllib.parse
 
 from indico import __version__
-from indico.app import make_app
-from indico.db import create_client
+from indico.db import open_database
 from indico.db.embedded import EmbeddedServer, _free_port
 from tests.harness import (
     ACCESS_LOG,
-    CPU_EXECUTOR,
     ServerTest,
     needs_embedded,
     test_config,
@@ -108,16 +106,15 @@ class HealthWithoutDatabaseTest(ServerTest):
         super().setUp()
 
     def tearDown(self):
-        self.io_loop.run_sync(self.own_client.close)
-        self.own_server.stop()
         super().tearDown()
+        self.own_server.stop()
         shutil.rmtree(self.own_dir, ignore_errors=True)
 
-    def make_app(self):
+    async def open_app_database(self):
         config = test_config(mongodb_uri=self.own_server.uri, db_timeout=1.0,
                              database=self.db_name, session_cache=300.0)
-        self.own_client = create_client(config.mongodb_uri, timeout=1.0)
-        return make_app(config, self.own_client[self.db_name], cpu_executor=CPU_EXECUTOR)
+        database = await self.resources.enter_async_context(open_database(config))
+        return config, database.db
 
     def test_actions_answer_503_while_the_database_is_down(self):
         token = self.signup()

@@ -77,7 +77,7 @@ class BearerHeaderTest(ServerTest):
                 self.assertEqual(self.read(connection),
                                  {"event": "subscribed", "user": str(user["_id"])})
                 # Upgraded, it no longer counts as a request in flight (shutdown waits for those).
-                self.assertEqual(self._app.settings["in_flight"], set())
+                self.assertEqual(self.in_flight.handlers, set())
                 connection.close()
 
     def test_a_bad_token_is_refused_after_the_upgrade(self):

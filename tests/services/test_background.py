@@ -11,10 +11,9 @@ import asyncio
 import logging
 import unittest
 
-from indico.app import build_services
-from indico.db import create_client
+from indico.db import ExpiryPurge, create_client
 from indico.db.embedded import _free_port
-from indico.server import purge_forever
+from indico.services import build_services
 from indico.services.events import JobEvents
 from indico.services.jobs import JobRunner, JobService
 from tests.harness import CPU_EXECUTOR, Stop, recording_sleep, shared_pool, test_config
@@ -88,15 +87,15 @@ class DatabaseDownTest(unittest.IsolatedAsyncioTestCase):
 
     async def test_purge_logs_one_line_per_failure_and_backs_off(self):
         sleep, waits = recording_sleep(6)
-        with self.assertLogs("indico.server", logging.WARNING) as logs, self.assertRaises(Stop):
-            await purge_forever(self.db, interval=60.0, sleep=sleep, retry=5.0)
+        with self.assertLogs("indico.db", logging.WARNING) as logs, self.assertRaises(Stop):
+            await ExpiryPurge(self.db, interval=60.0, retry=5.0, sleep=sleep).run()
         self.assertEqual(waits, [5.0, 10.0, 20.0, 40.0, 60.0, 60.0])
         self.assert_one_line_each(logs.records, "purge of expired documents failed", waits)
 
     async def test_purge_keeps_the_traceback_of_a_bug(self):
         sleep, waits = recording_sleep(2)
-        with self.assertLogs("indico.server", logging.ERROR) as logs, self.assertRaises(Stop):
-            await purge_forever(None, interval=60.0, sleep=sleep)  # not a database handle
+        with self.assertLogs("indico.db", logging.ERROR) as logs, self.assertRaises(Stop):
+            await ExpiryPurge(None, interval=60.0, sleep=sleep).run()  # not a database handle
         self.assertEqual(waits, [60.0, 60.0])
         self.assertIsNotNone(logs.records[0].exc_info)
 
@@ -109,7 +108,7 @@ class PurgeTest(unittest.IsolatedAsyncioTestCase):
         self.addAsyncCleanup(client.close)
         sleep, waits = recording_sleep(2)
         with self.assertRaises(Stop):
-            await purge_forever(client["purge_test_empty"], interval=60.0, sleep=sleep)
+            await ExpiryPurge(client["purge_test_empty"], interval=60.0, sleep=sleep).run()
         self.assertEqual(waits, [60.0, 60.0])
 
 

@@ -6,11 +6,14 @@ behind this one, as that machine's ``time.time()`` would stamp them.
 """
 
 import asyncio
+import dataclasses
+import datetime
 import time
 import unittest
 import uuid
 
 from indico.db import create_client
+from indico.db.records import Job, JobEvent
 from indico.services.events import EVENT_CLOCK_SKEW, SENT_LIMIT, SENT_MEMORY, JobEvents
 from tests.harness import database_uri
 
@@ -25,12 +28,16 @@ class Clock:
         return self.now
 
 
+CREATED = datetime.datetime(2026, 1, 2, tzinfo=datetime.UTC)
+
+
 def stored_job(owner, clock, *names, job_id=None):
-    """A job document as stored, with one event per name stamped at ``clock()``."""
+    """A stored job's record, with one event per name stamped at ``clock()``."""
     events = [{"id": uuid.uuid4().hex, "event": name, "at": clock()} for name in names]
-    return {"_id": job_id or uuid.uuid4().hex[:24], "owner": owner, "events": events,
-            "status": names[-1], "result": {"objective": "max_sharpe",
-                                            "allocations": {"AAPL": 1.0}, "stats": {}}}
+    return Job.from_document({
+        "_id": job_id or uuid.uuid4().hex[:24], "owner": owner, "events": events,
+        "status": names[-1], "params": {}, "created": CREATED, "updated": clock(),
+        "result": {"objective": "max_sharpe", "allocations": {"AAPL": 1.0}, "stats": {}}})
 
 
 class SentMemoryTest(unittest.TestCase):
@@ -80,7 +87,8 @@ class ClockSkewTest(unittest.IsolatedAsyncioTestCase):
         """Insert a finished job as a machine whose clock is ``behind`` seconds late would."""
         stamp = time.time() - behind
         job = {"_id": uuid.uuid4().hex[:24], "owner": owner, "status": "failed",
-               "error": f"{behind} s behind", "updated": stamp,
+               "error": f"{behind} s behind", "updated": stamp, "params": {},
+               "created": CREATED,
                "events": [{"id": uuid.uuid4().hex, "event": "failed", "at": stamp}]}
         await self.db.jobs.insert_one(job)
         return job["_id"]
@@ -117,9 +125,8 @@ class ClockSkewTest(unittest.IsolatedAsyncioTestCase):
         created = stored_job("ada", clock, "queued", "running", job_id="j1")
         events.publish(created)
         clock.now += 1.0
-        finished = {**created, "status": "done",
-                    "events": created["events"] + [{"id": "e3", "event": "done",
-                                                    "at": clock()}]}
+        done = JobEvent("e3", "done", datetime.datetime.fromtimestamp(clock(), datetime.UTC))
+        finished = dataclasses.replace(created, status="done", events=created.events + (done,))
         events.publish(finished)
         events.publish(finished)  # again, as the poller would: nothing new
         events.publish(stored_job("bob", clock, "queued"))  # not Ada's

@@ -12,9 +12,9 @@ import time
 import unittest
 import uuid
 
-from indico.app import build_services
 from indico.db import create_client
 from indico.db.embedded import _free_port
+from indico.services import build_services
 from indico.services.jobs import JobRunner, JobService, WorkerPool
 from tests.harness import (
     CPU_EXECUTOR,

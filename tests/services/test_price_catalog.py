@@ -1,12 +1,18 @@
 """PriceCatalog against the real embedded database: frames, the benchmark, the caches, races."""
 
+import asyncio
+import dataclasses
+
 import numpy as np
 import pandas as pd
+import pymongo.errors
 from numpy.testing import assert_array_equal
 from pandas.testing import assert_frame_equal
 
 from indico import error
-from indico.db import price_meta
+from indico.db import price_meta, prices
+from indico.db.records import Head
+from indico.db.util import now
 from indico.services.price_catalog import PriceCatalog, validate_symbols
 from indico.services.price_import import PriceImporter
 from indico.services.price_records import Catalog
@@ -42,13 +48,17 @@ class FrameTest(PricesTest):
         self.assertEqual(caught.exception.status, 422)
         self.assertEqual(caught.exception.to_dict()["symbols"], ["NOPE", "ZZZ"])
         self.assertIn("no prices for NOPE, ZZZ", caught.exception.message)
-        for symbols, message in ((["AAPL", "aapl"], "AAPL is listed twice"),
-                                 (["bad symbol"], "'bad symbol' is not a valid symbol"),
+        for symbols, message in ((["bad symbol"], "'bad symbol' is not a valid symbol"),
                                  ([], "at least one symbol"), ("AAPL", "at least one symbol")):
             with self.subTest(symbols=symbols), self.assertRaises(error.ValidationError) as caught:
                 self.frame(symbols, D(2019, 1, 1), D(2020, 12, 31))
             self.assertIn(message, caught.exception.message)
-            self.assertEqual(caught.exception.to_dict()["field"], "symbols")
+            # The service speaks no wire names: the request model names the field.
+            self.assertNotIn("field", caught.exception.to_dict())
+            self.assertNotIn("symbols:", caught.exception.message)
+        # A repeated symbol is the request model's rule (OptimizeRequest), checked once there.
+        frame = self.frame(["AAPL", "aapl"], D(2019, 1, 1), D(2020, 12, 31))
+        self.assertEqual(list(frame.columns), ["AAPL", "AAPL"])
         with self.assertRaises(error.Unprocessable) as caught:
             self.frame(["AAPL"], D(2020, 1, 2), D(2020, 1, 1))
         self.assertIn("the window is empty: 2020-01-01 is before 2020-01-02",
@@ -175,7 +185,7 @@ class RaceTest(PricesTest):
 
         async def moved(n, *args):
             if n == 2:  # the check after reading buckets
-                return {"version": 99, "catalog": "x"}
+                return Head(99, "x", now())
         frame = self.frame(["AAPL"], D(2019, 1, 1), D(2020, 12, 31), PriceCatalog(
             self.db, self.config,
             meta=replaced(price_meta, get_head=flaky(price_meta.get_head, heads, moved))))
@@ -193,7 +203,7 @@ class RaceTest(PricesTest):
         real = price_meta.get_head
 
         async def always_moving(db):
-            return {**await real(db), "version": next(versions)}
+            return dataclasses.replace(await real(db), version=next(versions))
         catalog = PriceCatalog(self.db, self.config,
                                meta=replaced(price_meta, get_head=always_moving))
         with self.assertRaises(error.ServiceUnavailable):
@@ -206,3 +216,56 @@ class RaceTest(PricesTest):
         lost = PriceCatalog(self.db, self.config, meta=replaced(price_meta, get_catalog=none))
         with self.assertRaises(error.ServiceUnavailable):
             self.run_async(lost.get_catalog)
+
+
+class SharedLoadTest(PricesTest):
+    """Concurrent misses of the same buckets share one read of the store."""
+
+    def setUp(self):
+        super().setUp()
+        self.load("wide.csv", WIDE)
+
+    def catalog_with(self, list_buckets):
+        return PriceCatalog(self.db, self.config, buckets=replaced(prices, list_buckets=list_buckets))
+
+    def test_concurrent_cold_loads_of_one_frame_read_the_buckets_once(self):
+        calls = []
+        catalog = self.catalog_with(flaky(prices.list_buckets, calls))
+
+        async def five_at_once():
+            return await asyncio.gather(*(catalog.get_frame(["AAPL", "MSFT"], D(2019, 1, 1),
+                                                            D(2020, 12, 31)) for _ in range(5)))
+        frames = self.run_async(five_at_once)
+        self.assertEqual(len(calls), 1)  # before: one read per request, 5
+        for frame in frames[1:]:
+            assert_frame_equal(frame, frames[0])
+        assert_frame_equal(frames[0], self.frame(["AAPL", "MSFT"], D(2019, 1, 1), D(2020, 12, 31)))
+
+    def test_a_failed_shared_read_lets_each_waiter_read_for_itself(self):
+        calls = []
+        release = asyncio.Event()
+
+        async def first_fails(number, *args, **kwargs):
+            if number == 1:
+                await release.wait()  # the others are waiting for this read by now
+                raise pymongo.errors.NetworkTimeout("no answer from the database")
+            return None
+        catalog = self.catalog_with(flaky(prices.list_buckets, calls, first_fails))
+
+        async def three_at_once():
+            tasks = [asyncio.ensure_future(catalog.get_frame(["AAPL"], D(2019, 1, 1),
+                                                             D(2020, 12, 31))) for _ in range(3)]
+            while not catalog._loading:
+                await asyncio.sleep(0)
+            for _ in range(10):  # let the other two reach their wait for the first read
+                await asyncio.sleep(0)
+            release.set()
+            return await asyncio.gather(*tasks, return_exceptions=True)
+        first, *others = self.run_async(three_at_once)
+        self.assertIsInstance(first, pymongo.errors.NetworkTimeout)
+        for frame in others:
+            assert_array_equal(frame["AAPL"], self.frame(["AAPL"], D(2019, 1, 1),
+                                                         D(2020, 12, 31))["AAPL"])
+        # The failed read, then the waiters' own: one of them reads, the other waits for it.
+        self.assertEqual(len(calls), 2)
+        self.assertEqual(catalog._loading, {})

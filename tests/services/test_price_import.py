@@ -18,6 +18,8 @@ from pymongo.errors import AutoReconnect
 
 from indico import error
 from indico.db import price_meta, prices
+from indico.db.records import Bucket, Head
+from indico.db.util import now
 from indico.services import price_import
 from indico.services.price_catalog import PriceCatalog
 from indico.services.price_files import FileRejected
@@ -48,7 +50,7 @@ class ImportTest(PricesTest):
         self.assertEqual([(doc["symbol"], doc["year"], doc["rows"]) for doc in buckets],
                          [("AAPL", 2019, 2), ("AAPL", 2020, 2),
                           ("MSFT", 2019, 2), ("MSFT", 2020, 1)])
-        assert_array_equal(prices.decode_bucket(buckets[1])[1], [12.0, 13.0])
+        assert_array_equal(prices.decode_bucket(buckets[1]).closes, [12.0, 13.0])
         frame = self.frame(["msft", "AAPL"], D(2019, 1, 1), D(2020, 12, 31))
         expected = pd.DataFrame({"MSFT": [20.0, 21.0, 23.0], "AAPL": [10.0, 11.0, 13.0]},
                                 index=pd.DatetimeIndex(["2019-12-30", "2019-12-31", "2020-01-03"],
@@ -226,7 +228,7 @@ class RaceTest(PricesTest):
         stale = str(ObjectId.from_datetime(datetime.datetime(2001, 1, 1, tzinfo=datetime.UTC)))
         recent = str(ObjectId())
         for generation in (stale, recent):
-            self.run_async(prices.create_buckets, self.db, [prices.encode_bucket(
+            self.run_async(prices.create_buckets, self.db, [Bucket(
                 "KO", generation, 2020, np.array([18263]), np.array([1.0]))])
             self.run_async(price_meta.create_catalog, self.db, generation, [])
         self.load("fix.csv", "Date,AAPL\n2020-01-03,99\n")
@@ -242,7 +244,7 @@ class RaceTest(PricesTest):
 
         async def moved(n, *args):
             if n == 2:  # the check after comparing: pretend another import committed
-                return {"version": 99, "catalog": "x"}
+                return Head(99, "x", now())
         watched = PriceImporter(self.db, meta=replaced(
             price_meta, get_head=flaky(price_meta.get_head, heads, moved)))
         summary = self.load("again.csv", WIDE, importer=watched)

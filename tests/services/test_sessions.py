@@ -17,7 +17,9 @@ import uuid
 from pymongo.errors import PyMongoError
 
 from indico.db import sessions, users
-from indico.db.util import now, object_id
+from indico.db.records import Account as AccountRecord
+from indico.db.records import Session, User
+from indico.db.util import now
 from indico.services.sessions import (
     SessionCache,
     SessionStore,
@@ -31,7 +33,12 @@ from tests.routes.test_database_errors import RelayedDatabaseTest
 
 
 def session(user_id, seconds=60):
-    return {"user_id": user_id, "expires": now() + datetime.timedelta(seconds=seconds)}
+    return Session(f"hash of {user_id}", user_id, now(),
+                   now() + datetime.timedelta(seconds=seconds))
+
+
+def user(name):
+    return User("u1", "ada@example.com", name, {}, now(), now())
 
 
 class SessionCacheTest(unittest.TestCase):
@@ -43,12 +50,13 @@ class SessionCacheTest(unittest.TestCase):
     def test_an_entry_lives_until_its_mark_changes(self):
         cache = SessionCache(self.marks, lifetime=60)
         cache.put_session("t1", session("u1"), self.marks.read(sessions_mark("u1")))
-        cache.put_user("u1", {"name": "Ada"}, self.marks.read(profile_mark("u1")))
-        self.assertEqual(cache.get_session("t1")["user_id"], "u1")
-        self.assertEqual(cache.get_user("u1"), {"name": "Ada"})
+        ada = user("Ada")
+        cache.put_user("u1", ada, self.marks.read(profile_mark("u1")))
+        self.assertEqual(cache.get_session("t1").user_id, "u1")
+        self.assertEqual(cache.get_user("u1"), ada)
         self.marks.bump(profile_mark("u1"))
         self.assertIsNone(cache.get_user("u1"))
-        self.assertEqual(cache.get_session("t1")["user_id"], "u1")  # another mark
+        self.assertEqual(cache.get_session("t1").user_id, "u1")  # another mark
         self.marks.bump(sessions_mark("u1"))
         self.assertIsNone(cache.get_session("t1"))
         self.assertEqual((cache.sessions, cache.users), ({}, {}))  # stale entries go
@@ -87,12 +95,12 @@ class SessionCacheTest(unittest.TestCase):
 class Account:
     """A user with two sessions, made for one write of the walk."""
 
-    user: dict
+    user: User
     tokens: list
 
     @property
     def user_id(self):
-        return str(self.user["_id"])
+        return self.user.id
 
 
 # How the walk calls each write of the store, on an account of its own.
@@ -136,7 +144,7 @@ class StoreWalk:
         """What the database holds: each session of ``account``, then its public user."""
         found = await sessions.get_sessions(self.db, [token_hash(token)
                                                       for token in account.tokens])
-        [user] = await users.get_public_users(self.db, [object_id(account.user_id)])
+        [user] = await users.get_public_users(self.db, [account.user_id])
         return [*found, user]
 
     async def answers(self, store, account):
@@ -179,6 +187,33 @@ class StoreWalk:
         return problems
 
 
+class StoreRecordsTest(StoreWalk, ServerTest):
+    """The store hands up records, cached or not: string ids, UTC datetimes, no hash in a User."""
+
+    def test_reads_answer_records(self):
+        async def reads():
+            store = self.store(SessionStore, ChangeMarks(self.config.marks_path))
+            account = await store.create_account("ada@example.com", "$argon2id$x", "Ada")
+            expires = await store.open_session(account, "token")
+            return (account, expires, [await store.get_session(token_hash("token"))
+                                       for _ in range(2)],
+                    [await store.get_user(account.id) for _ in range(2)],
+                    await store.get_account(account.id), await store.get_user("not an id"))
+        account, expires, found, public, stored, nobody = self.io_loop.run_sync(reads)
+        self.assertIsInstance(account, AccountRecord)
+        self.assertEqual(stored, account)
+        self.assertIsNone(nobody)
+        for session in found:  # read from the database, then from the cache
+            self.assertIsInstance(session, Session)
+            self.assertEqual((session.id, session.user_id, session.expires),
+                             (token_hash("token"), account.id, expires))
+            self.assertEqual(session.created.utcoffset(), datetime.timedelta(0))
+        for user in public:
+            self.assertIs(type(user), User)
+            self.assertEqual((user.id, user.email, user.created), (account.id, account.email,
+                                                                   account.created))
+
+
 class StoreWalkTest(StoreWalk, ServerTest):
     """Every write of the store leaves no stale answer in any process's cache."""
 
@@ -190,7 +225,7 @@ class StoreWalkTest(StoreWalk, ServerTest):
         class ForgetfulStore(SessionStore):
             async def rename(self, user_id, name):
                 """A write that does not bump the profile mark."""
-                await users.update_user(self.db, object_id(user_id), {"name": name})
+                await users.update_user(self.db, user_id, {"name": name})
 
         self.assertIn("rename", write_methods(ForgetfulStore))
         self.assertEqual(self.io_loop.run_sync(lambda: self.walk(ForgetfulStore, CALLS)),
@@ -217,7 +252,7 @@ class BumpOnlyOnSuccess(SessionStore):
 
     async def revoke_session(self, token, user_id):
         await sessions.delete_session(self.db, token_hash(token))
-        self.marks.bump(sessions_mark(str(user_id)))
+        self.marks.bump(sessions_mark(user_id))
 
 
 class FailedWriteWalkTest(StoreWalk, RelayedDatabaseTest):
