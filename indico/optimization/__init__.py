@@ -45,23 +45,48 @@ Objectives (:class:`Objective`)
     Equal risk contributions ``w_i (Σw)_i = w'Σw / n`` (long only).
 ``equal_weight``
     ``1/n`` (the nearest allowed portfolio if per-symbol bounds exclude it).
+``hrp``
+    Hierarchical risk parity (López de Prado 2016) within the bounds (see
+    :mod:`indico.optimization.hrp`).
+``min_cvar``
+    Minimum historical CVaR of the daily returns at ``cvar_level``, a linear
+    program (see :mod:`indico.optimization.cvar`).
+``inverse_volatility``
+    ``w_i ∝ 1/σ_i``, projected (Euclidean) onto the bounded simplex.
+``max_diversification``
+    Maximum diversification ratio ``w'σ / √(w'Σw)`` (Choueifaty & Coignard 2008),
+    exact: the maximum-Sharpe solver with ``μ = σ`` and ``rf = 0``.
+
+Estimators
+----------
+``returns_model`` (``mean``, ``ema``) and ``risk_model`` (``sample``,
+``ledoit_wolf``, ``exp_cov``, ``semicovariance``) replace μ and Σ above for every
+objective and for the statistics (see :mod:`indico.optimization.estimators`).
+Every result's ``stats`` also has ``risk_contributions`` (each symbol's share of
+``w'Σw``, summing to 1) and ``cvar``, the historical CVaR of the daily returns at
+``cvar_level`` (default 0.95) as a positive daily loss fraction.
 
 Every domain failure raises :class:`indico.error.OptimizationError` (HTTP 422)
 with a message that says what to change.
 """
 
 from indico.optimization.engine import (
+    ENGINE_OPTIONS,
     WORKER_BLAS_THREADS,
     Objective,
     OptimizationResult,
     configure_worker,
     optimize,
 )
+from indico.optimization.estimators import ReturnsModel, RiskModel
 
 __all__ = [
+    "ENGINE_OPTIONS",
     "WORKER_BLAS_THREADS",
     "Objective",
     "OptimizationResult",
+    "ReturnsModel",
+    "RiskModel",
     "configure_worker",
     "optimize",
 ]

@@ -18,7 +18,10 @@ from indico.error import OptimizationError
 from indico.optimization import (
     allocation,
     buy_and_hold,
+    cvar,
+    estimators,
     frontier,
+    hrp,
     performance,
     risk_parity,
     simplex,
@@ -30,6 +33,10 @@ from indico.optimization.data import align_benchmark, parse_bounds, prepare_pric
 #: threading inside BLAS costs more in synchronisation than it gains, and the
 #: process pool already uses every core.
 WORKER_BLAS_THREADS = 1
+
+#: Keyword options of :func:`optimize` that a stored job's params may carry, beyond
+#: the seed's (absent in jobs stored before they existed: then the defaults apply).
+ENGINE_OPTIONS = ("returns_model", "returns_span", "risk_model", "risk_span", "cvar_level")
 
 #: Weights closer than this to a bound are snapped onto it when cleaning.
 WEIGHT_CLEAN_TOLERANCE = 1e-9
@@ -48,6 +55,10 @@ class Objective(str, enum.Enum):
     BUY_AND_HOLD_SHARPE = "buy_and_hold_sharpe"
     RISK_PARITY = "risk_parity"
     EQUAL_WEIGHT = "equal_weight"
+    HRP = "hrp"
+    MIN_CVAR = "min_cvar"
+    INVERSE_VOLATILITY = "inverse_volatility"
+    MAX_DIVERSIFICATION = "max_diversification"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,7 +70,9 @@ class OptimizationResult:
         symbols: tuple of n symbols, in input order.
         weights: float array of shape (n,), within bounds, summing to 1 (1e-9).
         stats: ``expected_return``, ``volatility``, ``sharpe`` of the weights
-            (annualised, from the sample moments).
+            (annualised, from the chosen estimators; the sample moments by default),
+            ``risk_contributions`` {symbol: share of ``w'Σw``} and ``cvar`` (daily
+            historical CVaR at the chosen level, a positive loss fraction).
         portfolio: statistics of the buy-and-hold path (see
             :func:`indico.optimization.performance.path_statistics`).
         benchmark: the same for the benchmark index, or None.
@@ -151,6 +164,7 @@ class _Context:
     risk_free_rate: float
     target_return: float | None
     target_volatility: float | None
+    cvar_level: float = cvar.DEFAULT_LEVEL
 
 
 def optimize(
@@ -163,6 +177,11 @@ def optimize(
     target_volatility=None,
     initial_investment=None,
     benchmark=None,
+    returns_model="mean",
+    returns_span=estimators.DEFAULT_RETURNS_SPAN,
+    risk_model="sample",
+    risk_span=estimators.DEFAULT_RISK_SPAN,
+    cvar_level=cvar.DEFAULT_LEVEL,
 ):
     """Optimise a portfolio of the symbols in ``prices``.
 
@@ -178,6 +197,10 @@ def optimize(
         initial_investment: money to invest (> 0) for shares, leftover and final
             values; None skips the allocation.
         benchmark: index levels (pandas Series by date) for comparison, or None.
+        returns_model, returns_span, risk_model, risk_span: the estimators of μ and
+            Σ that every objective and the statistics use (see
+            :mod:`indico.optimization.estimators`).
+        cvar_level: β of ``min_cvar`` and of ``stats["cvar"]``, within [0.5, 0.999].
 
     Returns:
         :class:`OptimizationResult`.
@@ -193,7 +216,13 @@ def optimize(
         initial_investment = _finite_number(initial_investment, "initialInvestment")
         if initial_investment <= 0:
             raise OptimizationError("initialInvestment must be greater than 0.")
-    data = prepare_prices(prices)
+    cvar_level = _finite_number(cvar_level, "cvarLevel")
+    if not cvar.MIN_LEVEL <= cvar_level <= cvar.MAX_LEVEL:
+        raise OptimizationError(
+            f"cvarLevel must lie within [{cvar.MIN_LEVEL}, {cvar.MAX_LEVEL}], e.g. 0.95."
+        )
+    data = estimators.estimate(prepare_prices(prices), returns_model, returns_span,
+                               risk_model, risk_span, risk_free_rate)
     lower, upper = parse_bounds(weight_bounds, data.symbols)
     frontier.check_bounds(lower, upper)
     context = _Context(
@@ -204,6 +233,7 @@ def optimize(
                                        Objective.EFFICIENT_RETURN),
         target_volatility=_optional_target(target_volatility, "targetVolatility", objective,
                                            Objective.EFFICIENT_RISK),
+        cvar_level=cvar_level,
     )
     benchmark_values = align_benchmark(benchmark, data)
     weights = _clean_weights(_OBJECTIVES[objective](data, context), lower, upper)
@@ -398,6 +428,32 @@ def _equal_weight(data, context):
     return simplex.project_to_bounded_simplex(equal, context.lower, context.upper)
 
 
+def _hrp(data, context):
+    return hrp.hrp_weights(data.cov, context.lower, context.upper)
+
+
+def _min_cvar(data, context):
+    return cvar.min_cvar_weights(data.returns, context.lower, context.upper,
+                                 context.cvar_level)
+
+
+def _inverse_volatility(data, context):
+    inverse = 1.0 / np.sqrt(np.diag(data.cov))
+    return simplex.project_to_bounded_simplex(inverse / inverse.sum(), context.lower,
+                                              context.upper)
+
+
+def _max_diversification(data, context):
+    # w'σ / √(w'Σw) is the Sharpe ratio with μ = σ and rf = 0 (Choueifaty & Coignard,
+    # 2008), so the exact maximum-Sharpe solver finds it; σ > 0 makes it exist.
+    volatility = np.sqrt(np.diag(data.cov))
+    diversified = dataclasses.replace(data, mu=volatility)
+    zero_rate = dataclasses.replace(context, risk_free_rate=0.0)
+    if _single_portfolio(context):
+        return frontier.extreme_return_portfolio(volatility, context.lower, context.upper)
+    return _tangency(diversified, zero_rate)
+
+
 _OBJECTIVES = {
     Objective.MAX_SHARPE: _max_sharpe,
     Objective.MIN_VOLATILITY: _min_volatility,
@@ -406,6 +462,10 @@ _OBJECTIVES = {
     Objective.BUY_AND_HOLD_SHARPE: _buy_and_hold_sharpe,
     Objective.RISK_PARITY: _risk_parity,
     Objective.EQUAL_WEIGHT: _equal_weight,
+    Objective.HRP: _hrp,
+    Objective.MIN_CVAR: _min_cvar,
+    Objective.INVERSE_VOLATILITY: _inverse_volatility,
+    Objective.MAX_DIVERSIFICATION: _max_diversification,
 }
 
 
@@ -499,7 +559,12 @@ def _build_result(objective, data, weights, context, initial_investment, benchma
         objective=objective,
         symbols=data.symbols,
         weights=weights,
-        stats=performance.weight_statistics(weights, data.mu, data.cov, context.risk_free_rate),
+        stats={
+            **performance.weight_statistics(weights, data.mu, data.cov, context.risk_free_rate),
+            "risk_contributions": dict(zip(
+                data.symbols, cvar.risk_contributions(weights, data.cov).tolist())),
+            "cvar": cvar.historical_cvar(data.returns @ weights, context.cvar_level),
+        },
         portfolio=portfolio,
         benchmark=benchmark_stats,
         shares=shares,

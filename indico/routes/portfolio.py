@@ -34,7 +34,7 @@ from pydantic_core import PydanticCustomError
 from config import Config
 from indico import error
 from indico.db.records import Job
-from indico.optimization import Objective
+from indico.optimization import Objective, ReturnsModel, RiskModel
 from indico.routes.actions import ActionHandler, Reply, action
 from indico.routes.models import Empty, Request, Symbol
 
@@ -138,6 +138,24 @@ class OptimizeRequest(Request):
     target_volatility: float | None = Field(
         None, gt=0, le=10, allow_inf_nan=False,
         validation_alias=AliasChoices("targetVolatility", "target_volatility"))
+    returns_model: ReturnsModel = Field(
+        ReturnsModel.MEAN, strict=False,
+        validation_alias=AliasChoices("returnsModel", "returns_model"),
+        description="estimator of expected returns: mean, or ema (span returnsSpan)")
+    returns_span: int = Field(
+        500, ge=2, le=5000, validation_alias=AliasChoices("returnsSpan", "returns_span"),
+        description="span in days of returnsModel ema")
+    risk_model: RiskModel = Field(
+        RiskModel.SAMPLE, strict=False, validation_alias=AliasChoices("riskModel", "risk_model"),
+        description="estimator of the covariance: sample, ledoit_wolf, exp_cov (span "
+                    "riskSpan), or semicovariance (below riskFreeRate/252)")
+    risk_span: int = Field(
+        180, ge=2, le=5000, validation_alias=AliasChoices("riskSpan", "risk_span"),
+        description="span in days of riskModel exp_cov")
+    cvar_level: float = Field(
+        0.95, ge=0.5, le=0.999, allow_inf_nan=False,
+        validation_alias=AliasChoices("cvarLevel", "cvar_level"),
+        description="confidence level of objective min_cvar and of stats.cvar")
     wait: bool = True
 
     @field_validator("symbols")
@@ -193,6 +211,9 @@ class OptimizeRequest(Request):
             "objective": self.objective.value, "risk_free_rate": self.risk_free_rate,
             "weight_bounds": list(self.weight_bounds), "target_return": self.target_return,
             "target_volatility": self.target_volatility,
+            "returns_model": self.returns_model.value, "returns_span": self.returns_span,
+            "risk_model": self.risk_model.value, "risk_span": self.risk_span,
+            "cvar_level": self.cvar_level,
         }
 
 

@@ -59,7 +59,7 @@ from config import Config
 from indico import error
 from indico.db import jobs
 from indico.db.records import Job
-from indico.optimization import configure_worker, optimize
+from indico.optimization import ENGINE_OPTIONS, configure_worker, optimize
 from indico.services.events import JobEvents, stop_task
 from indico.services.price_catalog import PriceCatalog
 from indico.utils.logs import describe_database_error
@@ -98,6 +98,8 @@ def run_optimization(prices: pd.DataFrame, benchmark: pd.Series | None, params: 
         weight_bounds=tuple(params["weight_bounds"]), target_return=params["target_return"],
         target_volatility=params["target_volatility"],
         initial_investment=params["initial_investment"], benchmark=benchmark,
+        # Jobs stored before these options existed have none: the engine's defaults.
+        **{key: params[key] for key in ENGINE_OPTIONS if key in params},
     ).to_dict()
 
 

@@ -231,11 +231,15 @@ class WholeFlowTest(PageTest):
         expect(rows).to_have_count(3)
         ordered = sorted(expected["allocations"].items(), key=lambda item: -item[1])
         for index, (symbol, weight) in enumerate(ordered):
+            risk = expected["stats"]["risk_contributions"][symbol]
             expect(rows.nth(index)).to_have_text(re.compile(
-                rf"^{symbol}\s*{weight * 100:.2f} %\s*{expected['shares'][symbol]}$"))
+                rf"^{symbol}\s*{weight * 100:.2f} %\s*{expected['shares'][symbol]}"
+                rf"\s*{risk * 100:.2f} %$"))
         expect(page.locator("#leftover")).to_contain_text(f"{expected['leftover']:.2f}")
         expect(page.locator("#stats-table")).to_contain_text(
             f"{expected['stats']['sharpe']:.3f}")
+        expect(page.locator("#stats-table")).to_contain_text(
+            f"{expected['stats']['cvar'] * 100:.2f} %")
         expect(page.locator("#allocation-chart svg rect.bar")).to_have_count(3)
         for line in ("polyline.portfolio", "polyline.index"):
             expect(page.locator(f"#value-chart svg {line}")).to_have_count(1)
@@ -290,6 +294,48 @@ class FieldErrorTest(PageTest):
             "can reach")
         expect(page.locator("#steps li.failed")).to_have_text("failed")
         expect(page.locator("#bounds-error")).to_be_empty()
+
+
+class EstimatorsTest(PageTest):
+
+    def test_the_new_objectives_and_estimators_reach_the_api(self):
+        page, expect = self.page, self.expect
+        self.open_page()
+        email = new_email()
+        self.sign_up(email)
+        self.choose_symbols("AAPL", "MSFT", "JPM", "KO")
+        page.get_by_label("Start date").fill("2012-01-01")
+        page.get_by_label("End date").fill("2016-03-20")
+        page.get_by_label("Objective").select_option("hrp")
+        expect(page.get_by_label("Risk span")).to_be_hidden()
+        page.get_by_label("Risk model").select_option("exp_cov")
+        expect(page.get_by_label("Risk span")).to_be_visible()
+        page.get_by_label("Risk span").fill("60")
+        expect(page.get_by_label("Returns span")).to_be_hidden()
+        page.get_by_label("Expected returns").select_option("ema")
+        page.get_by_label("Returns span").fill("1")
+        page.get_by_label("CVaR level").fill("0.9")
+
+        # A span out of range: the API's 400 names returnsSpan, shown beside it.
+        self.expect_failed_request(400, "/portfolio/optimize")
+        page.get_by_role("button", name="Optimize").click()
+        expect(page.locator("#returns-span-error")).to_contain_text("returnsSpan")
+        page.get_by_label("Returns span").fill("250")
+        page.get_by_role("button", name="Optimize").click()
+        expect(page.locator("#progress-message")).to_have_text("Done.")
+        [saved] = post(self.base, "/portfolio/list", {},
+                       self.token_of(email))["data"]["results"]
+        self.assertEqual(
+            {key: saved["params"][key] for key in ("objective", "returns_model",
+                                                    "returns_span", "risk_model", "risk_span",
+                                                    "cvar_level")},
+            {"objective": "hrp", "returns_model": "ema", "returns_span": 250,
+             "risk_model": "exp_cov", "risk_span": 60, "cvar_level": 0.9})
+        expect(page.locator("#result-summary")).to_contain_text("Hierarchical risk parity")
+        expect(page.locator("#stats-table")).to_contain_text("CVaR at 0.9 (a day)")
+        expect(page.locator("#stats-table")).to_contain_text(
+            f"{saved['stats']['cvar'] * 100:.2f} %")
+        expect(page.locator("#weights-table tbody tr")).to_have_count(4)
 
 
 class BehindAPrefixTest(PageTest):

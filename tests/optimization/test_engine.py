@@ -64,7 +64,8 @@ class ResultTest(unittest.TestCase):
                 self.assertEqual(list(document["allocations"]), list(prices.columns))
                 self.assertEqual(set(document["shares"]), set(prices.columns))
                 self.assertEqual(set(document["stats"]),
-                                 {"expected_return", "volatility", "sharpe"})
+                                 {"expected_return", "volatility", "sharpe",
+                                  "risk_contributions", "cvar"})
                 portfolio = document["performance"]["portfolio"]
                 self.assertEqual(set(portfolio), {
                     "cumulative_return", "mean_daily_return", "std_daily_return",

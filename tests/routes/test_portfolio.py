@@ -76,13 +76,19 @@ class OptimizeTest(PortfolioTest):
         self.assertTrue(all(isinstance(count, int) for count in result["shares"].values()))
         self.assertGreaterEqual(result["leftover"], 0)
         self.assertLess(result["leftover"], 1000)
-        self.assertEqual(set(result["stats"]), {"expected_return", "volatility", "sharpe"})
+        self.assertEqual(set(result["stats"]), {"expected_return", "volatility", "sharpe",
+                                                "risk_contributions", "cvar"})
+        self.assertEqual(set(result["stats"]["risk_contributions"]), {"AAPL", "MSFT", "JPM"})
+        self.assertAlmostEqual(sum(result["stats"]["risk_contributions"].values()), 1.0,
+                               places=9)
+        self.assertGreater(result["stats"]["cvar"], 0)
         self.assertIn("portfolio", result["performance"])
         self.assertEqual(result["params"], {
             "symbols": ["AAPL", "MSFT", "JPM"], "start_date": "2012-01-01",
             "end_date": "2016-03-20", "initial_investment": 1000.0, "objective": "max_sharpe",
             "risk_free_rate": 0.0, "weight_bounds": [0.0, 1.0], "target_return": None,
-            "target_volatility": None})
+            "target_volatility": None, "returns_model": "mean", "returns_span": 500,
+            "risk_model": "sample", "risk_span": 180, "cvar_level": 0.95})
         [job] = self.find("jobs")
         self.assertEqual(job["_id"], result["id"])
         self.assertEqual(job["status"], "done")
@@ -109,7 +115,8 @@ class OptimizeTest(PortfolioTest):
                                  ("efficient_return", {"targetReturn": 0.2}),
                                  ("efficient_risk", {"targetVolatility": 0.2}),
                                  ("buy_and_hold_sharpe", {}), ("risk_parity", {}),
-                                 ("equal_weight", {})):
+                                 ("equal_weight", {}), ("hrp", {}), ("min_cvar", {}),
+                                 ("inverse_volatility", {}), ("max_diversification", {})):
             with self.subTest(objective=objective):
                 status, body = self.optimize({**SEED_BODY, "objective": objective, **extra})
                 self.assertEqual(status, 200, body)
@@ -118,6 +125,59 @@ class OptimizeTest(PortfolioTest):
                 if objective == "equal_weight":
                     mean = weights
         numpy.testing.assert_allclose(mean, [1 / 3] * 3, atol=1e-9)
+
+    def test_estimators_and_cvar_level_in_either_spelling_reach_the_engine(self):
+        camel = {**SEED_BODY, "objective": "min_cvar", "returnsModel": "ema",
+                 "returnsSpan": 100, "riskModel": "exp_cov", "riskSpan": 60,
+                 "cvarLevel": 0.9}
+        snake = {**SEED_BODY, "objective": "min_cvar", "returns_model": "ema",
+                 "returns_span": 100, "risk_model": "exp_cov", "risk_span": 60,
+                 "cvar_level": 0.9}
+        results = []
+        for body in (camel, snake):
+            status, reply = self.optimize(body)
+            self.assertEqual(status, 200, reply)
+            results.append(reply["data"])
+        for result in results:
+            self.assertEqual(
+                {key: result["params"][key] for key in
+                 ("returns_model", "returns_span", "risk_model", "risk_span", "cvar_level")},
+                {"returns_model": "ema", "returns_span": 100, "risk_model": "exp_cov",
+                 "risk_span": 60, "cvar_level": 0.9})
+        self.assertEqual(results[0]["stats"], results[1]["stats"])
+        status, default = self.optimize({**SEED_BODY, "objective": "min_cvar"})
+        self.assertEqual(status, 200, default)
+        # The level changes the CVaR reported; the models change mu and Sigma.
+        self.assertNotEqual(default["data"]["stats"]["cvar"], results[0]["stats"]["cvar"])
+        self.assertNotEqual(default["data"]["stats"]["expected_return"],
+                            results[0]["stats"]["expected_return"])
+
+    def test_estimator_fields_out_of_range_name_the_field(self):
+        cases = [
+            ({**SEED_BODY, "returnsModel": "median"}, "returnsModel"),
+            ({**SEED_BODY, "riskModel": "shrunk"}, "riskModel"),
+            ({**SEED_BODY, "returnsSpan": 1}, "returnsSpan"),
+            ({**SEED_BODY, "risk_span": 5001}, "risk_span"),
+            ({**SEED_BODY, "riskSpan": 180.5}, "riskSpan"),
+            ({**SEED_BODY, "cvarLevel": 0.4}, "cvarLevel"),
+            ({**SEED_BODY, "cvarLevel": 1}, "cvarLevel"),
+        ]
+        for body, field in cases:
+            with self.subTest(field=field, body=body):
+                error = self.bad(body, 400, "ValidationError", field)
+                self.assertEqual(error["field"], field)
+
+    def test_a_risk_model_without_variance_for_a_symbol_says_what_to_change(self):
+        # 2012-01-03..12: AAPL never fell by more than 0.28 % a day, so with a rate of
+        # -100 % no daily return lies below the semicovariance benchmark rate/252.
+        body = {**SEED_BODY, "startDate": "2012-01-03", "endDate": "2012-01-12",
+                "riskModel": "semicovariance", "riskFreeRate": -1}
+        message = ("riskModel semicovariance gives no variance to AAPL (no daily return "
+                   "below riskFreeRate/252); use riskModel sample, a higher riskFreeRate, "
+                   "a longer date range, or drop these symbols.")
+        error = self.bad(body, 422, "OptimizationError", message)
+        self.assertEqual(error, {"type": "OptimizationError", "message": message,
+                                 "symbols": ["AAPL"]})
 
     def test_wait_false_answers_202_and_the_job_finishes(self):
         status, body = self.optimize({**SEED_BODY, "wait": False})

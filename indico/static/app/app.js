@@ -26,6 +26,10 @@
     buy_and_hold_sharpe: "Buy-and-hold Sharpe ratio",
     risk_parity: "Risk parity",
     equal_weight: "Equal weights",
+    hrp: "Hierarchical risk parity",
+    min_cvar: "Minimum CVaR",
+    inverse_volatility: "Inverse volatility",
+    max_diversification: "Maximum diversification",
   };
   const STEPS = ["queued", "running", "done"];
 
@@ -320,6 +324,11 @@
     $("target-volatility-field").hidden = objective !== "efficient_risk";
   }
 
+  function onModelChange() {
+    $("returns-span-field").hidden = $("returns-model").value !== "ema";
+    $("risk-span-field").hidden = $("risk-model").value !== "exp_cov";
+  }
+
   function optimizeRequest() {
     const objective = $("objective").value;
     const body = {
@@ -335,6 +344,12 @@
     if (rate !== null) body.riskFreeRate = rate;
     if (objective === "efficient_return") body.targetReturn = numberOrNull("target-return");
     if (objective === "efficient_risk") body.targetVolatility = numberOrNull("target-volatility");
+    body.returnsModel = $("returns-model").value;
+    body.riskModel = $("risk-model").value;
+    if (body.returnsModel === "ema") body.returnsSpan = numberOrNull("returns-span");
+    if (body.riskModel === "exp_cov") body.riskSpan = numberOrNull("risk-span");
+    const level = numberOrNull("cvar-level");
+    if (level !== null) body.cvarLevel = level;
     return body;
   }
 
@@ -609,7 +624,9 @@
     body.replaceChildren();
     for (const weight of weights) {
       body.appendChild(row([weight.label, percent(weight.value),
-                            String((result.shares || {})[weight.label] ?? "–")], true));
+                            String((result.shares || {})[weight.label] ?? "–"),
+                            percent(((result.stats || {}).risk_contributions || {})[weight.label])],
+                           true));
     }
     $("leftover").textContent = money(result.leftover);
 
@@ -618,7 +635,8 @@
     statsBody.replaceChildren(
       row(["Expected return (a year)", percent(stats.expected_return)], true),
       row(["Volatility (a year)", percent(stats.volatility)], true),
-      row(["Sharpe ratio", number(stats.sharpe, 3)], true));
+      row(["Sharpe ratio", number(stats.sharpe, 3)], true),
+      row([`CVaR at ${params.cvar_level ?? 0.95} (a day)`, percent(stats.cvar)], true));
 
     const performance = result.performance || {};
     const portfolio = performance.portfolio || {};
@@ -788,6 +806,8 @@
       $("symbol-input").focus();
     });
     $("objective").addEventListener("change", onObjectiveChange);
+    $("returns-model").addEventListener("change", onModelChange);
+    $("risk-model").addEventListener("change", onModelChange);
     for (const id of ["start-date", "end-date"]) {
       $(id).addEventListener("input", () => { symbols.datesTouched = true; });
     }
