@@ -7,7 +7,7 @@ import time
 
 from indico.db import jobs
 from indico.db.records import Job, JobEvent
-from tests.harness import ServerTest
+from tests.harness import ServerTest, needs_embedded
 
 PARAMS = {"symbols": ["AAPL", "MSFT"], "objective": "max_sharpe"}
 
@@ -177,3 +177,22 @@ class JobRecordTest(ServerTest):
         [stored] = self.find("jobs")
         self.assertEqual([event["id"] for event in stored["events"]],
                          ["e1", claimed.events[-1].id])
+
+
+@needs_embedded("reads nx-27017's query plans")
+class RunnerQueryPlanTest(ServerTest):
+    """The job runner's looks for work use an index on nx-27017, not a scan of every job."""
+
+    def plan(self, query, sort=None):
+        command = {"find": "jobs", "filter": query, **({"sort": sort} if sort else {})}
+        answer = self.io_loop.run_sync(lambda: self.db.command("explain", command))
+        return " ".join(step.get("detail", "") for step in answer["queryPlanner"]["winningPlan"])
+
+    def test_both_looks_of_claim_job_search_an_index(self):
+        # The two queries of jobs.claim_job; before the status index, both were "SCAN jobs".
+        for query, sort in (({"status": "queued"}, {"created": 1}),
+                            ({"status": "running", "lease_expires": {"$lt": time.time()}}, None)):
+            with self.subTest(query=query):
+                plan = self.plan(query, sort)
+                self.assertIn("SEARCH jobs USING INDEX", plan)
+                self.assertNotIn("SCAN jobs", plan)
