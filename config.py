@@ -13,8 +13,7 @@ no trusted proxy, the embedded database under ``./var``.
 
 import os
 
-from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_validator,
-                      model_validator)
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from indico.error import ConfigError
 

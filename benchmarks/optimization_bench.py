@@ -36,8 +36,9 @@ from threadpoolctl import threadpool_info, threadpool_limits
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from indico.optimization import optimize
 from timing import median_seconds
+
+from indico.optimization import optimize
 
 try:
     from pypfopt import EfficientFrontier, expected_returns, risk_models
