@@ -24,7 +24,7 @@ from scipy.optimize import Bounds, LinearConstraint, milp
 MILP_TIME_LIMIT = 2.0
 
 
-class AllocationMethod(str, enum.Enum):
+class AllocationMethod(enum.StrEnum):
     """How the share counts were obtained."""
 
     ROUNDING = "rounding"

@@ -45,7 +45,7 @@ WEIGHT_CLEAN_TOLERANCE = 1e-9
 WEIGHT_DECIMALS = 10
 
 
-class Objective(str, enum.Enum):
+class Objective(enum.StrEnum):
     """What the optimizer maximises or minimises."""
 
     MAX_SHARPE = "max_sharpe"
