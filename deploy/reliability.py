@@ -252,7 +252,7 @@ async def user_loop(port: int, user: dict, deadline: float, recorder: Recorder,
                     mix=MIX, seed: int = 0) -> None:
     """One connection's traffic until ``deadline`` (monotonic)."""
     rng = random.Random(seed)
-    names, weights = zip(*mix)
+    names, weights = zip(*mix, strict=True)
     connection = HTTPConnection(port)
     last_job = None
     sequence = 0

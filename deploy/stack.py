@@ -420,7 +420,7 @@ def rolling_restart(directory: str) -> list[dict]:
     if state is None:
         raise StackError(f"no stack in {directory}")
     timings = []
-    for name, backend_port in zip(backend_names(state), state["ports"]):
+    for name, backend_port in zip(backend_names(state), state["ports"], strict=True):
         started = time.monotonic()
         supervisorctl(directory, "restart", name)
         url = f"http://127.0.0.1:{backend_port}/healthCheck"

@@ -181,7 +181,7 @@ class StoreWalk:
             for where, store in (("the writer", writer), ("another process", other)):
                 answers = await self.answers(store, account)
                 for what, answer, stored in zip(("session a", "session b", "user"), answers,
-                                                truth):
+                                                truth, strict=True):
                     if answer != stored:
                         problems.append(f"{name}: {what} stale in {where}")
         return problems
