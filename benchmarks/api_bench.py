@@ -282,7 +282,7 @@ def main():
             measure_portfolio(indico_port, wrk, args, env, tokens, indico, figures, rows)
     finally:
         codes = {}
-        for name, process in (("indico", indico), ("bare", bare)):
+        for _name, process in (("indico", indico), ("bare", bare)):
             process.send_signal(signal.SIGTERM)
         for name, process in (("indico", indico), ("bare", bare)):
             try:
