@@ -248,7 +248,8 @@ def speed_rows(prices, repeat):
             full_20 = median_seconds(
                 lambda: optimize(five_years, "max_sharpe", initial_investment=10_000.0,
                                  benchmark=None).to_dict(), max(repeat // 10, 5))
-            ours_200 = median_seconds(lambda: optimize(synthetic, "max_sharpe"), max(repeat // 5, 5))
+            ours_200 = median_seconds(lambda: optimize(synthetic, "max_sharpe"),
+                                      max(repeat // 5, 5))
             theirs_200 = median_seconds(lambda: pypfopt_max_sharpe(synthetic), 5)
             minvol_20 = median_seconds(lambda: optimize(five_years, "min_volatility"), repeat)
             theirs_minvol = median_seconds(lambda: pypfopt_min_volatility(five_years),

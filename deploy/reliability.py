@@ -816,7 +816,8 @@ async def job_crash(report: Report, st: Stack, user: dict, jobs_count: int = CRA
                 os.kill(child, signal.SIGCONT)
         pid = victim
         report.check("job crash: the backend holding a running job's lease is killed",
-                     bool(held), f"{backend_pids.get(pid)} held {len(held)} running jobs at the kill")
+                     bool(held),
+                     f"{backend_pids.get(pid)} held {len(held)} running jobs at the kill")
         clock = time.monotonic()
         finished = await wait_until(lambda: all(
             d.get("status") in ("done", "failed") for d in db.jobs.find({"_id": {"$in": ids}}))
@@ -952,7 +953,8 @@ async def scenarios(report: Report, base: str, args) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Run every scenario; print the table; exit 1 if a check failed."""
-    parser = argparse.ArgumentParser(prog="deploy/reliability.py", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="deploy/reliability.py",
+                                     description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=30.0, help="seconds of each load run")
     parser.add_argument("--scaling", type=int, nargs="*", default=[1, 4],
                         help="backend counts of the scaling runs (2 is the load row)")

@@ -203,7 +203,8 @@ def ensure_packages() -> None:
     created = not os.path.exists(policy)
     if created:
         with open(policy, "w") as handle:
-            handle.write("#!/bin/sh\n# written by indico deploy/stack.py during apt-get\nexit 101\n")
+            handle.write("#!/bin/sh\n# written by indico deploy/stack.py during apt-get\n"
+                         "exit 101\n")
         os.chmod(policy, 0o755)
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     try:

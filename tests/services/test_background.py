@@ -48,8 +48,8 @@ class DatabaseDownTest(unittest.IsolatedAsyncioTestCase):
             message = record.getMessage()
             self.assertEqual(record.levelno, logging.WARNING)
             self.assertIsNone(record.exc_info, message)
-            self.assertTrue(message.startswith(f"{prefix} (ServerSelectionTimeoutError (timeout): "),
-                            message)
+            self.assertTrue(
+                message.startswith(f"{prefix} (ServerSelectionTimeoutError (timeout): "), message)
             self.assertTrue(message.endswith(f"; next try in {wait:g} s"), message)
             self.assertNotIn("Topology", message)
 
