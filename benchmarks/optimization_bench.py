@@ -159,7 +159,7 @@ def check_mean_variance(prices):
         ):
             try:
                 frontier = reference(window)
-            except Exception as e:  # noqa: BLE001 - report and go on
+            except Exception as e:  # whatever failed: report and go on
                 rows.append((n, period, name, "PyPortfolioOpt failed", str(e)[:40], "", ""))
                 continue
             theirs = np.array([frontier.weights[i] for i in range(n)])
