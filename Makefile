@@ -49,12 +49,12 @@ deploy-restart: $(STAMP)
 deploy-test: $(STAMP)
 	$(PY) deploy/reliability.py
 
-## lint: ruff over the code, then mypy over indico/services and indico/db (setup.cfg's [mypy]);
-## both run, and lint fails if either finds something
+## lint: ruff over the code (rules in ruff.toml; ruff comes with the venv, pinned in req.txt),
+## then mypy over indico/services and indico/db (setup.cfg's [mypy]); both run, and lint fails
+## if either finds something
 lint: $(STAMP)
-	$(PY) -m pip install -q ruff
 	status=0; \
-	$(VENV)/bin/ruff check --line-length 100 indico tests config.py benchmarks || status=1; \
+	$(VENV)/bin/ruff check indico tests benchmarks deploy config.py setup.py || status=1; \
 	$(VENV)/bin/mypy indico/services indico/db || status=1; \
 	exit $$status
 

@@ -13,8 +13,7 @@ no trusted proxy, the embedded database under ``./var``.
 
 import os
 
-from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_validator,
-                      model_validator)
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from indico.error import ConfigError
 
@@ -155,7 +154,8 @@ class Config(BaseModel):
                 continue
             name = key[len(ENV_PREFIX):].lower()
             if name not in cls.model_fields:
-                raise ConfigError(f"{key}: unknown setting (see the configuration table in README.md)")
+                raise ConfigError(
+                    f"{key}: unknown setting (see the configuration table in README.md)")
             values[name] = value
         values.update({k: v for k, v in overrides.items() if v is not None})
         try:

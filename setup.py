@@ -11,7 +11,7 @@ def requirements():
     with open(os.path.join(HERE, "req.txt")) as handle:
         lines = [line.split("#")[0].strip() for line in handle]
     tools = {"nose2", "coverage", "websockets", "schemathesis", "playwright", "mypy",
-             "types-cachetools"}
+             "types-cachetools", "ruff"}
     return [line for line in lines if line and line.split(">")[0] not in tools]
 
 

@@ -262,8 +262,8 @@ def main():
     try:
         wait_for(indico_port, "/healthCheck", time.monotonic() + 120)
         wait_for(bare_port, "/", time.monotonic() + 30, method="POST")
-        print(f"servers up: indico pid {indico.pid} :{indico_port}, bare pid {bare.pid} :{bare_port}",
-              flush=True)
+        print(f"servers up: indico pid {indico.pid} :{indico_port}, "
+              f"bare pid {bare.pid} :{bare_port}", flush=True)
 
         # Users: one session each.
         tokens = []
@@ -282,7 +282,7 @@ def main():
             measure_portfolio(indico_port, wrk, args, env, tokens, indico, figures, rows)
     finally:
         codes = {}
-        for name, process in (("indico", indico), ("bare", bare)):
+        for _name, process in (("indico", indico), ("bare", bare)):
             process.send_signal(signal.SIGTERM)
         for name, process in (("indico", indico), ("bare", bare)):
             try:

@@ -36,8 +36,9 @@ from threadpoolctl import threadpool_info, threadpool_limits
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from indico.optimization import optimize
 from timing import median_seconds
+
+from indico.optimization import optimize
 
 try:
     from pypfopt import EfficientFrontier, expected_returns, risk_models
@@ -158,7 +159,7 @@ def check_mean_variance(prices):
         ):
             try:
                 frontier = reference(window)
-            except Exception as e:  # noqa: BLE001 - report and go on
+            except Exception as e:  # whatever failed: report and go on
                 rows.append((n, period, name, "PyPortfolioOpt failed", str(e)[:40], "", ""))
                 continue
             theirs = np.array([frontier.weights[i] for i in range(n)])
@@ -247,7 +248,8 @@ def speed_rows(prices, repeat):
             full_20 = median_seconds(
                 lambda: optimize(five_years, "max_sharpe", initial_investment=10_000.0,
                                  benchmark=None).to_dict(), max(repeat // 10, 5))
-            ours_200 = median_seconds(lambda: optimize(synthetic, "max_sharpe"), max(repeat // 5, 5))
+            ours_200 = median_seconds(lambda: optimize(synthetic, "max_sharpe"),
+                                      max(repeat // 5, 5))
             theirs_200 = median_seconds(lambda: pypfopt_max_sharpe(synthetic), 5)
             minvol_20 = median_seconds(lambda: optimize(five_years, "min_volatility"), repeat)
             theirs_minvol = median_seconds(lambda: pypfopt_min_volatility(five_years),

@@ -34,11 +34,12 @@ import pandas as pd
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from timing import median_seconds
+
 from config import Config
 from indico.db import create_client, ensure_indexes, price_meta
 from indico.db.embedded import EmbeddedServer
 from indico.services import price_files
-from timing import median_seconds
 from indico.services.price_catalog import PriceCatalog
 from indico.services.price_import import DATA_DIRECTORY, SAMPLE_FILES, PriceImporter
 

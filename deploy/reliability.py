@@ -252,7 +252,7 @@ async def user_loop(port: int, user: dict, deadline: float, recorder: Recorder,
                     mix=MIX, seed: int = 0) -> None:
     """One connection's traffic until ``deadline`` (monotonic)."""
     rng = random.Random(seed)
-    names, weights = zip(*mix)
+    names, weights = zip(*mix, strict=True)
     connection = HTTPConnection(port)
     last_job = None
     sequence = 0
@@ -750,7 +750,7 @@ async def job_crash(report: Report, st: Stack, user: dict, jobs_count: int = CRA
                     # client after one job's events. It listens until stopped.
                     async for message in socket_:
                         events[index].append(json.loads(message))
-            except Exception as exc:  # noqa: BLE001 - whatever ended it, connect again
+            except Exception as exc:  # whatever ended it, connect again
                 closes[index].append(type(exc).__name__)
             # Closed (its backend died) or failed: connect again. Events of
             # the time in between are not replayed; the client reads results.
@@ -816,7 +816,8 @@ async def job_crash(report: Report, st: Stack, user: dict, jobs_count: int = CRA
                 os.kill(child, signal.SIGCONT)
         pid = victim
         report.check("job crash: the backend holding a running job's lease is killed",
-                     bool(held), f"{backend_pids.get(pid)} held {len(held)} running jobs at the kill")
+                     bool(held),
+                     f"{backend_pids.get(pid)} held {len(held)} running jobs at the kill")
         clock = time.monotonic()
         finished = await wait_until(lambda: all(
             d.get("status") in ("done", "failed") for d in db.jobs.find({"_id": {"$in": ids}}))
@@ -952,7 +953,8 @@ async def scenarios(report: Report, base: str, args) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Run every scenario; print the table; exit 1 if a check failed."""
-    parser = argparse.ArgumentParser(prog="deploy/reliability.py", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="deploy/reliability.py",
+                                     description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=30.0, help="seconds of each load run")
     parser.add_argument("--scaling", type=int, nargs="*", default=[1, 4],
                         help="backend counts of the scaling runs (2 is the load row)")
@@ -964,7 +966,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     try:
         asyncio.run(scenarios(report, directory, args))
-    except Exception as exc:  # noqa: BLE001 - the table still shows what ran; the run fails
+    except Exception as exc:  # any failure: the table still shows what ran; the run fails
         report.check("the scenarios ran to the end", False, f"{type(exc).__name__}: {exc}")
         import traceback
         traceback.print_exc()

@@ -203,7 +203,8 @@ def ensure_packages() -> None:
     created = not os.path.exists(policy)
     if created:
         with open(policy, "w") as handle:
-            handle.write("#!/bin/sh\n# written by indico deploy/stack.py during apt-get\nexit 101\n")
+            handle.write("#!/bin/sh\n# written by indico deploy/stack.py during apt-get\n"
+                         "exit 101\n")
         os.chmod(policy, 0o755)
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     try:
@@ -420,7 +421,7 @@ def rolling_restart(directory: str) -> list[dict]:
     if state is None:
         raise StackError(f"no stack in {directory}")
     timings = []
-    for name, backend_port in zip(backend_names(state), state["ports"]):
+    for name, backend_port in zip(backend_names(state), state["ports"], strict=True):
         started = time.monotonic()
         supervisorctl(directory, "restart", name)
         url = f"http://127.0.0.1:{backend_port}/healthCheck"

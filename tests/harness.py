@@ -119,7 +119,7 @@ def needs_embedded(reason):
 
 
 def database_uri():
-    """The URI of the test run's server: ``INDICO_MONGODB_URI``, or nx-27017 started on first use."""
+    """The test run's server: ``INDICO_MONGODB_URI``, or nx-27017 started on first use."""
     uri = external_database()
     if uri:
         return uri
@@ -340,8 +340,8 @@ class ServerTest(AsyncHTTPTestCase):
                     "INDICO_LOAD_SAMPLE_PRICES": "false", "INDICO_DATA_DIR": data_dir,
                     "INDICO_ARGON2_MEMORY_KIB": "8", "INDICO_ARGON2_TIME_COST": "1",
                     "INDICO_SESSION_CACHE": "5"})
-        process = subprocess.Popen(server_command(f"--port={port}"), cwd=REPO, env=env, stdout=subprocess.DEVNULL,
-                                   stderr=subprocess.DEVNULL)
+        process = subprocess.Popen(server_command(f"--port={port}"), cwd=REPO, env=env,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
         def stop():
             if process.poll() is None:

@@ -131,7 +131,7 @@ class Batcher(Generic[Item, Result]):
                 if not isinstance(exc, Exception):
                     raise
                 continue
-            for (_, future), result in zip(batch, results):
+            for (_, future), result in zip(batch, results, strict=True):
                 if future.done():  # the caller was cancelled meanwhile
                     continue
                 if isinstance(result, BaseException):

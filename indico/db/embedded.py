@@ -74,8 +74,8 @@ def _pid_alive(pid: int) -> bool:
 
 def _answers(uri: str, timeout: float) -> bool:
     """True when a MongoDB server at ``uri`` answers a ping within ``timeout`` s."""
-    client: MongoClient[dict[str, object]] = MongoClient(uri, serverSelectionTimeoutMS=int(timeout * 1000),
-                         connectTimeoutMS=int(timeout * 1000))
+    client: MongoClient[dict[str, object]] = MongoClient(
+        uri, serverSelectionTimeoutMS=int(timeout * 1000), connectTimeoutMS=int(timeout * 1000))
     try:
         client.admin.command("ping")
         return True

@@ -75,7 +75,8 @@ async def update_head(db: AsyncDatabase, expected_version: int, catalog: str) ->
         the new version, or None when another import committed first.
     """
     collection = journaled(db, "price_meta")
-    head: dict[str, object] = {"version": expected_version + 1, "catalog": catalog, "updated": now()}
+    head: dict[str, object] = {"version": expected_version + 1, "catalog": catalog,
+                               "updated": now()}
     if expected_version == 0:
         try:
             await collection.insert_one({"_id": HEAD_ID, **head})

@@ -48,7 +48,7 @@ EMBEDDED_PROCESS = "nx_27017"
 
 def now() -> datetime.datetime:
     """The current UTC time, truncated to milliseconds as BSON stores it."""
-    moment = datetime.datetime.now(datetime.timezone.utc)
+    moment = datetime.datetime.now(datetime.UTC)
     return moment.replace(microsecond=moment.microsecond // 1000 * 1000)
 
 

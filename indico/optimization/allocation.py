@@ -1,18 +1,18 @@
 """Discrete allocation: whole shares that best match target weights.
 
-Method: when rounding every target to the nearest whole share fits the budget,
-that is optimal (each asset is as close to its target as whole shares allow).
-Otherwise an exact branch and bound over how many shares to take off the
-nearest counts (:func:`_fewest_reductions`, a fraction of a millisecond), and
-only if that search grows past ``NODE_LIMIT`` nodes, a mixed-integer linear program (scipy's ``milp``, i.e. HiGHS) that picks
-whole share counts ``x`` minimising the total absolute money deviation from the
-targets, ``Σ |p_i x_i - w_i V|``, subject to spending at most ``V`` (so the leftover
-cash is never negative). The absolute values are linearised with one auxiliary
-variable per asset. The solve has a time limit; when it ends without a proven
-optimum its best feasible point is used, and when it has none (or its status is an
-error) a greedy rounding takes over: floor every target, then repeatedly buy one
-share of the asset furthest below its target while that reduces the deviation and
-cash allows.
+Method: when rounding every target to the nearest whole share fits the budget, that
+is optimal (each asset is as close to its target as whole shares allow). Otherwise
+an exact branch and bound over how many shares to take off the nearest counts
+(:func:`_fewest_reductions`, a fraction of a millisecond), and only if that search
+grows past ``NODE_LIMIT`` nodes, a mixed-integer linear program (scipy's ``milp``,
+i.e. HiGHS) that picks whole share counts ``x`` minimising the total absolute money
+deviation from the targets, ``Σ |p_i x_i - w_i V|``, subject to spending at most
+``V`` (so the leftover cash is never negative). The absolute values are linearised
+with one auxiliary variable per asset. The solve has a time limit; when it ends
+without a proven optimum its best feasible point is used, and when it has none (or
+its status is an error) a greedy rounding takes over: floor every target, then
+repeatedly buy one share of the asset furthest below its target while that reduces
+the deviation and cash allows.
 """
 
 import enum
@@ -24,7 +24,7 @@ from scipy.optimize import Bounds, LinearConstraint, milp
 MILP_TIME_LIMIT = 2.0
 
 
-class AllocationMethod(str, enum.Enum):
+class AllocationMethod(enum.StrEnum):
     """How the share counts were obtained."""
 
     ROUNDING = "rounding"
@@ -165,7 +165,8 @@ def _solve(weights, latest_prices, total, solver):
         shares = np.round(result.x[:n]).astype(np.int64)
         spent = float(latest_prices @ shares)
         if np.all(shares >= 0) and spent <= total * (1 + 1e-12):
-            method = AllocationMethod.MILP if result.status == 0 else AllocationMethod.MILP_TIME_LIMIT
+            method = (AllocationMethod.MILP if result.status == 0
+                      else AllocationMethod.MILP_TIME_LIMIT)
             return shares, method
     return None, None
 

@@ -45,7 +45,7 @@ WEIGHT_CLEAN_TOLERANCE = 1e-9
 WEIGHT_DECIMALS = 10
 
 
-class Objective(str, enum.Enum):
+class Objective(enum.StrEnum):
     """What the optimizer maximises or minimises."""
 
     MAX_SHARPE = "max_sharpe"
@@ -102,7 +102,7 @@ class OptimizationResult:
     @property
     def allocations(self):
         """Weights by symbol (every input symbol, zero weights included)."""
-        return {s: float(w) for s, w in zip(self.symbols, self.weights)}
+        return {s: float(w) for s, w in zip(self.symbols, self.weights, strict=True)}
 
     def to_dict(self):
         """Return a JSON-serialisable dict (plain floats, ints and strings; no NaN).
@@ -117,10 +117,10 @@ class OptimizationResult:
         dates = np.datetime_as_string(self.series_dates, unit="D").tolist()
         return {
             "objective": self.objective.value,
-            "allocations": {s: float(w) + 0.0 for s, w in zip(self.symbols, rounded)},
+            "allocations": {s: float(w) + 0.0 for s, w in zip(self.symbols, rounded, strict=True)},
             "shares": (
                 {} if self.shares is None
-                else {s: int(k) for s, k in zip(self.symbols, self.shares)}
+                else {s: int(k) for s, k in zip(self.symbols, self.shares, strict=True)}
             ),
             "leftover": None if self.leftover is None else _plain(self.leftover),
             "allocation_method": self.allocation_method,
@@ -562,7 +562,7 @@ def _build_result(objective, data, weights, context, initial_investment, benchma
         stats={
             **performance.weight_statistics(weights, data.mu, data.cov, context.risk_free_rate),
             "risk_contributions": dict(zip(
-                data.symbols, cvar.risk_contributions(weights, data.cov).tolist())),
+                data.symbols, cvar.risk_contributions(weights, data.cov).tolist(), strict=True)),
             "cvar": cvar.historical_cvar(data.returns @ weights, context.cvar_level),
         },
         portfolio=portfolio,

@@ -64,14 +64,14 @@ MIN_SPAN = 2
 MAX_SPAN = 5000
 
 
-class ReturnsModel(str, enum.Enum):
+class ReturnsModel(enum.StrEnum):
     """How expected returns μ are estimated."""
 
     MEAN = "mean"
     EMA = "ema"
 
 
-class RiskModel(str, enum.Enum):
+class RiskModel(enum.StrEnum):
     """How the covariance Σ is estimated."""
 
     SAMPLE = "sample"

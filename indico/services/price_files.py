@@ -364,7 +364,7 @@ def _series(keys: np.ndarray, days: np.ndarray, prices: np.ndarray) -> dict[str,
     starts, ends = np.r_[0, bounds], np.r_[bounds, len(keys)]
     return {str(keys[start]): (np.ascontiguousarray(days[start:end], dtype=np.int32),
                                np.ascontiguousarray(prices[start:end], dtype=np.float64))
-            for start, end in zip(starts, ends) if end > start}
+            for start, end in zip(starts, ends, strict=True) if end > start}
 
 
 def parse_file(path: Path, symbol: str | None = None) -> ParsedFile:

@@ -112,7 +112,7 @@ def split_years(days: np.ndarray) -> Iterator[tuple[int, int, int]]:
     """Yield ``(year, start, end)`` for each calendar year of sorted ``days``."""
     years = days.astype("datetime64[D]").astype("datetime64[Y]").astype(np.int64) + 1970
     bounds = np.flatnonzero(years[1:] != years[:-1]) + 1
-    for start, end in zip(np.r_[0, bounds], np.r_[bounds, len(days)]):
+    for start, end in zip(np.r_[0, bounds], np.r_[bounds, len(days)], strict=True):
         yield int(years[start]), int(start), int(end)
 
 

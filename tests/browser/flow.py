@@ -258,7 +258,8 @@ class FieldErrorTest(PageTest):
         page.get_by_label("Email").fill("not an email")
         page.get_by_label("Password").fill("short")
         page.get_by_role("button", name="Sign up").click()
-        expect(page.locator("#auth-email-error")).to_contain_text("email: Value error, not a valid email address")
+        expect(page.locator("#auth-email-error")).to_contain_text(
+            "email: Value error, not a valid email address")
         expect(page.locator("#auth-password-error")).to_have_text(
             "password: String should have at least 8 characters")
         expect(page.get_by_label("Email")).to_have_attribute("aria-invalid", "true")

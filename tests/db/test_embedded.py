@@ -173,7 +173,7 @@ class EmbeddedServerTest(unittest.TestCase):
                          if "restart attempt" in record.getMessage()]
         self.assertEqual(attempt_lines[:4], [
             f"embedded database: restart attempt {n} failed (port 1 is already in use); "
-            f"next in {wait:g} s" for n, wait in zip(range(1, 5), waits)])
+            f"next in {wait:g} s" for n, wait in zip(range(1, 5), waits, strict=True)])
         self.assertTrue(attempt_lines[4].startswith("embedded database: restart attempt 5 "
                                                     "succeeded, started at mongodb://"))
         self.assertEqual(len(attempt_lines), 5)

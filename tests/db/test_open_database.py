@@ -18,7 +18,7 @@ from tests.harness import database_uri, test_config
 
 
 def utc_now() -> datetime.datetime:
-    return datetime.datetime.now(datetime.timezone.utc)
+    return datetime.datetime.now(datetime.UTC)
 
 
 class OpenDatabaseTest(unittest.IsolatedAsyncioTestCase):
@@ -61,7 +61,7 @@ class OpenDatabaseTest(unittest.IsolatedAsyncioTestCase):
         with self.assertRaises(ZeroDivisionError):
             async with open_database(test_config(database=self.name)) as database:
                 client, purge = database.client, database.purge
-                1 / 0
+                raise ZeroDivisionError("the block fails")
         with self.assertRaisesRegex(InvalidOperation, "after close"):
             await client.admin.command("ping")
         if purge is not None:

@@ -36,7 +36,8 @@ class BucketsTest(ServerTest):
         self.assertEqual(stored["last"].date(), datetime.date(2020, 1, 3))
         [read] = self.run_async(prices.list_buckets, ["AAPL"], [NEW])
         self.assertIsInstance(read, Bucket)
-        self.assertEqual((read.symbol, read.generation, read.year, read.rows), ("AAPL", NEW, 2020, 2))
+        self.assertEqual((read.symbol, read.generation, read.year, read.rows),
+                         ("AAPL", NEW, 2020, 2))
         assert_array_equal(read.closes, [1.5, 2.25])
         self.assertEqual(read.days[1] - read.days[0], 1)
         self.assertEqual((read.days.dtype, read.closes.dtype), (np.dtype("<i4"), np.dtype("<f8")))

@@ -105,7 +105,7 @@ def independent_min_cvar(returns, lower, upper, level):
         sparse.csr_matrix(np.concatenate((np.ones(n), np.zeros(1 + 2 * count)))[None, :]),
     ), format="csr")
     rhs = np.concatenate((np.zeros(count), [1.0]))
-    bounds = [*zip(lower, upper), (None, None)] + [(0, None)] * (2 * count)
+    bounds = [*zip(lower, upper, strict=True), (None, None)] + [(0, None)] * (2 * count)
     solution = linprog(cost, A_eq=equality, b_eq=rhs, bounds=bounds, method="highs-ipm")
     assert solution.status == 0, solution.message
     return solution.x[:n], solution.fun

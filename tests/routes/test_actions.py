@@ -61,7 +61,7 @@ class DispatchTest(ServerTest):
 
     def test_registering_an_http_method_name_is_refused(self):
         with self.assertRaises(TypeError) as caught:
-            class Bad(ActionHandler):  # noqa: F841 - defining it is the test
+            class Bad(ActionHandler):  # defining it is the test
                 @action()
                 async def get(self, body):
                     return {}

@@ -1,4 +1,4 @@
-"""A database that cannot serve (down, silent, failing over, short of a majority): 503, never 500."""
+"""A database that cannot serve (down, silent, failing over, short of a majority): 503, not 500."""
 
 import json
 import time

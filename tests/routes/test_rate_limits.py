@@ -90,7 +90,7 @@ class RateLimitTest(ServerTest):
                 for response in self.io_loop.run_sync(send, timeout=2 * BURST_DEADLINE)]
 
     def assertLimited(self, answers, passed_status, passed_type, limit):
-        """At most ``limit`` answers are ``passed_status``; every other one a 429 with Retry-After."""
+        """At most ``limit`` answers are ``passed_status``; all others are 429s with Retry-After."""
         passed = [body for status, body, _ in answers if status == passed_status]
         self.assertLessEqual(len(passed), limit)
         self.assertGreaterEqual(len(passed), 1)
@@ -136,7 +136,8 @@ class ConcurrentLoginTest(RateLimitTest):
         base = self.start_second_server(self.data_dir)
         self.passwords.verifications = 0
         answers = self.burst([(base if number % 2 else None, "/auth/login",
-                               {"email": "ada@example.com", "password": f"wrong password {number}"}, None)
+                               {"email": "ada@example.com",
+                                "password": f"wrong password {number}"}, None)
                               for number in range(BURST)])
         passed = self.assertLimited(answers, 401, "Unauthorized", 5)
         self.assertEqual(len(passed), 5)

@@ -44,12 +44,12 @@ class DatabaseDownTest(unittest.IsolatedAsyncioTestCase):
 
     def assert_one_line_each(self, records, prefix, waits):
         self.assertEqual(len(records), len(waits), [record.getMessage() for record in records])
-        for record, wait in zip(records, waits):
+        for record, wait in zip(records, waits, strict=True):
             message = record.getMessage()
             self.assertEqual(record.levelno, logging.WARNING)
             self.assertIsNone(record.exc_info, message)
-            self.assertTrue(message.startswith(f"{prefix} (ServerSelectionTimeoutError (timeout): "),
-                            message)
+            self.assertTrue(
+                message.startswith(f"{prefix} (ServerSelectionTimeoutError (timeout): "), message)
             self.assertTrue(message.endswith(f"; next try in {wait:g} s"), message)
             self.assertNotIn("Topology", message)
 

@@ -1,4 +1,4 @@
-"""``open_services``: the executor, the worker pool, the services and the job runner, and their end."""
+"""``open_services``: the executor, the worker pool, the services, the job runner, their end."""
 
 import asyncio
 import os

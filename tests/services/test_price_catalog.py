@@ -226,7 +226,8 @@ class SharedLoadTest(PricesTest):
         self.load("wide.csv", WIDE)
 
     def catalog_with(self, list_buckets):
-        return PriceCatalog(self.db, self.config, buckets=replaced(prices, list_buckets=list_buckets))
+        return PriceCatalog(self.db, self.config,
+                            buckets=replaced(prices, list_buckets=list_buckets))
 
     def test_concurrent_cold_loads_of_one_frame_read_the_buckets_once(self):
         calls = []

@@ -1,4 +1,4 @@
-"""PriceImporter against the real embedded database: imports, commits, clean-up, races, the sample."""
+"""PriceImporter on the real embedded database: imports, commits, clean-up, races, the sample."""
 
 import datetime
 import json

@@ -164,7 +164,7 @@ class StoreWalk:
         # Another process of the host: its own map of the same marks file.
         other = self.store(store_class, ChangeMarks(self.config.marks_path))
         problems = []
-        for number, name in enumerate(write_methods(store_class)):
+        for name in write_methods(store_class):
             if name not in calls:
                 problems.append(f"{name}: a write the walk does not know how to call")
                 continue
@@ -181,7 +181,7 @@ class StoreWalk:
             for where, store in (("the writer", writer), ("another process", other)):
                 answers = await self.answers(store, account)
                 for what, answer, stored in zip(("session a", "session b", "user"), answers,
-                                                truth):
+                                                truth, strict=True):
                     if answer != stored:
                         problems.append(f"{name}: {what} stale in {where}")
         return problems

@@ -1,4 +1,5 @@
-"""The workers' frame cache (indico.services.jobs: FrameTokens, run_on_frame, WorkerPool.run_on_frame).
+"""The workers' frame cache (indico.services.jobs: FrameTokens, run_on_frame,
+WorkerPool.run_on_frame).
 
 A frame travels to the optimization workers once; later tasks carry only its
 token. These tests check that a token always means the same prices: a price
