@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import datetime
 import time
+import weakref
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
@@ -182,10 +183,21 @@ def reraise_lost_cancellation() -> None:
         raise asyncio.CancelledError()
 
 
+# client -> whether it talks to nx-27017 (asked once per client: it cannot change).
+_EMBEDDED: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()
+
+
 async def is_embedded(db: AsyncDatabase) -> bool:
-    """True when ``db`` lives on nx-27017 rather than on a MongoDB server."""
-    info = await db.client.admin.command("buildInfo")
-    return info.get("process") == EMBEDDED_PROCESS
+    """True when ``db`` lives on nx-27017 rather than on a MongoDB server.
+
+    Asked once per client (``buildInfo``), so that query shapes that differ
+    between the two servers cost no command on the hot path.
+    """
+    known = _EMBEDDED.get(db.client)
+    if known is None:
+        info = await db.client.admin.command("buildInfo")
+        known = _EMBEDDED[db.client] = info.get("process") == EMBEDDED_PROCESS
+    return known
 
 
 async def create_expiry_index(db: AsyncDatabase, name: str, embedded: bool) -> None:

@@ -7,6 +7,7 @@ import time
 
 from indico.db import jobs
 from indico.db.records import Job, JobEvent
+from indico.db.util import now
 from tests.harness import ServerTest, needs_embedded
 
 PARAMS = {"symbols": ["AAPL", "MSFT"], "objective": "max_sharpe"}
@@ -180,19 +181,37 @@ class JobRecordTest(ServerTest):
 
 
 @needs_embedded("reads nx-27017's query plans")
-class RunnerQueryPlanTest(ServerTest):
-    """The job runner's looks for work use an index on nx-27017, not a scan of every job."""
+class QueryPlanTest(ServerTest):
+    """The hot queries of the jobs use an index on nx-27017, not a scan of every job."""
 
-    def plan(self, query, sort=None):
-        command = {"find": "jobs", "filter": query, **({"sort": sort} if sort else {})}
+    def plan(self, command):
+        command = {key: command[key] for key in ("find", "filter", "sort") if key in command}
         answer = self.io_loop.run_sync(lambda: self.db.command("explain", command))
         return " ".join(step.get("detail", "") for step in answer["queryPlanner"]["winningPlan"])
 
-    def test_both_looks_of_claim_job_search_an_index(self):
-        # The two queries of jobs.claim_job; before the status index, both were "SCAN jobs".
-        for query, sort in (({"status": "queued"}, {"created": 1}),
-                            ({"status": "running", "lease_expires": {"$lt": time.time()}}, None)):
-            with self.subTest(query=query):
-                plan = self.plan(query, sort)
+    def sent_finds(self, coroutine_function, *args):
+        """The ``find`` commands that ``coroutine_function(db, *args)`` sent."""
+        self.counter.commands.clear()
+        self.io_loop.run_sync(lambda: coroutine_function(self.db, *args))
+        return [command for command in self.counter.commands if "find" in command]
+
+    def assertSearchesAnIndex(self, finds):
+        self.assertTrue(finds)
+        for command in finds:
+            with self.subTest(filter=command["filter"]):
+                plan = self.plan(command)
                 self.assertIn("SEARCH jobs USING INDEX", plan)
                 self.assertNotIn("SCAN jobs", plan)
+
+    def test_both_looks_of_claim_job_search_an_index(self):
+        # The job runner's looks for work; before the status index, both were "SCAN jobs".
+        self.io_loop.run_sync(lambda: jobs.create_job(self.db, "a", PARAMS, 10, worker="w0",
+                                                      lease=30))
+        self.assertSearchesAnIndex(self.sent_finds(jobs.claim_job, "w1", 30))
+
+    def test_the_event_pollers_look_at_several_owners_searches_an_index(self):
+        for owner in ("a", "b"):
+            self.io_loop.run_sync(lambda owner=owner: jobs.create_job(self.db, owner, PARAMS, 10))
+        since = now() - datetime.timedelta(seconds=5)
+        # Before: owner $in [...], "SCAN jobs".
+        self.assertSearchesAnIndex(self.sent_finds(jobs.list_changed_jobs, ["a", "b"], since))
