@@ -12,9 +12,10 @@ Two things are arranged so that the run tests the API rather than itself:
 - every request carries the account's bearer token, except ``auth/logout``,
   which gets a token of its own: it would otherwise revoke the fuzzer's;
 - ``positive_data_acceptance`` ("a request the schema allows gets a 2xx") is
-  off for the two operations whose acceptance depends on rules a JSON schema
-  cannot state: ``portfolio/optimize`` (``startDate`` before ``endDate``, and
-  what the stored prices allow: known symbols, a feasible problem) and
+  off for the three operations whose acceptance depends on rules a JSON schema
+  cannot state: ``portfolio/optimize`` and ``portfolio/frontier`` (``startDate``
+  before ``endDate``, and what the stored prices allow: known symbols, a
+  feasible problem) and
   ``portfolio/list`` (a ``cursor`` must be one that ``portfolio/list`` gave).
   Every other check stays on for them.
 
@@ -86,6 +87,11 @@ headers = {{ Authorization = "Bearer {logout_token}" }}
 # schema-valid data depends on rules (and stored prices) a JSON schema cannot state.
 [[operations]]
 include-operation-id = "portfolio_optimize"
+checks.positive_data_acceptance.enabled = false
+
+# The same rules as portfolio/optimize.
+[[operations]]
+include-operation-id = "portfolio_frontier"
 checks.positive_data_acceptance.enabled = false
 
 # A cursor must be one that portfolio/list gave; a JSON schema cannot say so.

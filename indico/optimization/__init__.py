@@ -66,6 +66,15 @@ Every result's ``stats`` also has ``risk_contributions`` (each symbol's share of
 ``w'Σw``, summing to 1) and ``cvar``, the historical CVaR of the daily returns at
 ``cvar_level`` (default 0.95) as a positive daily loss fraction.
 
+Efficient frontier
+------------------
+:func:`efficient_frontier` walks the whole critical line once (see
+:mod:`indico.optimization.frontier`) and returns evenly spaced points in expected
+return from the minimum-volatility portfolio to the maximum-return one, each the
+exact ``efficient_return`` portfolio for its return, the corner portfolios (where
+the set of weights at a bound changes; weights are linear in the return between
+two) and the maximum-Sharpe portfolio.
+
 Every domain failure raises :class:`indico.error.OptimizationError` (HTTP 422)
 with a message that says what to change.
 """
@@ -76,6 +85,7 @@ from indico.optimization.engine import (
     Objective,
     OptimizationResult,
     configure_worker,
+    efficient_frontier,
     optimize,
 )
 from indico.optimization.estimators import ReturnsModel, RiskModel
@@ -88,5 +98,6 @@ __all__ = [
     "ReturnsModel",
     "RiskModel",
     "configure_worker",
+    "efficient_frontier",
     "optimize",
 ]

@@ -240,6 +240,162 @@ def optimize(
     return _build_result(objective, data, weights, context, initial_investment, benchmark_values)
 
 
+#: The fewest and most points of :func:`efficient_frontier`, and its default.
+FRONTIER_MIN_POINTS, FRONTIER_MAX_POINTS, FRONTIER_DEFAULT_POINTS = 2, 200, 50
+
+#: Relative nudge past a segment's end when walking the critical line; a gap left
+#: between two segments is bisected (see :func:`_critical_line`).
+_CORNER_NUDGE = 1e-9
+
+#: Relative distance within which a segment starts where the last one ended.
+_CORNER_JOINT = 1e-9
+
+
+def efficient_frontier(
+    prices,
+    *,
+    points=FRONTIER_DEFAULT_POINTS,
+    risk_free_rate=0.0,
+    weight_bounds=(0.0, 1.0),
+    returns_model="mean",
+    returns_span=estimators.DEFAULT_RETURNS_SPAN,
+    risk_model="sample",
+    risk_span=estimators.DEFAULT_RISK_SPAN,
+):
+    """The exact efficient frontier of ``prices`` within ``weight_bounds``.
+
+    The frontier problem ``min 1/2 w'Σw - t μ'w`` s.t. ``1'w = 1``, ``lower <= w <=
+    upper`` is solved for every ``t >= 0`` at once by walking Markowitz's critical
+    line (Markowitz 1956, *Naval Res. Logist. Q.* 3; the segments of
+    :class:`indico.optimization.frontier.Frontier`): on each segment the set of
+    assets at a bound is fixed and ``w(t) = w0 + t w1``, ``μ'w(t) = r0 + t q2``. A
+    *corner portfolio* is where one segment ends and the next begins (the set of
+    weights at a bound changes); between two consecutive corners the weights are
+    linear in the target return. The frontier point for a return ``r`` is
+    ``w((r - r0) / q2)`` on the segment whose returns contain ``r``: the exact
+    minimum-volatility portfolio with return ``r`` (the ``efficient_return``
+    portfolio), no solve per point.
+
+    Args:
+        prices: aligned adjusted closes, DataFrame (dates x symbols), as for
+            :func:`optimize`.
+        points: how many points, evenly spaced in expected return from the
+            minimum-volatility portfolio to the maximum-return one (2-200).
+        risk_free_rate: annual; for the Sharpe ratios and ``max_sharpe``.
+        weight_bounds: as for :func:`optimize`.
+        returns_model, returns_span, risk_model, risk_span: the estimators of μ
+            and Σ (see :mod:`indico.optimization.estimators`).
+
+    Returns:
+        ``{"points": [...], "min_volatility": {...}, "max_sharpe": {...} or None,
+        "corners": [...]}``, each portfolio ``{"expected_return", "volatility",
+        "sharpe", "weights": {symbol: w}}`` (annualised); ``max_sharpe`` is None
+        when no portfolio's expected return exceeds ``risk_free_rate``; corners in
+        increasing return, from the minimum-volatility portfolio to the
+        maximum-return one.
+
+    Raises:
+        OptimizationError: invalid input or infeasible bounds; the message says
+            what to change.
+    """
+    if isinstance(points, bool) or not isinstance(points, (int, np.integer)) or not (
+            FRONTIER_MIN_POINTS <= points <= FRONTIER_MAX_POINTS):
+        raise OptimizationError(
+            f"points must be an integer within [{FRONTIER_MIN_POINTS}, {FRONTIER_MAX_POINTS}].")
+    risk_free_rate = _finite_number(risk_free_rate, "riskFreeRate")
+    data = estimators.estimate(prepare_prices(prices), returns_model, returns_span,
+                               risk_model, risk_span, risk_free_rate)
+    lower, upper = parse_bounds(weight_bounds, data.symbols)
+    frontier.check_bounds(lower, upper)
+    context = _Context(lower=lower, upper=upper, risk_free_rate=risk_free_rate,
+                       target_return=None, target_volatility=None)
+
+    def portfolio(weights):
+        weights = _clean_weights(weights, lower, upper)
+        return {
+            **performance.weight_statistics(weights, data.mu, data.cov, risk_free_rate),
+            "weights": {s: float(w) + 0.0 for s, w in zip(data.symbols, weights, strict=True)},
+        }
+
+    if _single_portfolio(context):
+        only = portfolio(frontier.extreme_return_portfolio(data.mu, lower, upper))
+        best = only if only["expected_return"] > risk_free_rate else None
+        return {"points": [only] * points, "min_volatility": only, "max_sharpe": best,
+                "corners": [only]}
+    segments = _critical_line(data, context)
+    end = segments[-1].w0
+    low = segments[0].r0
+    high = float(data.mu @ frontier.extreme_return_portfolio(data.mu, lower, upper))
+    curve = [portfolio(_on_critical_line(segments, float(target), end))
+             for target in np.linspace(low, high, points)]
+    corners = [segments[0].w0]
+    for segment in segments:
+        if math.isfinite(segment.t_hi):
+            corner = segment.weights(segment.t_hi)
+            if np.max(np.abs(corner - corners[-1])) > 1e-12:
+                corners.append(corner)
+    try:
+        best = portfolio(_max_sharpe(data, context))
+    except OptimizationError:
+        best = None  # nothing beats the risk-free rate: no tangency portfolio
+    return {"points": curve, "min_volatility": curve[0], "max_sharpe": best,
+            "corners": [portfolio(corner) for corner in corners]}
+
+
+def _critical_line(data, context):
+    """The segments of the critical line from ``t = 0`` to the maximum-return end.
+
+    Each next segment is solved just past the end of the last one; when that
+    jumps over a segment shorter than the nudge, the step is bisected until the
+    segment found starts where the last one ends.
+
+    Returns:
+        list of :class:`indico.optimization.frontier.Segment`, consecutive in
+        ``t``, the last one with ``t_hi == inf`` (constant: the maximum return).
+
+    Raises:
+        OptimizationError: the walk did not close up (a numerical failure).
+    """
+    first, solver = _min_volatility_segment(data, context)
+    segments = [first]
+    for _ in range(20 * data.mu.size + 50):
+        last = segments[-1]
+        if not math.isfinite(last.t_hi):
+            return segments
+        joint = last.t_hi * (1 + _CORNER_JOINT) + 1e-15
+        # Just past a corner the solver's tolerances may still accept the last
+        # working set; too far past it a short segment is jumped over. Bracket
+        # the step between the two and bisect until the next segment is found.
+        same, gap = 0.0, None
+        step = last.t_hi * _CORNER_NUDGE + 1e-12
+        for _ in range(200):
+            following = solver.solve(last.t_hi + step)
+            if following.t_lo > joint:
+                gap = step
+            elif following.t_hi <= joint:
+                same = step
+            else:
+                break
+            step = 4.0 * step if gap is None else 0.5 * (same + gap)
+        else:
+            break
+        segments.append(following)
+    raise OptimizationError(
+        "The efficient-frontier walk did not converge; the covariance is probably "
+        "ill-conditioned. Use a longer date range or fewer symbols.")
+
+
+def _on_critical_line(segments, target, end):
+    """The weights on the critical line whose expected return is ``target``."""
+    for segment in segments:
+        if segment.q2 <= 0:
+            continue
+        t = (target - segment.r0) / segment.q2
+        if t <= segment.t_hi * (1 + 1e-12) + 1e-15:
+            return segment.weights(min(max(t, segment.t_lo), segment.t_hi))
+    return end
+
+
 def configure_worker():
     """Prepare a worker process for optimization (a ProcessPoolExecutor initializer).
 

@@ -9,8 +9,10 @@ to 1), with the limits from pydantic's validation context, before any work.
 The normalized ``params`` (ISO dates, upper-case symbols) go to
 :meth:`indico.services.jobs.JobService.optimize`, which creates, runs and waits
 for the job and hands back the stored job: 200 when it is done, 202 while it
-runs. ``result``, ``list`` and ``delete`` read the saved results through
-:mod:`indico.services.portfolio`.
+runs. ``portfolio/frontier`` takes the same fields but the objective, its
+targets and ``wait`` (:class:`FrontierRequest`), and answers the efficient
+frontier computed in the worker pool, saving nothing. ``result``, ``list``
+and ``delete`` read the saved results through :mod:`indico.services.portfolio`.
 """
 
 import datetime
@@ -35,6 +37,11 @@ from config import Config
 from indico import error
 from indico.db.records import Job
 from indico.optimization import Objective, ReturnsModel, RiskModel
+from indico.optimization.engine import (
+    FRONTIER_DEFAULT_POINTS,
+    FRONTIER_MAX_POINTS,
+    FRONTIER_MIN_POINTS,
+)
 from indico.routes.actions import ActionHandler, Reply, action
 from indico.routes.models import Empty, Request, Symbol
 
@@ -106,8 +113,8 @@ def bounds_problem(count: int, low: float, high: float, max_symbols: int) -> str
     return None
 
 
-class OptimizeRequest(Request):
-    """The seed's request, plus the engine's options, and every rule of the request.
+class MarketRequest(Request):
+    """The fields optimize and frontier share: symbols, dates, estimators, bounds.
 
     Rules of one field are pydantic errors (400, naming the field as sent).
     Rules across fields raise indico's own errors, which pydantic lets through
@@ -125,19 +132,11 @@ class OptimizeRequest(Request):
     initial_investment: float = Field(
         validation_alias=AliasChoices("initialInvestment", "initial_investment", "principle"),
         gt=0, le=1e12, allow_inf_nan=False)
-    # Not strict: an enum's JSON form is its value, which strict mode refuses.
-    objective: Objective = Field(Objective.MAX_SHARPE, strict=False)
     risk_free_rate: float = Field(0.0, ge=-1, le=1, allow_inf_nan=False,
                                   validation_alias=AliasChoices("riskFreeRate", "risk_free_rate"))
     weight_bounds: list[float] = Field(
         [0.0, 1.0], min_length=2, max_length=2,
         validation_alias=AliasChoices("weightBounds", "weight_bounds"))
-    target_return: float | None = Field(
-        None, ge=-10, le=10, allow_inf_nan=False,
-        validation_alias=AliasChoices("targetReturn", "target_return"))
-    target_volatility: float | None = Field(
-        None, gt=0, le=10, allow_inf_nan=False,
-        validation_alias=AliasChoices("targetVolatility", "target_volatility"))
     returns_model: ReturnsModel = Field(
         ReturnsModel.MEAN, strict=False,
         validation_alias=AliasChoices("returnsModel", "returns_model"),
@@ -156,7 +155,6 @@ class OptimizeRequest(Request):
         0.95, ge=0.5, le=0.999, allow_inf_nan=False,
         validation_alias=AliasChoices("cvarLevel", "cvar_level"),
         description="confidence level of objective min_cvar and of stats.cvar")
-    wait: bool = True
 
     @field_validator("symbols")
     @classmethod
@@ -192,29 +190,73 @@ class OptimizeRequest(Request):
             raise error.ValidationError(
                 f"endDate: the range may span at most {config.max_range_years} years",
                 field="endDate")
+        problem = bounds_problem(len(self.symbols), *self.weight_bounds, config.max_symbols)
+        if problem:
+            raise error.OptimizationError(problem, field="weightBounds")
+        return self
+
+    def params(self) -> dict:
+        """The normalized parameters (ISO dates, upper-case symbols, enum values)."""
+        return {
+            "symbols": list(self.symbols), "start_date": self.start_date,
+            "end_date": self.end_date, "initial_investment": self.initial_investment,
+            "risk_free_rate": self.risk_free_rate,
+            "weight_bounds": list(self.weight_bounds),
+            "returns_model": self.returns_model.value, "returns_span": self.returns_span,
+            "risk_model": self.risk_model.value, "risk_span": self.risk_span,
+            "cvar_level": self.cvar_level,
+        }
+
+
+class OptimizeRequest(MarketRequest):
+    """The seed's request, plus the engine's options, and every rule of the request."""
+
+    # Not strict: an enum's JSON form is its value, which strict mode refuses.
+    objective: Objective = Field(Objective.MAX_SHARPE, strict=False)
+    target_return: float | None = Field(
+        None, ge=-10, le=10, allow_inf_nan=False,
+        validation_alias=AliasChoices("targetReturn", "target_return"))
+    target_volatility: float | None = Field(
+        None, gt=0, le=10, allow_inf_nan=False,
+        validation_alias=AliasChoices("targetVolatility", "target_volatility"))
+    wait: bool = True
+
+    @model_validator(mode="after")
+    def _targets(self):
         for needed, value, field in (
                 (Objective.EFFICIENT_RETURN, self.target_return, "targetReturn"),
                 (Objective.EFFICIENT_RISK, self.target_volatility, "targetVolatility")):
             if self.objective == needed and value is None:
                 raise error.ValidationError(f"{field}: required by objective {needed.value}",
                                             field=field)
-        problem = bounds_problem(len(self.symbols), *self.weight_bounds, config.max_symbols)
-        if problem:
-            raise error.OptimizationError(problem, field="weightBounds")
         return self
 
-    def params(self):
+    def params(self) -> dict:
         """The normalized parameters stored with the job."""
-        return {
-            "symbols": list(self.symbols), "start_date": self.start_date,
-            "end_date": self.end_date, "initial_investment": self.initial_investment,
-            "objective": self.objective.value, "risk_free_rate": self.risk_free_rate,
-            "weight_bounds": list(self.weight_bounds), "target_return": self.target_return,
-            "target_volatility": self.target_volatility,
-            "returns_model": self.returns_model.value, "returns_span": self.returns_span,
-            "risk_model": self.risk_model.value, "risk_span": self.risk_span,
-            "cvar_level": self.cvar_level,
-        }
+        return {**super().params(), "objective": self.objective.value,
+                "target_return": self.target_return,
+                "target_volatility": self.target_volatility}
+
+
+class FrontierRequest(MarketRequest):
+    """optimize's fields without ``objective``, the targets and ``wait``, plus ``points``.
+
+    ``initialInvestment`` is accepted, as optimize's, but optional: the frontier
+    has no share allocation.
+    """
+
+    initial_investment: float | None = Field(
+        None, validation_alias=AliasChoices("initialInvestment", "initial_investment",
+                                            "principle"),
+        gt=0, le=1e12, allow_inf_nan=False)
+    points: int = Field(FRONTIER_DEFAULT_POINTS, ge=FRONTIER_MIN_POINTS,
+                        le=FRONTIER_MAX_POINTS,
+                        description="how many frontier points, evenly spaced in expected "
+                                    "return")
+
+    def params(self) -> dict:
+        """The normalized parameters of the frontier."""
+        return {**super().params(), "points": self.points}
 
 
 class IdRequest(Request):
@@ -256,6 +298,24 @@ class JobPublic(BaseModel):
         )
 
 
+class FrontierPortfolio(BaseModel):
+    """One portfolio of the frontier: annualised statistics and its weights."""
+
+    expected_return: float
+    volatility: float
+    sharpe: float | None
+    weights: dict[str, float]
+
+
+class Frontier(BaseModel):
+    """The efficient frontier: points, its two special portfolios and its corners."""
+
+    points: list[FrontierPortfolio]
+    min_volatility: FrontierPortfolio
+    max_sharpe: FrontierPortfolio | None
+    corners: list[FrontierPortfolio]
+
+
 class JobList(BaseModel):
     results: list[JobPublic]
     cursor: str | None
@@ -280,6 +340,19 @@ class PortfolioHandler(ActionHandler):
         """
         job = await self.services.jobs.optimize(self.owner, body.params(), wait=body.wait)
         return Reply(200 if job.status == "done" else 202, JobPublic.from_record(job))
+
+    @action(request=FrontierRequest, response=Frontier, errors=(422,))
+    async def frontier(self, body):
+        """The exact efficient frontier of the symbols within weightBounds (not saved).
+
+        ``points`` portfolios evenly spaced in expected return from the
+        minimum-volatility portfolio to the maximum-return one, each the exact
+        minimum-volatility portfolio for its return; ``min_volatility``;
+        ``max_sharpe`` (null when no portfolio returns more than riskFreeRate);
+        and the corner portfolios of the critical line, in increasing return.
+        Computed in the optimization worker pool under ``INDICO_JOB_TIME_LIMIT``.
+        """
+        return await self.services.jobs.frontier(body.params())
 
     @action(request=IdRequest, response=JobPublic)
     async def result(self, body):

@@ -59,7 +59,7 @@ from config import Config
 from indico import error
 from indico.db import jobs
 from indico.db.records import Job
-from indico.optimization import ENGINE_OPTIONS, configure_worker, optimize
+from indico.optimization import ENGINE_OPTIONS, configure_worker, efficient_frontier, optimize
 from indico.services.events import JobEvents, stop_task
 from indico.services.price_catalog import PriceCatalog
 from indico.utils.logs import describe_database_error
@@ -101,6 +101,30 @@ def run_optimization(prices: pd.DataFrame, benchmark: pd.Series | None, params: 
         # Jobs stored before these options existed have none: the engine's defaults.
         **{key: params[key] for key in ENGINE_OPTIONS if key in params},
     ).to_dict()
+
+
+#: Keyword options of :func:`efficient_frontier` that ``portfolio/frontier`` passes.
+FRONTIER_OPTIONS = ("points", "risk_free_rate", "returns_model", "returns_span",
+                    "risk_model", "risk_span")
+
+
+def run_frontier(prices: pd.DataFrame, benchmark: pd.Series | None, params: dict) -> dict:
+    """Worker-process entry point of ``portfolio/frontier``: the efficient frontier.
+
+    Args:
+        prices: the aligned price frame, dates x symbols.
+        benchmark: unused (the frontier has no performance series); given by
+            :func:`run_on_frame`.
+        params: the normalized request (see FrontierRequest.params).
+
+    Returns:
+        what :func:`indico.optimization.efficient_frontier` returns.
+
+    Raises:
+        OptimizationError: the problem has no solution as posed.
+    """
+    return efficient_frontier(prices, weight_bounds=tuple(params["weight_bounds"]),
+                              **{key: params[key] for key in FRONTIER_OPTIONS})
 
 
 #: Price cells (dates x symbols) each worker process keeps in its frame cache,
@@ -412,6 +436,32 @@ class JobService:
         benchmark = await self.prices.get_benchmark(params["start_date"], params["end_date"],
                                                     frame.index)
         return frame, benchmark
+
+    async def frontier(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Compute the efficient frontier in the worker pool; nothing is stored.
+
+        Args:
+            params: the normalized, validated request (see FrontierRequest.params).
+
+        Returns:
+            what :func:`run_frontier` returns.
+
+        Raises:
+            UnknownSymbols, Unprocessable: the prices do not allow it.
+            OptimizationError: the problem has no solution as posed.
+            Unprocessable: over ``INDICO_JOB_TIME_LIMIT``, or the worker died.
+        """
+        frame, benchmark = await self.load_inputs(params)
+        limit = self.config.job_time_limit
+        try:
+            return await self.pool.run_on_frame(run_frontier, frame, benchmark, params,
+                                                timeout=limit)
+        except TimeoutError:
+            raise error.Unprocessable(
+                f"the frontier took longer than the limit of {limit:g} s; try fewer "
+                "symbols, points or a shorter range") from None
+        except (pebble.ProcessExpired, BrokenProcessPool):
+            raise error.Unprocessable(WORKER_DIED) from None
 
     async def optimize(self, owner: str, params: dict[str, Any], wait: bool = True) -> Job:
         """Create, run and wait for one optimization job.

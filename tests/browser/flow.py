@@ -246,6 +246,12 @@ class WholeFlowTest(PageTest):
         expect(page.locator("#drawdown-chart svg polygon.drawdown")).to_have_count(1)
         points = page.locator("#value-chart svg polyline.portfolio").get_attribute("points")
         self.assertEqual(len(points.split()), 500)  # the result's whole series
+        # The frontier of the same symbols, dates and bounds, with this result on it.
+        expect(page.locator("#frontier-chart svg polyline.frontier")).to_have_count(1)
+        expect(page.locator("#frontier-chart svg circle.chosen")).to_have_count(1)
+        curve = page.locator("#frontier-chart svg polyline.frontier").get_attribute("points")
+        self.assertEqual(len(curve.split()), 50)
+        self.assertGreaterEqual(page.locator("#frontier-chart svg circle.corner").count(), 2)
 
 
 class FieldErrorTest(PageTest):
@@ -358,9 +364,14 @@ class BehindAPrefixTest(PageTest):
         page.get_by_role("button", name="Optimize").click()
         expect(page.locator("#progress-log li")).to_have_count(3)  # from /backend/ws/jobs
         expect(page.locator("#value-chart svg polyline.index")).to_have_count(1)
+        # The requests that follow a result (the frontier, the saved list) end
+        # before the proxy stops.
+        expect(page.locator("#frontier-chart svg polyline.frontier")).to_have_count(1)
+        expect(page.locator("#saved-list li")).to_have_count(1)
         outside = [url for url in requests if not url.startswith(proxy.base + "/")]
         self.assertEqual(outside, [])
         self.assertIn(proxy.base + "/portfolio/optimize", requests)
+        self.assertIn(proxy.base + "/portfolio/frontier", requests)
         self.assertEqual(sockets, [proxy.base.replace("http:", "ws:") + "/ws/jobs"])
 
 

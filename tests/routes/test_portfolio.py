@@ -295,6 +295,96 @@ class OptimizeTest(PortfolioTest):
                 self.assertEqual(self.snapshot("jobs"), before)
 
 
+FRONTIER_BODY = {"symbols": ["AAPL", "MSFT", "JPM", "KO"], "startDate": "2012-01-01",
+                 "endDate": "2016-03-20"}
+
+
+class FrontierTest(PortfolioTest):
+    """portfolio/frontier: the efficient frontier over HTTP, computed and not saved."""
+
+    def frontier(self, body, token=None):
+        return self.post("/portfolio/frontier", body, token=token or self.token)
+
+    def test_the_body_shape_and_nothing_saved(self):
+        before = self.snapshot("jobs")
+        status, body = self.frontier({**FRONTIER_BODY, "points": 7, "weightBounds": [0, 0.6]})
+        self.assertEqual(status, 200, body)
+        data = body["data"]
+        self.assertEqual(set(data), {"points", "min_volatility", "max_sharpe", "corners"})
+        self.assertEqual(len(data["points"]), 7)
+        for portfolio in [*data["points"], *data["corners"], data["min_volatility"],
+                          data["max_sharpe"]]:
+            self.assertEqual(set(portfolio), {"expected_return", "volatility", "sharpe",
+                                              "weights"})
+            self.assertEqual(set(portfolio["weights"]), set(FRONTIER_BODY["symbols"]))
+            self.assertAlmostEqual(sum(portfolio["weights"].values()), 1.0, places=9)
+            self.assertTrue(all(-1e-12 <= w <= 0.6 + 1e-12
+                                for w in portfolio["weights"].values()))
+        self.assertEqual(data["points"][0], data["min_volatility"])
+        returns = [point["expected_return"] for point in data["points"]]
+        self.assertTrue(all(b > a for a, b in zip(returns, returns[1:], strict=False)))
+        self.assertEqual(self.snapshot("jobs"), before)
+
+    def test_the_points_are_optimizes_efficient_return_in_either_spelling(self):
+        status, body = self.frontier({"symbols": ["aapl", "msft", "jpm", "ko"],
+                                      "start_date": "01-01-12", "end_date": "03-20-16",
+                                      "risk_model": "ledoit_wolf", "returnsModel": "ema",
+                                      "points": 3})
+        self.assertEqual(status, 200, body)
+        middle = body["data"]["points"][1]
+        status, job = self.optimize({**SEED_BODY, "symbols": FRONTIER_BODY["symbols"],
+                                     "objective": "efficient_return",
+                                     "riskModel": "ledoit_wolf", "returnsModel": "ema",
+                                     "targetReturn": middle["expected_return"]})
+        self.assertEqual(status, 200, job)
+        for symbol, weight in job["data"]["allocations"].items():
+            self.assertAlmostEqual(middle["weights"][symbol], weight, delta=1e-9)
+        self.assertAlmostEqual(middle["volatility"], job["data"]["stats"]["volatility"],
+                               delta=1e-9)
+
+    def test_points_out_of_range_name_the_field(self):
+        for points in (1, 201, 2.5, "50", None):
+            with self.subTest(points=points):
+                error = self.assertError(self.frontier({**FRONTIER_BODY, "points": points}),
+                                         400, "ValidationError", "points")
+                self.assertEqual(error["field"], "points")
+
+    def test_error_paths(self):
+        self.assertError(self.post("/portfolio/frontier", FRONTIER_BODY), 401, "Unauthorized",
+                         "missing Authorization")
+        cases = [
+            ({**FRONTIER_BODY, "objective": "max_sharpe"}, 400, "ValidationError", "objective"),
+            ({**FRONTIER_BODY, "targetReturn": 0.1}, 400, "ValidationError", "targetReturn"),
+            ({**FRONTIER_BODY, "wait": False}, 400, "ValidationError", "wait"),
+            ({**FRONTIER_BODY, "startDate": "2016-03-20", "endDate": "2012-01-01"}, 400,
+             "ValidationError", "must be before endDate"),
+            ({**FRONTIER_BODY, "weightBounds": [0, 0.2]}, 422, "OptimizationError",
+             "weightBounds: with 4 symbols and an upper bound of 0.2"),
+            ({**FRONTIER_BODY, "symbols": ["AAPL", "NOPE"]}, 422, "UnknownSymbols", "NOPE"),
+            ({**FRONTIER_BODY, "riskModel": "moon"}, 400, "ValidationError", "riskModel"),
+        ]
+        for body, status, error_type, part in cases:
+            with self.subTest(body=body):
+                self.assertError(self.frontier(body), status, error_type, part)
+
+    def test_no_portfolio_beating_the_risk_free_rate_answers_a_null_max_sharpe(self):
+        status, body = self.frontier({**FRONTIER_BODY, "riskFreeRate": 0.9, "points": 2})
+        self.assertEqual(status, 200, body)
+        self.assertIsNone(body["data"]["max_sharpe"])
+        self.assertLess(body["data"]["points"][-1]["sharpe"], 0)
+
+    def test_the_openapi_document_describes_it(self):
+        status, document, _ = self.request("GET", "/openapi.json")
+        self.assertEqual(status, 200)
+        operation = document["paths"]["/portfolio/frontier"]["post"]
+        self.assertIn("security", operation)
+        self.assertIn("422", operation["responses"])
+        schemas = document["components"]["schemas"]
+        self.assertIn("points", schemas["FrontierRequest"]["properties"])
+        self.assertNotIn("objective", schemas["FrontierRequest"]["properties"])
+        self.assertEqual(schemas["FrontierRequest"]["properties"]["points"]["maximum"], 200)
+
+
 class OwnershipTest(PortfolioTest):
 
     def test_another_users_result_is_404_like_a_missing_one(self):

@@ -653,7 +653,47 @@
                                         true)));
 
     drawCharts(result);
+    loadFrontier(result);
     $("result-title").focus();
+  }
+
+  // The frontier of the shown result's symbols, dates, bounds and estimators: asked
+  // for when a result is shown (portfolio/frontier saves nothing), drawn if the
+  // result is still the one shown when it comes.
+  let frontierShown = null;
+
+  async function loadFrontier(result) {
+    const params = result.params || {};
+    frontierShown = null;
+    const chart = $("frontier-chart");
+    chart.replaceChildren(element("p", "Computing the efficient frontier…", "hint"));
+    let curve;
+    try {
+      curve = await api("portfolio/frontier", {
+        symbols: params.symbols, start_date: params.start_date, end_date: params.end_date,
+        risk_free_rate: params.risk_free_rate, weight_bounds: params.weight_bounds,
+        returns_model: params.returns_model, returns_span: params.returns_span,
+        risk_model: params.risk_model, risk_span: params.risk_span, points: 50,
+      });
+    } catch (problem) {
+      if (shown === result) {
+        chart.replaceChildren(element("p", "No frontier: " + problem.message, "hint"));
+      }
+      return;
+    }
+    if (shown !== result) return;
+    frontierShown = {result: result, curve: curve};
+    drawFrontier();
+  }
+
+  function drawFrontier() {
+    if (!frontierShown || frontierShown.result !== shown) return;
+    const stats = shown.stats || {};
+    const chosen = Number.isFinite(stats.volatility) && Number.isFinite(stats.expected_return)
+      ? stats : null;
+    window.IndicoCharts.frontier($("frontier-chart"), frontierShown.curve, chosen,
+                                 "Efficient frontier: expected return against volatility, "
+                                 + "with this result marked");
   }
 
   function sortedWeights(result) {
@@ -683,6 +723,7 @@
     } else {
       for (const id of charts) $(id).replaceChildren(element("p", "No chart series.", "hint"));
     }
+    drawFrontier();
   }
 
   // ---- saved results ---------------------------------------------------------------

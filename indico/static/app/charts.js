@@ -130,5 +130,55 @@
     return svg;
   }
 
-  window.IndicoCharts = {bars: bars, lines: lines};
+  /**
+   * The efficient frontier: expected return (y) against volatility (x), both annual.
+   * curve: portfolio/frontier's answer ({points, corners, ...}, each portfolio with
+   * expected_return and volatility); chosen: the same two of the shown result, or null.
+   */
+  function frontier(container, curve, chosen, label) {
+    const width = widthOf(container);
+    const height = Math.round(Math.max(220, Math.min(340, width * 0.5)));
+    const pad = {left: 56, right: 16, top: 28, bottom: 34};
+    const svg = frame(container, width, height, label);
+    const all = curve.points.concat(chosen ? [chosen] : []);
+    const xs = all.map((p) => p.volatility).filter(Number.isFinite);
+    const ys = all.map((p) => p.expected_return).filter(Number.isFinite);
+    const xTicks = ticks(Math.min(...xs), Math.max(...xs), 5);
+    const yTicks = ticks(Math.min(...ys), Math.max(...ys), 5);
+    const xLow = Math.min(xTicks[0], ...xs);
+    const xHigh = Math.max(xTicks[xTicks.length - 1], ...xs);
+    const yLow = Math.min(yTicks[0], ...ys);
+    const yHigh = Math.max(yTicks[yTicks.length - 1], ...ys);
+    const x = (v) => pad.left + (v - xLow) / ((xHigh - xLow) || 1) * (width - pad.left - pad.right);
+    const y = (v) => pad.top + (yHigh - v) / ((yHigh - yLow) || 1) * (height - pad.top - pad.bottom);
+    // As many decimals as the tick step needs (0.5 % steps need one).
+    const decimals = (values) => (values.length > 1 && (values[1] - values[0]) * 100 < 1 ? 1 : 0);
+    const xPercent = (v) => (v * 100).toFixed(decimals(xTicks)) + " %";
+    const yPercent = (v) => (v * 100).toFixed(decimals(yTicks)) + " %";
+    for (const value of yTicks) {
+      node("line", {x1: pad.left, x2: width - pad.right, y1: y(value).toFixed(1),
+                    y2: y(value).toFixed(1), class: "axis"}, svg);
+      text(svg, pad.left - 6, y(value) + 4, yPercent(value), {"text-anchor": "end"});
+    }
+    for (const value of xTicks) {
+      node("line", {x1: x(value).toFixed(1), x2: x(value).toFixed(1), y1: pad.top,
+                    y2: height - pad.bottom, class: "axis"}, svg);
+      text(svg, x(value), height - pad.bottom + 16, xPercent(value), {"text-anchor": "middle"});
+    }
+    text(svg, width - pad.right, height - 4, "volatility (a year)", {"text-anchor": "end"});
+    text(svg, pad.left, 18, "expected return (a year)", {"text-anchor": "start"});
+    const points = curve.points.map((p) => `${x(p.volatility).toFixed(1)},${y(p.expected_return).toFixed(1)}`);
+    node("polyline", {points: points.join(" "), class: "frontier"}, svg);
+    for (const corner of curve.corners || []) {
+      node("circle", {cx: x(corner.volatility).toFixed(1), cy: y(corner.expected_return).toFixed(1),
+                      r: 3, class: "corner"}, svg);
+    }
+    if (chosen) {
+      node("circle", {cx: x(chosen.volatility).toFixed(1), cy: y(chosen.expected_return).toFixed(1),
+                      r: 6, class: "chosen"}, svg);
+    }
+    return svg;
+  }
+
+  window.IndicoCharts = {bars: bars, lines: lines, frontier: frontier};
 })();
