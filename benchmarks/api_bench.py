@@ -69,6 +69,10 @@ end
 response = function(status, headers, body)
   if status ~= 200 then bad = bad + 1 end
 end
+"""
+# The end of every wrk script here: each thread's count of answers other than
+# 200, and one JSONRESULT line that Wrk.run parses (also benchmarks/optimize_bench.py).
+LUA_DONE = r"""
 local threads = {}
 setup = function(thread) table.insert(threads, thread) end
 done = function(summary, latency, requests)
@@ -82,6 +86,7 @@ done = function(summary, latency, requests)
     latency.max, nb, e.connect + e.read + e.write + e.timeout))
 end
 """
+LUA += LUA_DONE
 
 
 def free_port():

@@ -62,6 +62,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from api_bench import (  # after the path is set
+    LUA_DONE,
     PASSWORD,
     Wrk,
     call,
@@ -99,19 +100,8 @@ response = function(status, headers, body)
     wrk.thread:stop()
   end
 end
-local threads = {}
-setup = function(thread) table.insert(threads, thread) end
-done = function(summary, latency, requests)
-  local nb = 0
-  for _, t in ipairs(threads) do nb = nb + (t:get("bad") or 0) end
-  local e = summary.errors
-  io.write(string.format(
-    'JSONRESULT {"requests": %%d, "duration_us": %%d, "p50_us": %%d, "p99_us": %%d, ' ..
-    '"max_us": %%d, "not_200": %%d, "socket_errors": %%d}\n',
-    summary.requests, summary.duration, latency:percentile(50), latency:percentile(99),
-    latency.max, nb, e.connect + e.read + e.write + e.timeout))
-end
 """
+LIMITED_LUA += LUA_DONE
 
 
 def verdict(met):
