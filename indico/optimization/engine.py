@@ -210,7 +210,7 @@ def optimize(
             no asset beating the risk-free rate for ``max_sharpe``, or a solver
             failure; the message says what to change.
     """
-    objective = _parse_objective(objective)
+    objective = estimators.parse_choice(Objective, objective, "objective")
     risk_free_rate = _finite_number(risk_free_rate, "riskFreeRate")
     if initial_investment is not None:
         initial_investment = _finite_number(initial_investment, "initialInvestment")
@@ -631,14 +631,6 @@ _OBJECTIVES = {
 def _single_portfolio(context):
     """True when the bounds leave exactly one portfolio (they sum to 1 exactly)."""
     return abs(context.lower.sum() - 1.0) <= 1e-12 or abs(context.upper.sum() - 1.0) <= 1e-12
-
-
-def _parse_objective(objective):
-    try:
-        return Objective(objective)
-    except ValueError as e:
-        valid = ", ".join(o.value for o in Objective)
-        raise OptimizationError(f"Unknown objective {objective!r}; use one of: {valid}.") from e
 
 
 def _finite_number(value, name):

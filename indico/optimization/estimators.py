@@ -187,8 +187,8 @@ def estimate(
         OptimizationError: an unknown model, a span out of range, or a covariance
             that leaves some asset without variance.
     """
-    returns_model = _parse(ReturnsModel, returns_model, "returnsModel")
-    risk_model = _parse(RiskModel, risk_model, "riskModel")
+    returns_model = parse_choice(ReturnsModel, returns_model, "returnsModel")
+    risk_model = parse_choice(RiskModel, risk_model, "riskModel")
     mu, cov = data.mu, data.cov
     if returns_model is ReturnsModel.EMA:
         mu = ema_returns(data.returns, _span(returns_span, "returnsSpan"))
@@ -217,7 +217,12 @@ def estimate(
     return dataclasses.replace(data, mu=mu, cov=cov)
 
 
-def _parse(kind, value, name):
+def parse_choice(kind, value, name):
+    """``kind(value)`` for an enum ``kind``.
+
+    Raises:
+        OptimizationError: an unknown value, naming ``name`` and the valid choices.
+    """
     try:
         return kind(value)
     except ValueError as e:
