@@ -89,6 +89,17 @@ end
 LUA += LUA_DONE
 
 
+def print_results(rows, note):
+    """Print the machine line (CPUs, model, Python, ``note``) and the Markdown table of ``rows``."""
+    cpu = next((line.split(":", 1)[1].strip() for line in
+                pathlib.Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    print(f"\nmachine: {os.cpu_count()} CPUs ({cpu}), Python {platform.python_version()}; {note}")
+    print("\n| measurement | result | target | verdict |\n|---|---|---|---|")
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
+
+
 def free_port():
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -303,14 +314,7 @@ def main():
         else:
             print(f"kept {workdir} (logs)")
 
-    cpu = next((line.split(":", 1)[1].strip() for line in
-                pathlib.Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    print(f"\nmachine: {os.cpu_count()} CPUs ({cpu}), Python {platform.python_version()}; "
-          f"load generator: wrk, 1 thread, on the same machine")
-    print("\n| measurement | result | target | verdict |\n|---|---|---|---|")
-    for row in rows:
-        print("| " + " | ".join(row) + " |")
+    print_results(rows, "load generator: wrk, 1 thread, on the same machine")
 
 
 def measure_accounts(indico_port, bare_port, wrk, args, tokens, figures, rows):

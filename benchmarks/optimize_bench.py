@@ -48,7 +48,6 @@ import json
 import multiprocessing
 import os
 import pathlib
-import platform
 import shutil
 import signal
 import statistics
@@ -69,6 +68,7 @@ from api_bench import (  # after the path is set
     free_port,
     load_frame,
     measure_accounts,
+    print_results,
     wait_for,
 )
 
@@ -420,14 +420,8 @@ def main():
         else:
             print(f"kept {workdir} (logs)")
 
-    cpu = next((line.split(":", 1)[1].strip() for line in
-                pathlib.Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    print(f"\nmachine: {os.cpu_count()} CPUs ({cpu}), Python {platform.python_version()}; "
-          f"load generator: wrk, 1 thread, same machine; {time.monotonic() - began:.0f} s in all")
-    print("\n| measurement | result | target | verdict |\n|---|---|---|---|")
-    for row in rows:
-        print("| " + " | ".join(row) + " |")
+    print_results(rows, f"load generator: wrk, 1 thread, same machine; "
+                        f"{time.monotonic() - began:.0f} s in all")
 
 
 if __name__ == "__main__":
