@@ -8,7 +8,9 @@ that keeps TCP up) looks to a client; ``freeze(monitoring=True)`` still lets
 the driver's ``hello`` commands through (connection handshakes, the monitor's
 checks), as a server stuck on a lock or a stalled disk still answers them
 while every operation hangs. :meth:`Relay.thaw` lets the held bytes and the
-new ones through again.
+new ones through again. :meth:`Relay.refuse` drops every connection and refuses
+new ones until :meth:`Relay.accept`, as a database process that died and
+restarted.
 
 :meth:`Relay.fail_write_concern` makes the replies to writes carry a
 ``writeConcernError`` (the write itself is applied), as a replica set answers
@@ -204,6 +206,24 @@ class Relay:
         async def set_error():
             self.write_concern_error = error
         self._call(set_error())  # in force when this returns
+
+    async def _refuse(self):
+        self._server.close()
+        await self._server.wait_closed()
+        for writer in list(self._writers):
+            writer.close()
+
+    def refuse(self) -> None:
+        """Drop every connection and refuse new ones: a database process that died."""
+        self._call(self._refuse())
+
+    async def _accept(self):
+        sock = socket.create_server(("127.0.0.1", self.port))
+        self._server = await asyncio.start_server(self._serve, sock=sock)
+
+    def accept(self) -> None:
+        """Listen on the same port again, after :meth:`refuse`: the database restarted."""
+        self._call(self._accept())
 
     async def _close(self):
         self._server.close()

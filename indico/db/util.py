@@ -47,6 +47,49 @@ FIRST_BATCH = 101
 EMBEDDED_PROCESS = "nx_27017"
 
 
+#: Seconds a request gives a database that the driver last found unreachable
+#: (see :func:`ensure_reachable`) to answer again before it is answered 503.
+UNREACHABLE_PROBE = 0.5
+
+
+def unreachable(client: Any) -> bool:
+    """Whether the driver's last look at every known server of ``client`` failed.
+
+    True after a refused or dropped connection (a database process that died,
+    a host that is gone) until a check succeeds again; False before the first
+    check, and while any member answers (a replica set electing a primary has
+    reachable secondaries: then the operation's own timeout governs the wait,
+    so that an election of up to ~12 s can be ridden out with
+    ``INDICO_DB_SELECTION_TIMEOUT``). Reads the driver's topology description
+    (SDAM: https://www.mongodb.com/docs/manual/reference/server-discovery-and-monitoring/
+    -- a server description keeps the error of its last failed check), so it
+    costs no round trip.
+    """
+    servers = client.topology_description.server_descriptions().values()
+    return bool(servers) and all(server.error is not None for server in servers)
+
+
+async def ensure_reachable(db: AsyncDatabase) -> None:
+    """Fail fast while the database is known to be down.
+
+    Without this, every request during an outage waits the whole operation
+    timeout (``INDICO_DB_TIMEOUT``) in server selection before its 503, and
+    under load the event loop adds its own delay to that. While
+    :func:`unreachable` holds, one ``ping`` bounded by :data:`UNREACHABLE_PROBE`
+    decides: it succeeds as soon as the server is back (server selection asks
+    the driver's monitor for an immediate check), else the driver's error goes
+    up and the request is answered 503 by the routes' mapper. The bound is
+    scoped to the ping, so nothing the request starts afterwards inherits it.
+
+    Raises:
+        PyMongoError: the database still does not answer (``ServerSelectionTimeoutError``
+            or a ``ConnectionFailure``).
+    """
+    if unreachable(db.client):
+        with pymongo.timeout(UNREACHABLE_PROBE):
+            await db.command("ping")
+
+
 def now() -> datetime.datetime:
     """The current UTC time, truncated to milliseconds as BSON stores it."""
     moment = datetime.datetime.now(datetime.UTC)

@@ -19,6 +19,7 @@ import pydantic
 import tornado.web
 
 from indico import error
+from indico.db.util import ensure_reachable
 from indico.routes.base import BaseHandler
 from indico.routes.body import parse_body, validate
 
@@ -173,6 +174,7 @@ class ActionHandler(BaseHandler):
             raise error.PayloadTooLarge(
                 f"request body is over the limit of {self.config.body_limit} bytes"
             )
+        await ensure_reachable(self.db)
         if spec.auth:
             self.user = await self.services.auth.authenticate(self.bearer_token())
         document = parse_body(b"".join(self.chunks), self.request.headers.get("Content-Type", ""),

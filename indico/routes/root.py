@@ -8,6 +8,7 @@ import tornado.web
 from pymongo.errors import PyMongoError
 
 from indico import __version__, error
+from indico.db.util import ensure_reachable
 from indico.routes.base import DATABASE_RETRY_AFTER, BaseHandler
 
 SWAGGER_STATIC = os.path.join(os.path.dirname(swagger_ui.__file__), "static")
@@ -49,6 +50,7 @@ class HealthHandler(BaseHandler):
 
     async def get(self):
         try:
+            await ensure_reachable(self.db)
             await asyncio.wait_for(self.db.command("ping"), self.config.db_timeout)
         except (PyMongoError, TimeoutError, OSError) as exc:
             raise error.ServiceUnavailable(

@@ -1,5 +1,6 @@
 """A database that cannot serve (down, silent, failing over, short of a majority): 503, not 500."""
 
+import asyncio
 import json
 import time
 import unittest
@@ -20,6 +21,7 @@ from pymongo.errors import (
 
 from indico import error
 from indico.db import open_database
+from indico.db.util import unreachable
 from indico.routes.base import DATABASE_RETRY_AFTER, _public
 from tests.harness import (
     ACCESS_LOG,
@@ -104,6 +106,8 @@ class RelayedDatabaseTest(ServerTest):
     """
 
     timeout = 1.0
+    #: The driver's monitor checks: far apart unless a test needs them (see below).
+    heartbeat_ms = 600_000
 
     async def open_app_database(self):
         parsed = uri_parser.parse_uri(self.config.mongodb_uri)
@@ -123,7 +127,8 @@ class RelayedDatabaseTest(ServerTest):
         config = test_config(mongodb_uri=self.relay.uri, database=self.db_name,
                              data_dir=self.data_dir, db_timeout=self.timeout)
         database = await self.resources.enter_async_context(open_database(
-            config, directConnection=True, heartbeatFrequencyMS=600_000, **credentials))
+            config, directConnection=True, heartbeatFrequencyMS=self.heartbeat_ms,
+            **credentials))
         self.relay_client = database.client
         return config, database.db
 
@@ -199,6 +204,54 @@ class SilentDatabaseTest(RelayedDatabaseTest):
         self.relay.thaw()
         self.wait_healthy()
         self.assertEqual(self.post("/auth/check", token=token)[0], 200)
+
+
+class DeadDatabaseTest(RelayedDatabaseTest):
+    """A database process that died: connections refused until it is back.
+
+    The operation timeout is a minute here, so a request that waited it out
+    in server selection (as every request did before ``ensure_reachable``)
+    would outlast the test client's own timeout; the monitor checks every
+    half second (PyMongo's minimum), as the driver would notice in production
+    at its next check or at the first failed operation.
+    """
+
+    timeout = 60.0
+    heartbeat_ms = 500
+
+    def wait_unreachable(self):
+        """Poll until the driver has seen the database gone (a generous deadline)."""
+        deadline = time.monotonic() + 60
+        while not unreachable(self.relay_client):
+            self.assertLess(time.monotonic(), deadline, "the driver never saw the database go")
+            # The driver's monitor runs on this thread's IOLoop: let it run.
+            self.io_loop.run_sync(lambda: asyncio.sleep(0.05))
+
+    def test_requests_answer_503_at_once_while_it_is_down_then_the_app_recovers(self):
+        token = self.signup()
+        self.assertFalse(unreachable(self.relay_client))
+        self.relay.refuse()
+        self.wait_unreachable()
+        with self.expect_server_errors() as logs:
+            status, body, response = self.request(
+                "POST", "/user/update", {"update_user": {"name": "Down"}}, token=token)
+            self.assertError((status, body), 503, "ServiceUnavailable", NO_ANSWER)
+            self.assertEqual(response.headers["Retry-After"], str(DATABASE_RETRY_AFTER))
+            self.assertError(self.post("/auth/signup", {"email": "b@example.com",
+                                                        "password": "password1"}),
+                             503, "ServiceUnavailable", NO_ANSWER)
+            self.assertError(self.post("/portfolio/list", {}, token=token),
+                             503, "ServiceUnavailable", NO_ANSWER)
+            status, body, _ = self.request("GET", "/healthCheck")
+            self.assertError((status, body), 503, "ServiceUnavailable",
+                             "the database does not answer")
+        self.assertEqual(len(logs.records), 4, logs.output)  # one access line each
+        self.assertEqual(self.find("users", {"email": "b@example.com"}), [])
+        self.relay.accept()
+        self.wait_healthy()
+        self.assertFalse(unreachable(self.relay_client))
+        status, body = self.post("/user/update", {"update_user": {"name": "Back"}}, token=token)
+        self.assertEqual((status, body["data"]["user"]["name"]), (200, "Back"), body)
 
 
 class UnconfirmedWritesTest(RelayedDatabaseTest):
