@@ -719,7 +719,10 @@ async def database_crash(report: Report, st: Stack, users: list[dict]) -> None:
                  f"{sum(o in json_503 for o in while_down)} of {len(while_down)}")
     report.check(f"database crash: each 503 within INDICO_DB_TIMEOUT + 0.5 s "
                  f"({DB_TIMEOUT + 0.5:g} s)", not slow,
-                 f"{len(slow)} slower, slowest {max((o.seconds for o in slow), default=0):.2f} s")
+                 f"{len(slow)} slower, slowest {max((o.seconds for o in slow), default=0):.2f} s"
+                 + (f" (by operation and whether sent before the kill: "
+                    f"{dict(collections.Counter((o.op, o.started < killed_at) for o in slow))})"
+                    if slow else ""))
     report.check("database crash: the API recovers within 10 s of supervisor restarting it",
                  recovered_in is not None and recovered_in <= 10.0, f"{fmt(recovered_in)} s")
     report.check("database crash: no failure once recovered",
