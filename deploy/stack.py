@@ -463,6 +463,7 @@ def main(argv: list[str] | None = None) -> int:
             up(args.dir, args.port, args.backends, parse_settings(args.set), args.mongodb_uri,
                args.port_prefix)
         elif args.command == "down":
+            ensure_packages()  # as for up: down stops the stack with supervisorctl
             down(args.dir)
         elif args.command == "restart":
             for timing in rolling_restart(os.path.abspath(args.dir)):
