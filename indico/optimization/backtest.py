@@ -284,13 +284,15 @@ def _short_history(prices: pd.DataFrame, dates: pd.DatetimeIndex, first: int,
         symbols = late or symbols
     names = ", ".join(symbols[:10]) + (f" and {len(symbols) - 10} more" if len(symbols) > 10
                                        else "")
-    advice = (f"a startDate on or after {dates[lookback_days].date()}, "
-              if len(dates) > lookback_days else "")
+    advice = [f"a startDate on or after {dates[lookback_days].date()}"
+              if len(dates) > lookback_days else "later dates"]
+    if first >= MIN_LOOKBACK_DAYS:
+        advice.append(f"lookbackDays of at most {first}")
     return OptimizationError(
         f"{names} {'has' if len(symbols) == 1 else 'have'} only {first} trading days of "
         f"prices (common to all symbols, from {dates[0].date()}) before the first rebalance "
-        f"on {dates[first].date()}; lookbackDays needs {lookback_days}. Choose {advice}"
-        f"lookbackDays of at most {max(first, 1)}, or drop {names}.",
+        f"on {dates[first].date()}; lookbackDays needs {lookback_days}. Choose "
+        f"{', '.join(advice)}, or drop {names}.",
         symbols=symbols, field="lookbackDays")
 
 
