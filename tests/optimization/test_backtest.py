@@ -95,6 +95,14 @@ class NoLookAheadTest(unittest.TestCase):
             rebalance_weights(prices, plan, [0], {"initial_investment": 1000.0})
         with self.assertRaisesRegex(ValueError, "not the frame"):
             rebalance_weights(prices.iloc[1:], plan, [0], {})
+        self.assertEqual(plan.total, 3)
+        with self.assertRaisesRegex(ValueError, r"within \[0, 3\)"):
+            rebalance_weights(prices, plan, [1, 3], {})
+        self.assertEqual(rebalance_weights(prices, plan, [], {}), [])
+        with self.assertRaisesRegex(ValueError, "benchmark"):
+            walk_forward(prices, None, start_date="2010-01-04", end_date="2010-03-01",
+                         lookback_days=60, rebalance="monthly", cost_bps=10,
+                         initial_investment=1000.0, options={"benchmark": None})
 
 
 class HandComputedSimulationTest(unittest.TestCase):
