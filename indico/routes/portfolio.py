@@ -307,7 +307,8 @@ class BacktestRequest(OptimizeRequest):
     # field would be, and left out of the OpenAPI document.
     wait: SkipJsonSchema[bool] = Field(True, exclude=True)
     lookback_days: int = Field(
-        252, ge=MIN_LOOKBACK_DAYS, le=MAX_LOOKBACK_DAYS, validation_alias=AliasChoices("lookbackDays", "lookback_days"),
+        252, ge=MIN_LOOKBACK_DAYS, le=MAX_LOOKBACK_DAYS,
+        validation_alias=AliasChoices("lookbackDays", "lookback_days"),
         description="trading days of history each rebalance optimizes on")
     rebalance: RebalanceChoice = Rebalance.MONTHLY
     cost_bps: float = Field(

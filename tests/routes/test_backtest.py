@@ -1,4 +1,4 @@
-"""portfolio/backtest and portfolio/cancel: 202 and the result, every refusal, kind, cancel, crashes.
+"""portfolio/backtest and cancel: 202 and the result, every refusal, kind, cancel, crashes.
 
 The backtests run on the few sample symbols of tests/routes/test_portfolio.py
 (2010-2017) in the run's shared worker pool; the walk-forward itself is tested
