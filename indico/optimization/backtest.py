@@ -299,8 +299,9 @@ def _short_history(prices: pd.DataFrame, dates: pd.DatetimeIndex, first: int,
 def _checked_frame(prices: pd.DataFrame, plan: BacktestPlan) -> pd.DataFrame:
     """``prices`` cut to the plan's dates; a frame the plan was not made for is a bug."""
     frame = prices.iloc[: len(plan.dates)]
-    if len(frame) != len(plan.dates) or frame.index[0] != plan.dates[0] or (
-            frame.index[-1] != plan.dates[-1]):
+    # On the datetime64 values: the plan's dates are naive when the frame's are UTC.
+    if len(frame) != len(plan.dates) or frame.index.values[0] != plan.dates.values[0] or (
+            frame.index.values[-1] != plan.dates.values[-1]):
         raise ValueError("prices are not the frame this BacktestPlan was made from")
     return frame
 

@@ -95,6 +95,14 @@ class NoLookAheadTest(unittest.TestCase):
             rebalance_weights(prices, plan, [0], {"initial_investment": 1000.0})
         with self.assertRaisesRegex(ValueError, "not the frame"):
             rebalance_weights(prices.iloc[1:], plan, [0], {})
+        self.assertEqual(plan.total, 3)
+        with self.assertRaisesRegex(ValueError, r"within \[0, 3\)"):
+            rebalance_weights(prices, plan, [1, 3], {})
+        self.assertEqual(rebalance_weights(prices, plan, [], {}), [])
+        with self.assertRaisesRegex(ValueError, "benchmark"):
+            walk_forward(prices, None, start_date="2010-01-04", end_date="2010-03-01",
+                         lookback_days=60, rebalance="monthly", cost_bps=10,
+                         initial_investment=1000.0, options={"benchmark": None})
 
 
 class HandComputedSimulationTest(unittest.TestCase):
@@ -195,12 +203,26 @@ class HandComputedSimulationTest(unittest.TestCase):
         assert_allclose(free["series"]["strategy"][-1],
                         10_224.375 / 0.9975 * 161 / 150, rtol=1e-13)
 
+    def test_missing_prices_in_the_performance(self):
+        prices = self.prices.copy()
+        prices.iloc[23, 1] = np.nan
+        with self.assertRaises(OptimizationError) as caught:
+            simulate(prices, None, self.plan, self.weights, cost_bps=25,
+                     initial_investment=10_000.0)
+        self.assertEqual(caught.exception.status, 422)
+        self.assertIn("Missing or non-positive prices between the first rebalance and "
+                      "endDate", caught.exception.message)
+        with self.assertRaisesRegex(ValueError, "1 weight vectors for 2 rebalances"):
+            simulate(self.prices, None, self.plan, self.weights[:1], cost_bps=25,
+                     initial_investment=10_000.0)
+
     def test_invalid_costs_and_investment(self):
         for kwargs, message in (
                 ({"cost_bps": -1}, "costBps must lie within [0, 1000]"),
                 ({"cost_bps": 1001}, "costBps must lie within [0, 1000]"),
                 ({"cost_bps": "x"}, "costBps must be a number"),
                 ({"initial_investment": 0}, "initialInvestment must be greater than 0"),
+                ({"cost_bps": float("nan")}, "costBps must be a finite number"),
         ):
             with self.subTest(**kwargs):
                 arguments = {"cost_bps": 10, "initial_investment": 1000.0, **kwargs}
@@ -271,6 +293,34 @@ class RebalanceDatesTest(unittest.TestCase):
         self.assertIn(message, caught.exception.message)
         return caught.exception
 
+    def test_invalid_frames(self):
+        for frame, message in (
+                (self.prices.to_numpy(), "prices must be a pandas DataFrame"),
+                (self.prices.iloc[:, :0], "prices must be a pandas DataFrame"),
+                (self.prices.reset_index(drop=True), "prices must be indexed by date"),
+                (self.prices.iloc[::-1], "prices must have increasing, distinct dates"),
+        ):
+            with self.subTest(message=message):
+                with self.assertRaises(OptimizationError) as caught:
+                    plan_backtest(frame, start_date="2020-01-15", end_date="2020-12-31",
+                                  lookback_days=20, rebalance="monthly")
+                self.assertEqual(caught.exception.status, 422)
+                self.assertIn(message, caught.exception.message)
+
+    def test_timezone_aware_dates_are_read_in_utc(self):
+        aware = self.prices.tz_localize("UTC")
+        plan = plan_backtest(aware, start_date="2020-01-15", end_date="2020-03-31",
+                             lookback_days=20, rebalance="monthly")
+        self.assertEqual(rebalance_dates(plan), ["2020-01-15", "2020-02-03", "2020-03-02"])
+        weights = [np.array([0.2, 0.3, 0.5])] * 3
+        naive_plan = plan_backtest(self.prices, start_date="2020-01-15",
+                                   end_date="2020-03-31", lookback_days=20,
+                                   rebalance="monthly")
+        self.assertEqual(
+            simulate(aware, None, plan, weights, cost_bps=10, initial_investment=100.0),
+            simulate(self.prices, None, naive_plan, weights, cost_bps=10,
+                     initial_investment=100.0))
+
     def test_invalid_arguments(self):
         self.assert_refused('rebalance must be "monthly", "quarterly", "yearly" or an '
                             'integer number of trading days within [5, 2520]',
@@ -282,6 +332,7 @@ class RebalanceDatesTest(unittest.TestCase):
                                 lookback_days=bad)
         self.assert_refused("endDate is before startDate", end_date="2020-01-01")
         self.assert_refused("startDate must be a date", start_date="soon")
+        self.assert_refused("endDate must be a date", end_date="")
         self.assert_refused("No trading day common to all symbols between 2022-01-03 and "
                             "2022-02-01", start_date="2022-01-03", end_date="2022-02-01")
 
