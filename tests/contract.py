@@ -94,6 +94,16 @@ checks.positive_data_acceptance.enabled = false
 include-operation-id = "portfolio_frontier"
 checks.positive_data_acceptance.enabled = false
 
+# The same rules as portfolio/optimize, and enough stored history before startDate.
+[[operations]]
+include-operation-id = "portfolio_backtest"
+checks.positive_data_acceptance.enabled = false
+
+# A job id must be one of the caller's queued or running jobs; a JSON schema cannot say so.
+[[operations]]
+include-operation-id = "portfolio_cancel"
+checks.positive_data_acceptance.enabled = false
+
 # A cursor must be one that portfolio/list gave; a JSON schema cannot say so.
 [[operations]]
 include-operation-id = "portfolio_list"
