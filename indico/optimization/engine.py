@@ -68,6 +68,21 @@ GROUP_OBJECTIVES = (Objective.MAX_SHARPE, Objective.MIN_VOLATILITY, Objective.EF
                     Objective.EFFICIENT_RISK, Objective.MIN_CVAR)
 
 
+def check_groups_objective(objective):
+    """Check that ``objective`` takes ``groups``.
+
+    Args:
+        objective: an :class:`Objective`.
+
+    Raises:
+        OptimizationError: when it is not one of :data:`GROUP_OBJECTIVES`.
+    """
+    if objective not in GROUP_OBJECTIVES:
+        raise OptimizationError(
+            f"groups apply to objectives {', '.join(o.value for o in GROUP_OBJECTIVES)}, "
+            f"not {objective.value}; remove groups or choose one of those.", field="groups")
+
+
 @dataclasses.dataclass(frozen=True)
 class OptimizationResult:
     """Weights, statistics, share allocation and chart series of one optimization.
@@ -224,10 +239,8 @@ def optimize(
             solver failure; the message says what to change.
     """
     objective = estimators.parse_choice(Objective, objective, "objective")
-    if groups and objective not in GROUP_OBJECTIVES:
-        raise OptimizationError(
-            f"groups apply to objectives {', '.join(o.value for o in GROUP_OBJECTIVES)}, "
-            f"not {objective.value}; remove groups or choose one of those.", field="groups")
+    if groups:
+        check_groups_objective(objective)
     risk_free_rate = _finite_number(risk_free_rate, "riskFreeRate")
     if initial_investment is not None:
         initial_investment = _finite_number(initial_investment, "initialInvestment")

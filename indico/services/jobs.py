@@ -105,7 +105,7 @@ def run_optimization(prices: pd.DataFrame, benchmark: pd.Series | None, params: 
 
 #: Keyword options of :func:`efficient_frontier` that ``portfolio/frontier`` passes.
 FRONTIER_OPTIONS = ("points", "risk_free_rate", "returns_model", "returns_span",
-                    "risk_model", "risk_span")
+                    "risk_model", "risk_span", "groups")
 
 
 def run_frontier(prices: pd.DataFrame, benchmark: pd.Series | None, params: dict) -> dict:
