@@ -18,6 +18,7 @@ from indico.error import OptimizationError
 from indico.optimization import (
     allocation,
     buy_and_hold,
+    cardinality,
     cvar,
     estimators,
     frontier,
@@ -38,7 +39,7 @@ WORKER_BLAS_THREADS = 1
 #: Keyword options of :func:`optimize` that a stored job's params may carry, beyond
 #: the seed's (absent in jobs stored before they existed: then the defaults apply).
 ENGINE_OPTIONS = ("returns_model", "returns_span", "risk_model", "risk_span", "cvar_level",
-                  "groups")
+                  "groups", "max_assets")
 
 #: Weights closer than this to a bound are snapped onto it when cleaning.
 WEIGHT_CLEAN_TOLERANCE = 1e-9
@@ -210,6 +211,8 @@ def optimize(
     risk_span=estimators.DEFAULT_RISK_SPAN,
     cvar_level=cvar.DEFAULT_LEVEL,
     groups=None,
+    max_assets=None,
+    time_limit=None,
 ):
     """Optimise a portfolio of the symbols in ``prices``.
 
@@ -233,6 +236,12 @@ def optimize(
             weights of each group's symbols sum within ``[min, max]`` (see
             :mod:`indico.optimization.groups`); only for :data:`GROUP_OBJECTIVES`.
             None or [] for none.
+        max_assets: at most this many nonzero weights (an int >= 1; ``max_sharpe``
+            and ``min_volatility`` only), lower bounds then applying to the assets
+            held; ``stats`` gains ``optimal`` and ``gap`` (see
+            :mod:`indico.optimization.cardinality`). None: no limit.
+        time_limit: seconds this call may take (the job's time limit), which the
+            ``max_assets`` search stays within; None: no limit.
 
     Returns:
         :class:`OptimizationResult`.
@@ -255,10 +264,18 @@ def optimize(
         raise OptimizationError(
             f"cvarLevel must lie within [{cvar.MIN_LEVEL}, {cvar.MAX_LEVEL}], e.g. 0.95."
         )
+    if max_assets is not None:
+        if groups:
+            raise OptimizationError(
+                "maxAssets cannot be combined with groups yet: drop one of them.")
+        max_assets, goal = cardinality.parse_request(max_assets, objective)
     data = estimators.estimate(prepare_prices(prices), returns_model, returns_span,
                                risk_model, risk_span, risk_free_rate)
     lower, upper = parse_bounds(weight_bounds, data.symbols)
-    frontier.check_bounds(lower, upper)
+    if max_assets is None:
+        frontier.check_bounds(lower, upper)
+    else:
+        cardinality.check_bounds(lower, upper, max_assets)
     context = _Context(
         groups=_constraints(groups, data.symbols, lower, upper),
         lower=lower,
@@ -272,9 +289,17 @@ def optimize(
     )
     benchmark_values = align_benchmark(benchmark, data)
     solvers = _OBJECTIVES if context.groups is None else _GROUP_SOLVERS
-    weights = _clean_weights(solvers[objective](data, context), lower, upper,
-                             _snap_tolerance(context))
-    return _build_result(objective, data, weights, context, initial_investment, benchmark_values)
+    if max_assets is None:
+        weights = _clean_weights(solvers[objective](data, context), lower, upper,
+                                 _snap_tolerance(context))
+        return _build_result(objective, data, weights, context, initial_investment,
+                             benchmark_values)
+    search = cardinality.solve(_OBJECTIVES[objective], data, context, max_assets, goal,
+                               time_limit=time_limit)
+    weights = _clean_weights(search.weights, search.lower, search.upper)
+    result = _build_result(objective, data, weights, context, initial_investment,
+                           benchmark_values)
+    return dataclasses.replace(result, stats={**result.stats, **search.stats()})
 
 
 #: The fewest and most points of :func:`efficient_frontier`, and its default.
