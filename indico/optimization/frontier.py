@@ -165,6 +165,8 @@ class Frontier:
         # the first call to solve: the primal-dual path does not need it.
         self._w = None
         self._state = None
+        # (working set as bytes, its affine solution) of the last answer.
+        self._affine = None
         # Cold primal-dual starts have every movable asset free: the first linear solve
         # is then the budget-only optimum, whose negative weights seed the bounds.
         self._warm = False
@@ -211,8 +213,13 @@ class Frontier:
             self.iterations += 1
             is_free = state == 0
             free = is_free.nonzero()[0]
-            at_bound = np.where(is_free, 0.0, w)
-            w0, w1, eta0, eta1 = self._affine_solution(free, at_bound)
+            key = state.tobytes()
+            if self._affine is not None and self._affine[0] == key:
+                # The working set of the last answer (the walk's next solve starts
+                # there): its affine solution depends on nothing else.
+                w0, w1, eta0, eta1 = self._affine[1]
+            else:
+                w0, w1, eta0, eta1 = self._affine_solution(free, np.where(is_free, 0.0, w))
             w_free = w[free]
             target = w0[free] + t * w1[free]
             step = target - w_free
@@ -248,6 +255,7 @@ class Frontier:
                 state[worst] = 0
                 continue
             self._w, self._state, self._warm = w, state, True
+            self._affine = (key, (w0, w1, eta0, eta1))
             return self._segment(free, w0, w1, eta0, eta1, g0, g1)
         raise OptimizationError(
             "The quadratic program did not converge (active-set iteration limit); "
@@ -304,6 +312,7 @@ class Frontier:
                 violation[~is_free & ~movable] = -np.inf
             if violation.max() <= 1.0:
                 self._w, self._state, self._warm = w, state, True
+                self._affine = (state.tobytes(), (w0, w1, eta0, eta1))
                 segment = self._segment(free, w0, w1, eta0, eta1, g0, g1)
                 return segment, float(np.clip(t, segment.t_lo, segment.t_hi))
             seen.add(state.tobytes())
