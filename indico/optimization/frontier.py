@@ -37,6 +37,7 @@ verified on exit. Pure numpy; dense linear algebra on the free block only.
 import dataclasses
 
 import numpy as np
+from scipy.linalg import lapack
 
 from indico.error import OptimizationError
 
@@ -156,17 +157,29 @@ class Frontier:
         self.iterations = 0
         # Assets whose bounds coincide never move; releasing them would cycle.
         self._movable = (upper - lower) > 1e-15
+        self._all_movable = bool(self._movable.all())
         scale = float(np.max(np.abs(np.diag(cov)))) + float(np.max(np.abs(mu)))
         self._tol_multiplier = FEASIBILITY_TOLERANCE * max(scale, 1e-300)
         self._tol_weight = FEASIBILITY_TOLERANCE
-        # Start from a vertex: the least volatile assets first, so the cold start sits
-        # close to the minimum-variance portfolio. Exactly one asset is free.
-        order = np.argsort(np.diag(cov), kind="stable")
-        self._w = _fill_in_order(order, lower, upper)
-        self._state = self._vertex_state(self._w, order)
+        # The primal method's cold start, a vertex (see _start_at_vertex), is built on
+        # the first call to solve: the primal-dual path does not need it.
+        self._w = None
+        self._state = None
+        # (working set as bytes, its affine solution) of the last answer.
+        self._affine = None
         # Cold primal-dual starts have every movable asset free: the first linear solve
         # is then the budget-only optimum, whose negative weights seed the bounds.
         self._warm = False
+
+    def _start_at_vertex(self):
+        """Start the primal method from a vertex: the least volatile assets first.
+
+        The cold start then sits close to the minimum-variance portfolio; exactly one
+        asset is free.
+        """
+        order = np.argsort(np.diag(self.cov), kind="stable")
+        self._w = _fill_in_order(order, self.lower, self.upper)
+        self._state = self._vertex_state(self._w, order)
 
     def _vertex_state(self, w, order):
         """Working set for a vertex: every asset at a bound except one pivot."""
@@ -192,27 +205,36 @@ class Frontier:
                 numerical failure; the message says so).
         """
         cov, mu, lower, upper = self.cov, self.mu, self.lower, self.upper
+        if self._w is None:
+            self._start_at_vertex()
         w, state = self._w.copy(), self._state.copy()
         max_iterations = MAX_ACTIVE_SET_ITERATIONS_PER_ASSET * self.n + 50
         for _ in range(max_iterations):
             self.iterations += 1
-            free = np.flatnonzero(state == 0)
-            fixed = np.flatnonzero(state != 0)
-            w0, w1, eta0, eta1 = self._affine_solution(free, fixed, w)
+            is_free = state == 0
+            free = is_free.nonzero()[0]
+            key = state.tobytes()
+            if self._affine is not None and self._affine[0] == key:
+                # The working set of the last answer (the walk's next solve starts
+                # there): its affine solution depends on nothing else.
+                w0, w1, eta0, eta1 = self._affine[1]
+            else:
+                w0, w1, eta0, eta1 = self._affine_solution(free, np.where(is_free, 0.0, w))
+            w_free = w[free]
             target = w0[free] + t * w1[free]
-            step = target - w[free]
-            if np.max(np.abs(step)) > self._tol_weight:
+            step = target - w_free
+            if np.abs(step).max() > self._tol_weight:
                 # Ratio test: walk towards the working-set optimum until a bound blocks.
                 with np.errstate(divide="ignore", invalid="ignore"):
                     ratio = np.where(
                         step < 0,
-                        (lower[free] - w[free]) / step,
-                        np.where(step > 0, (upper[free] - w[free]) / step, np.inf),
+                        (lower[free] - w_free) / step,
+                        np.where(step > 0, (upper[free] - w_free) / step, np.inf),
                     )
-                blocking = int(np.argmin(ratio))
+                blocking = int(ratio.argmin())
                 alpha = ratio[blocking]
                 if alpha < 1.0:
-                    w[free] += max(alpha, 0.0) * step
+                    w[free] = w_free + max(alpha, 0.0) * step
                     index = free[blocking]
                     if step[blocking] < 0:
                         state[index], w[index] = -1, lower[index]
@@ -222,15 +244,19 @@ class Frontier:
             w[free] = target
             # Stationary on the working set: a bound whose multiplier has the wrong
             # sign is released (lower bound: gradient - eta must be >= 0).
-            gradient = cov @ w - t * mu
-            multiplier = gradient[fixed] - (eta0 + t * eta1)
-            violation = np.where(state[fixed] < 0, -multiplier, multiplier)
-            violation[~self._movable[fixed]] = -np.inf
-            if violation.size and violation.max() > self._tol_multiplier:
-                state[fixed[int(np.argmax(violation))]] = 0
+            g0, g1 = cov @ w0, cov @ w1 - mu
+            multiplier = g0 + t * g1 - (eta0 + t * eta1)
+            violation = np.where(state < 0, -multiplier, multiplier)
+            violation[free] = -np.inf
+            if not self._all_movable:
+                violation[~self._movable] = -np.inf
+            worst = int(violation.argmax())
+            if violation[worst] > self._tol_multiplier:
+                state[worst] = 0
                 continue
             self._w, self._state, self._warm = w, state, True
-            return self._segment(free, fixed, w0, w1, eta0, eta1)
+            self._affine = (key, (w0, w1, eta0, eta1))
+            return self._segment(free, w0, w1, eta0, eta1, g0, g1)
         raise OptimizationError(
             "The quadratic program did not converge (active-set iteration limit); "
             "the covariance is probably ill-conditioned. Use a longer date range or "
@@ -257,34 +283,37 @@ class Frontier:
             state = self._state.copy()
         else:
             state = np.where(movable, 0, -1).astype(np.int8)
-        w = self._w.copy()
         tol_w, tol_m = self._tol_weight, self._tol_multiplier
         seen = set()
         single = False
         for _ in range(max_iterations):
             self.iterations += 1
-            free = np.flatnonzero(state == 0)
+            is_free = state == 0
+            free = is_free.nonzero()[0]
             if free.size == 0:
                 return None
-            fixed = np.flatnonzero(state != 0)
-            w[fixed] = np.where(state[fixed] < 0, lower[fixed], upper[fixed])
-            w0, w1, eta0, eta1 = self._affine_solution(free, fixed, w)
-            g0 = cov @ w0
+            at_bound = np.where(state < 0, lower, upper)
+            at_bound[free] = 0.0
+            w0, w1, eta0, eta1 = self._affine_solution(free, at_bound)
+            g0, g1 = cov @ w0, cov @ w1 - mu
             t = rule(float(w0 @ g0), max(float(mu @ w1), 0.0), float(mu @ w0))
             if t is None or not np.isfinite(t) or t < 0:
                 return None
             w = w0 + t * w1
-            multiplier = g0 + t * (cov @ w1 - mu) - (eta0 + t * eta1)
+            multiplier = g0 + t * g1 - (eta0 + t * eta1)
             # Violations, in units comparable to the tolerances: weights of free assets
             # beyond a bound, multipliers of fixed assets with the wrong sign.
-            violation = np.zeros(self.n)
-            is_free = state == 0
-            violation[is_free] = np.maximum(lower - w, w - upper)[is_free] / tol_w
-            wrong_sign = np.where(state < 0, -multiplier, multiplier) / tol_m
-            violation[~is_free] = np.where(movable, wrong_sign, -np.inf)[~is_free]
+            violation = np.where(
+                is_free,
+                np.maximum(lower - w, w - upper) / tol_w,
+                np.where(state < 0, -multiplier, multiplier) / tol_m,
+            )
+            if not self._all_movable:
+                violation[~is_free & ~movable] = -np.inf
             if violation.max() <= 1.0:
                 self._w, self._state, self._warm = w, state, True
-                segment = self._segment(free, fixed, w0, w1, eta0, eta1)
+                self._affine = (state.tobytes(), (w0, w1, eta0, eta1))
+                segment = self._segment(free, w0, w1, eta0, eta1, g0, g1)
                 return segment, float(np.clip(t, segment.t_lo, segment.t_hi))
             seen.add(state.tobytes())
             change = violation > 1.0
@@ -306,58 +335,57 @@ class Frontier:
             state = _apply_changes(state, change, w, lower)
         return None
 
-    def _affine_solution(self, free, fixed, w):
+    def _affine_solution(self, free, at_bound):
         """Solve the working-set problem for all ``t`` at once.
 
-        With the fixed assets at their bounds, the stationarity conditions on the
+        With the fixed assets B at their bounds, the stationarity conditions on the
         free block are ``Σ_FF x = t μ_F - Σ_FB w_B + η 1`` and ``1'x = 1 - 1'w_B``.
+
+        Args:
+            free: indices of the free assets F, increasing, shape (f,).
+            at_bound: shape (n,): the fixed assets' bounds ``w_B``, zeros on F.
 
         Returns:
             ``(w0, w1, eta0, eta1)``: arrays of shape (n,) with the fixed entries of
             ``w`` in ``w0`` and zeros in ``w1``, and the budget multiplier
             ``eta(t) = eta0 + t * eta1``.
         """
-        cov = self.cov
-        w_fixed = w[fixed]
-        rhs = np.empty((free.size, 3))
-        rhs[:, 0] = self.mu[free]
+        rows = self.cov.take(free, axis=0)
+        # Right-hand sides μ_F, 1 and -Σ_FB w_B (Σ_F. w_B, as w_B is zero on F),
+        # in Fortran order for LAPACK.
+        rhs = np.empty((free.size, 3), order="F")
+        rhs[:, 0] = self.mu.take(free)
         rhs[:, 1] = 1.0
-        rows = cov.take(free, axis=0)
-        rhs[:, 2] = -(rows.take(fixed, axis=1) @ w_fixed) if fixed.size else 0.0
-        block = rows.take(free, axis=1)
-        try:
-            solution = np.linalg.solve(block, rhs)
-        except np.linalg.LinAlgError as e:
-            raise OptimizationError(
-                "The covariance of the selected assets is singular; two symbols are "
-                "probably duplicates or perfectly correlated. Remove one of them."
-            ) from e
+        np.negative(rows @ at_bound, out=rhs[:, 2])
+        solution = _solve_block(rows.take(free, axis=1), rhs)
         p_mu, p_one, p_fixed = solution.T
-        ones_p_one = p_one.sum()
-        budget = 1.0 - w_fixed.sum()
-        eta0 = (budget - p_fixed.sum()) / ones_p_one
-        eta1 = -p_mu.sum() / ones_p_one
-        w0 = w.copy()
+        sums = solution.sum(axis=0)
+        eta0 = (1.0 - at_bound.sum() - sums[2]) / sums[1]
+        eta1 = -sums[0] / sums[1]
+        w0 = at_bound.copy()
         w0[free] = p_fixed + eta0 * p_one
         w1 = np.zeros(self.n)
         w1[free] = p_mu + eta1 * p_one
         return w0, w1, eta0, eta1
 
-    def _segment(self, free, fixed, w0, w1, eta0, eta1):
-        """Build the :class:`Segment` of the optimal working set just found."""
-        cov, mu, state = self.cov, self.mu, self._state
+    def _segment(self, free, w0, w1, eta0, eta1, g0, g1):
+        """Build the :class:`Segment` of the optimal working set just found.
+
+        ``g0 = Σ w0`` and ``g1 = Σ w1 - μ``: the gradient at ``t`` is ``g0 + t g1``.
+        """
+        mu, state = self.mu, self._state
         # Each condition reads  a + t*b >= 0; they bound t from below or above.
         # Free assets stay within their bounds; fixed ones keep multipliers of the
         # right sign.
-        g0 = cov @ w0
-        g1 = cov @ w1 - mu
+        fixed = state.nonzero()[0]
         sign = -state[fixed].astype(float)
+        w0_free, w1_free = w0[free], w1[free]
         a = np.concatenate((
-            w0[free] - self.lower[free],
-            self.upper[free] - w0[free],
+            w0_free - self.lower[free],
+            self.upper[free] - w0_free,
             sign * (g0[fixed] - eta0),
         ))
-        b = np.concatenate((w1[free], -w1[free], sign * (g1[fixed] - eta1)))
+        b = np.concatenate((w1_free, -w1_free, sign * (g1[fixed] - eta1)))
         with np.errstate(divide="ignore", invalid="ignore"):
             limits = -a / b
         t_lo = float(np.max(limits[b > 0], initial=0.0))
@@ -420,6 +448,28 @@ class Frontier:
             "The efficient-frontier search did not converge; the covariance is "
             "probably ill-conditioned. Use a longer date range or fewer symbols."
         )
+
+
+def _solve_block(block, rhs):
+    """``block⁻¹ rhs`` for a principal block of the covariance, by LU (LAPACK ``dgesv``).
+
+    The LAPACK routine that ``numpy.linalg.solve`` runs, called directly: the blocks
+    are small (n <= a few hundred) and numpy's overhead per call is several times
+    LAPACK's work here. LU as numpy's, so results stay bit-identical (Cholesky's
+    different rounding ended a degenerate one-asset segment at ``t = 0`` in testing).
+
+    Raises:
+        OptimizationError: the block is singular.
+    """
+    if not rhs.shape[0]:
+        return np.zeros(rhs.shape)  # no free asset (LAPACK refuses empty systems)
+    _, _, solution, info = lapack.dgesv(block, rhs)
+    if info == 0:
+        return solution
+    raise OptimizationError(
+        "The covariance of the selected assets is singular; two symbols are "
+        "probably duplicates or perfectly correlated. Remove one of them."
+    )
 
 
 def _apply_changes(state, change, weights, lower):

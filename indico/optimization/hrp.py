@@ -36,7 +36,8 @@ def quasi_diagonal_order(cov: np.ndarray) -> list[int]:
         cov: covariance, shape (n, n), positive diagonal.
 
     Returns:
-        the n asset indices, leaves in pre-order.
+        the n asset indices, leaves in pre-order (as
+        ``scipy.cluster.hierarchy.to_tree(links).pre_order()``).
     """
     n = cov.shape[0]
     if n == 1:
@@ -45,14 +46,20 @@ def quasi_diagonal_order(cov: np.ndarray) -> list[int]:
     correlation = cov * scale[:, None] * scale[None, :]
     distance = np.sqrt(np.clip((1.0 - correlation) / 2.0, 0.0, 1.0))
     links = hierarchy.linkage(squareform(distance, checks=False), "single")
-    return [int(i) for i in hierarchy.to_tree(links, rd=False).pre_order()]
-
-
-def _cluster_variance(cov: np.ndarray, items: list[int]) -> float:
-    block = cov[np.ix_(items, items)]
-    inverse = 1.0 / np.diag(block)
-    inverse /= inverse.sum()
-    return float(inverse @ block @ inverse)
+    # Pre-order over the merge table directly: row k merges clusters links[k, 0] and
+    # links[k, 1] into cluster n + k (left first). to_tree builds a Python object per
+    # node, and leaves_list validates the table again; this walk is what both return.
+    children = links[:, :2].astype(np.int64).tolist()
+    order, pending = [], [2 * n - 2]
+    while pending:
+        node = pending.pop()
+        if node < n:
+            order.append(node)
+        else:
+            left, right = children[node - n]
+            pending.append(right)
+            pending.append(left)
+    return order
 
 
 def hrp_weights(cov: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> np.ndarray:
@@ -66,23 +73,41 @@ def hrp_weights(cov: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> np.nda
         weights of shape (n,), within bounds, summing to 1.
     """
     order = quasi_diagonal_order(cov)
-    weights = np.zeros(cov.shape[0])
+    # In the quasi-diagonal order every cluster of the bisection is a contiguous
+    # range [start, stop), so its block of Σ is a slice, not a gather.
+    ordered = cov[np.ix_(order, order)]
+    inverse_variance = 1.0 / np.diag(ordered)
+    ordered_lower, ordered_upper = lower[order], upper[order]
+    # Bounds (0, 1) never bind: every cut keeps HRP's share (no interval to clip to).
+    unbounded = not lower.any() and bool(np.all(upper >= 1.0))
+
+    def cluster_variance(start, stop):
+        inverse = inverse_variance[start:stop] / inverse_variance[start:stop].sum()
+        return float(inverse @ ordered[start:stop, start:stop] @ inverse)
+
+    ordered_weights = np.zeros(cov.shape[0])
     # Breadth-first over the bisection, as López de Prado's listing (the order of the
     # cuts does not matter: each depends only on its own cluster and total).
-    pending = [(order, 1.0)]
+    pending = [(0, len(order), 1.0)]
     while pending:
-        cluster, total = pending.pop()
-        if len(cluster) == 1:
-            weights[cluster[0]] = total
+        start, stop, total = pending.pop()
+        if stop - start == 1:
+            ordered_weights[start] = total
             continue
-        half = len(cluster) // 2
-        left, right = cluster[:half], cluster[half:]
-        left_variance = _cluster_variance(cov, left)
-        right_variance = _cluster_variance(cov, right)
+        middle = start + (stop - start) // 2
+        left_variance = cluster_variance(start, middle)
+        right_variance = cluster_variance(middle, stop)
         alpha = 1.0 - left_variance / (left_variance + right_variance)
-        low = max(lower[left].sum(), total - upper[right].sum())
-        high = min(upper[left].sum(), total - lower[right].sum())
-        left_total = min(max(alpha * total, low), high)
-        pending.append((left, left_total))
-        pending.append((right, total - left_total))
+        if unbounded:
+            left_total = alpha * total  # the interval below is [0, total] and 0 < α < 1
+        else:
+            low = max(ordered_lower[start:middle].sum(),
+                      total - ordered_upper[middle:stop].sum())
+            high = min(ordered_upper[start:middle].sum(),
+                       total - ordered_lower[middle:stop].sum())
+            left_total = min(max(alpha * total, low), high)
+        pending.append((start, middle, left_total))
+        pending.append((middle, stop, total - left_total))
+    weights = np.empty_like(ordered_weights)
+    weights[order] = ordered_weights
     return weights
