@@ -1,16 +1,21 @@
-"""The ``jobs`` collection: one document per optimization (queued -> running -> done | failed).
+"""The ``jobs`` collection: one document per job (queued -> running -> done | failed).
 
 Written by :mod:`indico.services.jobs` (``portfolio/optimize``'s steps 2 and 4:
 :func:`create_job`, then :func:`complete_job`, whose answer is the stored job
-the request gets back and :mod:`indico.services.events` announces), claimed
-by any process's job runner (:func:`claim_job`), read and deleted by
-:mod:`indico.services.portfolio`.
+the request gets back and :mod:`indico.services.events` announces; a
+backtest's :func:`record_progress` between them), claimed by any process's job
+runner (:func:`claim_job`), ended early by :func:`cancel_job`, read and
+deleted by :mod:`indico.services.portfolio`.
 
 Stored shape: ``_id`` (24 hex characters, a string), ``owner`` (the user's id
-as a string), ``status``, ``params`` (the normalized request), ``events``
-(a list of ``{"id", "event", "at"}``, one per transition, read by the event
-pollers of every process), ``result`` (when done: its JSON text, see
-:func:`~indico.db.records.encode_result`), ``error`` (when failed),
+as a string), ``kind`` (``optimize`` or ``backtest``; absent in jobs stored
+before backtests existed, which are optimizations), ``status``, ``params``
+(the normalized request), ``events`` (a list of ``{"id", "event", "at"}``,
+one per transition, and ``{"id", "event": "progress", "at", "done",
+"total"}`` per chunk of a backtest's rebalances, read by the event pollers of
+every process), ``progress`` (the last ``{"done", "total"}``), ``result``
+(when done: its JSON text, see :func:`~indico.db.records.encode_result`),
+``error`` (when failed; ``cancelled`` after :func:`cancel_job`),
 ``created`` (a date, set once), ``updated`` and ``lease_expires`` (epoch
 seconds), ``lease_owner`` (the worker holding the job), ``attempts``, and
 ``slot`` (``"<owner>:<k>"``, only while the job is queued or running).
@@ -45,10 +50,27 @@ from pymongo import ASCENDING, DESCENDING, ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
-from indico.db.records import EPOCH, Job, JobEvent, as_datetime, as_epoch, encode_result
+from indico import error
+from indico.db.records import (
+    EPOCH,
+    Job,
+    JobEvent,
+    JobKind,
+    as_datetime,
+    as_epoch,
+    encode_result,
+)
 from indico.db.util import is_embedded, journaled, now, reraise_lost_cancellation
 
 QUEUED, RUNNING, DONE, FAILED = "queued", "running", "done", "failed"
+#: The event of a backtest's progress; not a status.
+PROGRESS = "progress"
+#: The error of a job ended by :func:`cancel_job`.
+CANCELLED = "cancelled"
+# Tries of cancel_job's conditional write when the job moved between its read
+# and its write (a progress write, a claim): each move is a write of the job's
+# runner, a few per second at most.
+CANCEL_ATTEMPTS = 10
 
 
 def _stamp() -> float:
@@ -84,9 +106,14 @@ async def create_indexes(db: AsyncDatabase) -> None:
         await db.jobs.create_index([("owner", ASCENDING)], name="owner_nx27017")
 
 
-def new_event(event: str, moment: float | None = None) -> dict[str, Any]:
-    """An entry of a job's ``events`` list, as stored, stamped ``moment`` (now if None)."""
-    return {"id": uuid.uuid4().hex, "event": event, "at": _stamp() if moment is None else moment}
+def new_event(event: str, moment: float | None = None, **fields: Any) -> dict[str, Any]:
+    """An entry of a job's ``events`` list, as stored, stamped ``moment`` (now if None).
+
+    Args:
+        fields: more fields of the entry (``done`` and ``total`` of a progress event).
+    """
+    return {"id": uuid.uuid4().hex, "event": event,
+            "at": _stamp() if moment is None else moment, **fields}
 
 
 def _events(job: Job, *more: dict[str, Any]) -> list[dict[str, Any]]:
@@ -99,15 +126,17 @@ def _decode(document: dict[str, Any] | None) -> Job | None:
 
 
 async def create_job(db: AsyncDatabase, owner: str, params: dict[str, Any], max_active: int,
-                     worker: str | None = None, lease: float = 0.0) -> Job | None:
+                     worker: str | None = None, lease: float = 0.0,
+                     kind: JobKind = JobKind.OPTIMIZE) -> Job | None:
     """Insert a job, queued; or already running under ``worker`` when it is given.
 
     Args:
         owner: the user's id.
         params: the normalized request.
-        max_active: how many queued or running jobs ``owner`` may have.
+        max_active: how many queued or running jobs ``owner`` may have (of any kind).
         worker: the worker that runs it at once, or None (queued).
         lease: seconds of that worker's first lease.
+        kind: what the job computes.
 
     Returns:
         the stored job, or None when all of ``owner``'s slots are taken.
@@ -115,7 +144,8 @@ async def create_job(db: AsyncDatabase, owner: str, params: dict[str, Any], max_
     moment = _stamp()
     events = [new_event(QUEUED, moment)]
     document = {
-        "_id": str(ObjectId()), "owner": owner, "params": params, "status": QUEUED,
+        "_id": str(ObjectId()), "owner": owner, "kind": str(kind), "params": params,
+        "status": QUEUED,
         "created": now(), "updated": moment, "attempts": 0, "lease_owner": None,
         "lease_expires": 0.0,
     }
@@ -216,6 +246,75 @@ async def complete_job(db: AsyncDatabase, job: Job, worker: str, status: str, *,
         lease_owner=None, lease_expires=EPOCH, slot=None)
 
 
+async def record_progress(db: AsyncDatabase, job: Job, worker: str, done: int,
+                          total: int) -> Job | None:
+    """Store that ``done`` of ``total`` rebalances of the running ``job`` are computed.
+
+    The write appends a ``progress`` event to the job's events (the event
+    pollers of every process send it) and sets ``progress``, if the job is
+    still running under ``worker``.
+
+    Returns:
+        the job as this write stored it; None when it is no longer ``worker``'s
+        (cancelled, taken over or deleted): its runner stops.
+    """
+    moment = _stamp()
+    events = _events(job, new_event(PROGRESS, moment, done=done, total=total))
+    progress = {"done": done, "total": total}
+    written = await db.jobs.update_one(
+        {"_id": job.id, "status": RUNNING, "lease_owner": worker},
+        {"$set": {"progress": progress, "updated": moment, "events": events}})
+    if not written.matched_count:
+        return None
+    return dataclasses.replace(
+        job, updated=as_datetime(moment), progress=progress,
+        events=tuple(JobEvent.from_document(entry) for entry in events))
+
+
+async def cancel_job(db: AsyncDatabase, owner: str, job_id: str) -> tuple[Job | None, bool]:
+    """End ``owner``'s queued or running job ``job_id`` ``failed`` with :data:`CANCELLED`.
+
+    One conditional write on the job as just read (its status and ``updated``):
+    a job that moved meanwhile (a progress write, a claim) is read again and
+    the write tried again; one that ended meanwhile is left as it ended. The
+    write appends the ``failed`` event, gives the quota slot back and drops the
+    lease: the job's runner sees at its next write (progress, completion,
+    lease renewal) that the job is no longer its own, and a queued one is
+    never claimed.
+
+    Returns:
+        ``(job, cancelled)``: ``(None, False)`` when ``owner`` has no such job;
+        the job as stored and False when it had ended already; the job as
+        this write stored it and True when it was cancelled.
+
+    Raises:
+        ServiceUnavailable: the job moved between every read and write.
+    """
+    collection = journaled(db, "jobs")
+    for _ in range(CANCEL_ATTEMPTS):
+        document = await db.jobs.find_one({"_id": job_id, "owner": owner})
+        if document is None:
+            return None, False
+        job = Job.from_document(document)
+        if job.status not in (QUEUED, RUNNING):
+            return job, False
+        moment = _stamp()
+        events = _events(job, new_event(FAILED, moment))
+        written = await collection.update_one(
+            {"_id": job_id, "owner": owner, "status": document["status"],
+             "updated": document["updated"]},
+            {"$set": {"status": FAILED, "error": CANCELLED, "updated": moment,
+                      "events": events, "lease_owner": None, "lease_expires": 0.0},
+             "$unset": {"slot": ""}})
+        if written.matched_count:
+            return dataclasses.replace(
+                job, status=FAILED, error=CANCELLED, updated=as_datetime(moment),
+                events=tuple(JobEvent.from_document(entry) for entry in events),
+                lease_owner=None, lease_expires=EPOCH, slot=None), True
+    raise error.ServiceUnavailable("the job kept changing while it was being cancelled; try "
+                                   "again", retry_after=1)
+
+
 async def get_job(db: AsyncDatabase, owner: str, job_id: str) -> Job | None:
     """Return ``owner``'s job ``job_id``, or None (also for someone else's job)."""
     return _decode(await db.jobs.find_one({"_id": job_id, "owner": owner}))
@@ -249,8 +348,8 @@ async def list_changed_jobs(db: AsyncDatabase, owners: Iterable[str],
     owners = list(owners)
     if not owners:
         return []
-    projection = {"owner": 1, "events": 1, "status": 1, "result": 1, "error": 1,
-                  "updated": 1, "created": 1, "params": 1}
+    projection = {"owner": 1, "kind": 1, "events": 1, "status": 1, "result": 1, "error": 1,
+                  "updated": 1, "created": 1, "params": 1, "progress": 1}
     moment = as_epoch(since)
     if len(owners) > 1 and await is_embedded(db):
         # nx-27017 answers ``owner: {$in: [...]}`` by scanning every stored job

@@ -22,6 +22,7 @@ and in the collection modules only:
 
 import dataclasses
 import datetime
+import enum
 import json
 from collections.abc import Mapping
 from typing import Any, Self
@@ -147,29 +148,45 @@ class Window:
     expires: datetime.datetime
 
 
+class JobKind(enum.StrEnum):
+    """What a job computes: one optimization, or a walk-forward backtest."""
+
+    OPTIMIZE = "optimize"
+    BACKTEST = "backtest"
+
+
 @dataclasses.dataclass(frozen=True)
 class JobEvent:
-    """One transition of a job: ``queued``, ``running``, ``done`` or ``failed``.
+    """One event of a job: a transition (``queued``, ``running``, ``done``, ``failed``)
+    or, while a backtest runs, ``progress``.
 
     Attributes:
         id: unique; no event is sent twice (:mod:`indico.services.events`).
-        event: the status the job entered.
+        event: the status the job entered, or ``progress``.
         at: when, by the clock of the process that wrote it.
+        done, total: of a ``progress`` event, the rebalances computed and to compute
+            (None for the others).
     """
 
     id: str
     event: str
     at: datetime.datetime
+    done: int | None = None
+    total: int | None = None
 
     @classmethod
     def from_document(cls, document: Document | str) -> Self:
         """Decode an entry of a job's ``events`` (a JSON string when ``$push`` wrote it)."""
         entry = json.loads(document) if isinstance(document, str) else document
-        return cls(id=entry["id"], event=entry["event"], at=as_datetime(entry["at"]))
+        return cls(id=entry["id"], event=entry["event"], at=as_datetime(entry["at"]),
+                   done=entry.get("done"), total=entry.get("total"))
 
     def to_document(self) -> dict[str, Any]:
         """The stored entry: ``at`` in epoch seconds, like every time that changes."""
-        return {"id": self.id, "event": self.event, "at": as_epoch(self.at)}
+        entry: dict[str, Any] = {"id": self.id, "event": self.event, "at": as_epoch(self.at)}
+        if self.done is not None:
+            entry.update(done=self.done, total=self.total)
+        return entry
 
 
 def encode_result(result: Mapping[str, Any]) -> str:
@@ -197,18 +214,20 @@ def decode_result(stored: object) -> dict[str, Any] | None:
 
 @dataclasses.dataclass(frozen=True)
 class Job:
-    """An optimization job (queued -> running -> done | failed) and, once done, its result.
+    """A job (queued -> running -> done | failed) and, once done, its result.
 
     Attributes:
         id: the job's id (24 hex digits).
         owner: the user's id.
         status: ``queued``, ``running``, ``done`` or ``failed``.
+        kind: a :class:`JobKind` (jobs stored before kinds existed are optimizations).
         params: the normalized request.
         created: set once, when the job was written.
         updated: its last transition.
         events: its transitions, oldest first (empty when a listing left them out).
         result: the engine's JSON-ready result, when done.
-        error: the message, when failed.
+        error: the message, when failed (``cancelled`` after ``portfolio/cancel``).
+        progress: ``{"done", "total"}`` of a backtest's rebalances, once it has any.
         lease_owner: the worker holding the job, while it runs.
         lease_expires: the end of that worker's lease (the epoch when none).
         attempts: how many times a worker took the job.
@@ -224,6 +243,8 @@ class Job:
     events: tuple[JobEvent, ...] = ()
     result: dict[str, Any] | None = None
     error: str | None = None
+    kind: JobKind = JobKind.OPTIMIZE
+    progress: dict[str, int] | None = None
     lease_owner: str | None = None
     lease_expires: datetime.datetime = EPOCH
     attempts: int = 0
@@ -239,7 +260,8 @@ class Job:
             events=tuple(JobEvent.from_document(entry)
                          for entry in document.get("events") or ()),
             result=decode_result(document.get("result")), error=document.get("error"),
-            lease_owner=document.get("lease_owner"),
+            kind=JobKind(document.get("kind", JobKind.OPTIMIZE)),
+            progress=document.get("progress"), lease_owner=document.get("lease_owner"),
             lease_expires=as_datetime(document.get("lease_expires") or 0.0),
             attempts=int(document.get("attempts", 0)), slot=document.get("slot"),
         )

@@ -14,7 +14,7 @@ ERROR_STATUSES = {
     403: "the password given to confirm the action is wrong",
     404: "unknown action, or an object the caller does not own",
     405: "method other than POST",
-    409: "conflicts with existing data (an email in use)",
+    409: "conflicts with existing data (an email in use, a job that has ended)",
     413: "body over the configured limit",
     415: "body not sent as application/json",
     431: "request line and headers over the configured limit (INDICO_HEADER_LIMIT)",

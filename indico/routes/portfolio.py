@@ -11,8 +11,13 @@ The normalized ``params`` (ISO dates, upper-case symbols) go to
 for the job and hands back the stored job: 200 when it is done, 202 while it
 runs. ``portfolio/frontier`` takes the same fields but the objective, its
 targets and ``wait`` (:class:`FrontierRequest`), and answers the efficient
-frontier computed in the worker pool, saving nothing. ``result``, ``list``
-and ``delete`` read the saved results through :mod:`indico.services.portfolio`.
+frontier computed in the worker pool, saving nothing. ``portfolio/backtest``
+takes optimize's fields but ``wait``, plus the walk-forward's
+(:class:`BacktestRequest`), and always answers 202: the job runs in the
+background (:meth:`indico.services.jobs.JobService.backtest`).
+``portfolio/cancel`` ends a queued or running job of either kind. ``result``,
+``list`` and ``delete`` read the saved results (both kinds, told apart by
+``kind``) through :mod:`indico.services.portfolio`.
 """
 
 import datetime
@@ -31,12 +36,14 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic.json_schema import SkipJsonSchema
 from pydantic_core import PydanticCustomError
 
 from config import Config
 from indico import error
-from indico.db.records import Job
+from indico.db.records import Job, JobKind
 from indico.optimization import Objective, ReturnsModel, RiskModel
+from indico.optimization.backtest import Rebalance
 from indico.optimization.engine import (
     FRONTIER_DEFAULT_POINTS,
     FRONTIER_MAX_POINTS,
@@ -259,6 +266,63 @@ class FrontierRequest(MarketRequest):
         return {**super().params(), "points": self.points}
 
 
+# Trading days between rebalances when ``rebalance`` is a number.
+REBALANCE_MIN_DAYS, REBALANCE_MAX_DAYS = 5, 2520
+REBALANCE_RULE = (f"give {', '.join(choice.value for choice in Rebalance)}, or a whole number "
+                  f"of trading days from {REBALANCE_MIN_DAYS} to {REBALANCE_MAX_DAYS}")
+
+
+def _rebalance(value):
+    """A :class:`Rebalance` period, or a whole number of trading days within the range."""
+    if isinstance(value, str) and value in tuple(Rebalance):
+        return Rebalance(value)
+    if (isinstance(value, int) and not isinstance(value, bool)
+            and REBALANCE_MIN_DAYS <= value <= REBALANCE_MAX_DAYS):
+        return value
+    raise PydanticCustomError("rebalance", REBALANCE_RULE)
+
+
+RebalanceChoice = Annotated[Rebalance | int, BeforeValidator(_rebalance), WithJsonSchema({
+    "oneOf": [{"type": "string", "enum": [choice.value for choice in Rebalance]},
+              {"type": "integer", "minimum": REBALANCE_MIN_DAYS,
+               "maximum": REBALANCE_MAX_DAYS}],
+    "description": "on the first trading day of each month, quarter or year, or every so "
+                   "many trading days"})]
+
+
+class BacktestRequest(OptimizeRequest):
+    """optimize's request without ``wait`` (a backtest always answers 202), plus the walk-forward.
+
+    Every rule of optimize's fields holds (the objective's target, bounds that
+    can sum to 1, the limits); what the stored prices allow (enough history
+    before the first rebalance) is checked by the service, before any job exists.
+    """
+
+    # Inherited from OptimizeRequest but not a field here: refused as an unknown
+    # field would be, and left out of the OpenAPI document.
+    wait: SkipJsonSchema[bool] = Field(True, exclude=True)
+    lookback_days: int = Field(
+        252, ge=20, le=5000, validation_alias=AliasChoices("lookbackDays", "lookback_days"),
+        description="trading days of history each rebalance optimizes on")
+    rebalance: RebalanceChoice = Rebalance.MONTHLY
+    cost_bps: float = Field(
+        10.0, ge=0, le=1000, allow_inf_nan=False,
+        validation_alias=AliasChoices("costBps", "cost_bps"),
+        description="transaction cost in basis points of the traded value")
+
+    @field_validator("wait", mode="before")
+    @classmethod
+    def _no_wait(cls, value):
+        raise PydanticCustomError("extra_forbidden", "a backtest always answers 202")
+
+    def params(self) -> dict:
+        """The normalized parameters stored with the job."""
+        rebalance = self.rebalance
+        return {**super().params(), "lookback_days": self.lookback_days,
+                "rebalance": rebalance.value if isinstance(rebalance, Rebalance) else rebalance,
+                "cost_bps": self.cost_bps}
+
+
 class IdRequest(Request):
     id: JobId
 
@@ -268,33 +332,53 @@ class ListRequest(Request):
     cursor: Annotated[str, StringConstraints(max_length=200)] | None = None
 
 
+class Progress(BaseModel):
+    """A backtest's rebalances computed so far, of all."""
+
+    done: int
+    total: int
+
+
 class JobPublic(BaseModel):
-    """A job as clients see it; the result fields are filled when it is done."""
+    """A job as clients see it; the result fields of its kind are filled when it is done.
+
+    An optimization has ``allocations``, ``shares``, ``leftover``, ``stats`` and
+    ``performance``; a backtest ``rebalances``, ``series`` and ``stats`` (of the
+    strategy and of equal weight), and ``progress`` while it runs.
+    """
 
     id: str
     status: str
+    kind: JobKind
     objective: str
     params: dict
     created: datetime.datetime
     updated: datetime.datetime
     error: str | None = None
+    progress: Progress | None = None
     allocations: dict[str, float] | None = None
     shares: dict[str, int] | None = None
     leftover: float | None = None
     stats: dict | None = None
     performance: dict | None = None
+    rebalances: list[dict] | None = None
+    series: dict | None = None
 
     @classmethod
     def from_record(cls, job: Job, summary: bool = False) -> "JobPublic":
-        """Build the public shape; ``summary`` leaves out the bulky performance series."""
+        """Build the public shape; ``summary`` leaves out the bulky series and rebalances."""
         result = job.result or {}
         return cls(
-            id=job.id, status=job.status, objective=job.params["objective"],
+            id=job.id, status=job.status, kind=job.kind, objective=job.params["objective"],
             params=job.params, created=job.created, updated=job.updated,
-            error=job.error, allocations=result.get("allocations"),
+            error=job.error,
+            progress=Progress(**job.progress) if job.progress else None,
+            allocations=result.get("allocations"),
             shares=result.get("shares"), leftover=result.get("leftover"),
             stats=result.get("stats"),
             performance=None if summary else result.get("performance"),
+            rebalances=None if summary else result.get("rebalances"),
+            series=None if summary else result.get("series"),
         )
 
 
@@ -353,6 +437,26 @@ class PortfolioHandler(ActionHandler):
         Computed in the optimization worker pool under ``INDICO_JOB_TIME_LIMIT``.
         """
         return await self.services.jobs.frontier(body.params())
+
+    @action(request=BacktestRequest, response=JobPublic, status=202, errors=(422, 429))
+    async def backtest(self, body):
+        """Start a walk-forward backtest of the objective; answers 202 with the job.
+
+        Re-optimizes on the ``lookbackDays`` trading days before each rebalance
+        date (``rebalance``), holds until the next, pays ``costBps`` of the traded
+        value, against equal weight and the index. Follow the job's progress
+        on /ws/jobs; portfolio/result gives the result (``kind: backtest``).
+        """
+        return JobPublic.from_record(
+            await self.services.jobs.backtest(self.owner, body.params()))
+
+    @action(request=IdRequest, response=JobPublic, errors=(409,))
+    async def cancel(self, body):
+        """Stop a queued or running job of the caller's: it ends failed, "cancelled".
+
+        A job that has ended already answers 409.
+        """
+        return JobPublic.from_record(await self.services.jobs.cancel(self.owner, body.id))
 
     @action(request=IdRequest, response=JobPublic)
     async def result(self, body):

@@ -3,9 +3,11 @@
 Authenticate with an ``Authorization: Bearer <token>`` header (the scheme in
 any case), or (browsers cannot set headers on a WebSocket) with a first
 message ``{"token": "..."}`` within a few seconds. Each event is a JSON
-object: ``{"event": "queued" | "running" | "done" | "failed", "id": ...,
-"at": ...}``, with ``summary`` for done and ``error`` for failed. Browser origins must be in
-``INDICO_CORS_ORIGINS`` or the server's own.
+object: ``{"event": "queued" | "running" | "progress" | "done" | "failed",
+"id": ..., "kind": "optimize" | "backtest", "at": ...}``, with ``summary`` for
+done, ``error`` for failed (``"cancelled"`` after ``portfolio/cancel``), and
+``done`` and ``total`` (rebalances computed, of) for a backtest's progress.
+Browser origins must be in ``INDICO_CORS_ORIGINS`` or the server's own.
 
 Until the connection is upgraded this is an indico handler like any other
 (:class:`~indico.routes.base.BaseHandler` comes first in its bases): a bad

@@ -1,9 +1,10 @@
-"""The job-event hub: tells WebSocket subscribers about their jobs' transitions.
+"""The job-event hub: tells WebSocket subscribers about their jobs' transitions and progress.
 
 Step 4 of ``portfolio/optimize`` (after :mod:`indico.services.jobs` wrote a
-transition to the ``jobs`` collection, :mod:`indico.db.jobs`): every write of a
-job returns the stored document, and :meth:`JobEvents.publish` sends the
-events in it that were not sent yet to the owner's subscribers
+transition, or a backtest's progress, to the ``jobs`` collection,
+:mod:`indico.db.jobs`): every write of a job returns the stored document, and
+:meth:`JobEvents.publish` sends the events in it that were not sent yet to the
+owner's subscribers
 (``/ws/jobs``, :mod:`indico.routes.ws`). Events of jobs written by other
 processes are found by polling the jobs changed since the last look, only
 while somebody listens. Each event has an id, so none is sent twice: the ids
@@ -22,7 +23,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import PyMongoError
 
 from indico.db import jobs
-from indico.db.records import Job, JobEvent
+from indico.db.records import Job, JobEvent, JobKind
 from indico.utils.logs import describe_database_error
 
 log = logging.getLogger(__name__)
@@ -48,8 +49,16 @@ Callback = Callable[[Message], None]
 
 
 def job_summary(job: Job) -> dict[str, Any]:
-    """What the ``done`` event says of a finished job: objective, allocations, stats."""
+    """What the ``done`` event says of a finished job: objective, allocations, stats.
+
+    A backtest's allocations are the weights of its last rebalance, and its
+    stats those of the strategy and of equal weight.
+    """
     result = job.result or {}
+    if job.kind == JobKind.BACKTEST:
+        rebalances = result.get("rebalances") or [{}]
+        return {"objective": job.params.get("objective"),
+                "allocations": rebalances[-1].get("weights"), "stats": result.get("stats")}
     return {"objective": result.get("objective"), "allocations": result.get("allocations"),
             "stats": result.get("stats")}
 
@@ -58,14 +67,18 @@ def event_message(job: Job, event: JobEvent) -> Message:
     """The WebSocket message of ``event`` of the stored ``job``.
 
     Returns:
-        ``{"event", "id", "at"}`` (``at`` in epoch seconds), with ``summary``
-        for done and ``error`` for failed.
+        ``{"event", "id", "kind", "at"}`` (``at`` in epoch seconds), with
+        ``summary`` for done, ``error`` for failed and ``done`` and ``total``
+        (rebalances) for progress.
     """
-    message: Message = {"event": event.event, "id": job.id, "at": event.at.timestamp()}
+    message: Message = {"event": event.event, "id": job.id, "kind": str(job.kind),
+                        "at": event.at.timestamp()}
     if event.event == jobs.DONE:
         message["summary"] = job_summary(job)
     elif event.event == jobs.FAILED:
         message["error"] = job.error
+    elif event.event == jobs.PROGRESS:
+        message.update(done=event.done, total=event.total)
     return message
 
 

@@ -1,4 +1,4 @@
-"""Portfolio jobs: one path from an optimization request to its stored result.
+"""Portfolio jobs: one path from an optimization or a backtest request to its stored result.
 
 ``portfolio/optimize``, in order (start at :mod:`indico.routes.portfolio`,
 which validated the request with its rules and limits):
@@ -22,6 +22,27 @@ which validated the request with its rules and limits):
    with ``wait: false``): the finished job goes back to the route (200, or a
    422 for a job that failed), or the job as written in step 2 (202).
 
+``portfolio/backtest`` (:meth:`JobService.backtest`) is the same path with
+two differences. In step 1 the frame reaches back to the symbols' earliest
+stored date (a rebalance's window may start before ``startDate``), and the
+walk-forward plan (:func:`indico.optimization.backtest.plan_backtest`) is made
+in the pool, so that a symbol without enough history is a 422 before any job
+exists. In step 3 the rebalances are computed in chunks, each a pool task
+(:func:`run_backtest_chunk`, on the workers' frame cache) of a size that takes
+about :data:`CHUNK_SECONDS`, as many at once as the pool has workers; after
+each, :func:`indico.db.jobs.record_progress` stores a ``progress`` event that
+is published like the others (every process's event poller finds it in the
+stored job), and a job that is no longer this process's (cancelled, taken
+over, deleted) stops there. Then :func:`run_backtest_simulate` turns the
+weights into the result, and step 4 follows. The request never waits: 202.
+
+``portfolio/cancel`` (:meth:`JobService.cancel`) ends a queued or running
+job of the caller's ``failed`` with ``cancelled`` in one conditional write
+(:func:`indico.db.jobs.cancel_job`) and publishes the ``failed`` event; the
+process running the job sees at its next write that the job is no longer its
+own and stops (a backtest between two chunks, an optimization when its one
+task ends).
+
 An impossible problem (the engine's :class:`~indico.error.OptimizationError`)
 leaves no job behind only while the request that created the job still waits
 for it: the job is deleted and the request answers 422. Once the request has
@@ -31,8 +52,10 @@ failure, and its ``failed`` event is sent.
 A process that dies leaves its running jobs under their lease; the
 :class:`JobRunner` of any process sharing the database claims them (and jobs
 left queued) once the lease has expired, and runs them from step 3, so an
-accepted job always ends done or failed. The saved results are read, listed
-and deleted by :mod:`indico.services.portfolio`.
+accepted job always ends done or failed. A backtest taken over starts again
+from its first rebalance (its progress events count from 0 again): chunks
+already computed are not stored. The saved results are read, listed and
+deleted by :mod:`indico.services.portfolio`.
 """
 
 import asyncio
@@ -42,6 +65,7 @@ import multiprocessing
 import os
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine
 from concurrent.futures.process import BrokenProcessPool
@@ -58,8 +82,14 @@ from pymongo.errors import PyMongoError
 from config import Config
 from indico import error
 from indico.db import jobs
-from indico.db.records import Job
+from indico.db.records import Job, JobKind
 from indico.optimization import ENGINE_OPTIONS, configure_worker, efficient_frontier, optimize
+from indico.optimization.backtest import (
+    BacktestPlan,
+    plan_backtest,
+    rebalance_weights,
+    simulate,
+)
 from indico.services.events import JobEvents, stop_task
 from indico.services.price_catalog import PriceCatalog
 from indico.utils.logs import describe_database_error
@@ -74,9 +104,32 @@ STOP_GRACE = 2.0
 # How a pebble-scheduled function that ended badly becomes a job's message.
 WORKER_DIED = "the worker process died; try again"
 INTERNAL_ERROR = "internal error while optimizing"
+# Seconds of engine work a backtest's chunk of rebalances aims at: a cancelled
+# backtest stops within about one chunk, and each chunk costs one pool round
+# trip and one progress write (a few milliseconds).
+CHUNK_SECONDS = 0.1
+# Rebalances of a backtest's first chunks, before their speed is known; and at most.
+FIRST_CHUNK = 2
+MAX_CHUNK = 256
 
 Sleep = Callable[[float], Awaitable[None]]
 Work = Callable[[pd.DataFrame, pd.Series | None, dict], dict]
+
+
+def engine_options(params: dict) -> dict:
+    """The keyword arguments of :func:`indico.optimization.optimize` that a job's params give.
+
+    Everything but ``initial_investment`` and ``benchmark``: what an optimization
+    and each rebalance of a backtest solve.
+    """
+    return {
+        "objective": params["objective"], "risk_free_rate": params["risk_free_rate"],
+        "weight_bounds": tuple(params["weight_bounds"]),
+        "target_return": params["target_return"],
+        "target_volatility": params["target_volatility"],
+        # Jobs stored before these options existed have none: the engine's defaults.
+        **{key: params[key] for key in ENGINE_OPTIONS if key in params},
+    }
 
 
 def run_optimization(prices: pd.DataFrame, benchmark: pd.Series | None, params: dict) -> dict:
@@ -93,14 +146,67 @@ def run_optimization(prices: pd.DataFrame, benchmark: pd.Series | None, params: 
     Raises:
         OptimizationError: the problem has no solution as posed.
     """
-    return optimize(
-        prices, params["objective"], risk_free_rate=params["risk_free_rate"],
-        weight_bounds=tuple(params["weight_bounds"]), target_return=params["target_return"],
-        target_volatility=params["target_volatility"],
-        initial_investment=params["initial_investment"], benchmark=benchmark,
-        # Jobs stored before these options existed have none: the engine's defaults.
-        **{key: params[key] for key in ENGINE_OPTIONS if key in params},
-    ).to_dict()
+    return optimize(prices, initial_investment=params["initial_investment"],
+                    benchmark=benchmark, **engine_options(params)).to_dict()
+
+
+def run_backtest_plan(prices: pd.DataFrame, benchmark: pd.Series | None, params: dict) -> dict:
+    """Worker-process entry point: the walk-forward plan of a backtest.
+
+    Args:
+        prices: the aligned frame from the symbols' earliest stored date to ``end_date``.
+        benchmark: unused; given by :func:`run_on_frame`.
+        params: the job's params, and ``first_dates`` ({symbol: its first stored
+            date}, or None) to name the symbols that lack history.
+
+    Returns:
+        ``{"plan": BacktestPlan}``.
+
+    Raises:
+        OptimizationError: a symbol without ``lookback_days`` trading days before
+            the first rebalance (named), or no rebalance date in the range.
+    """
+    return {"plan": plan_backtest(
+        prices, start_date=params["start_date"], end_date=params["end_date"],
+        lookback_days=params["lookback_days"], rebalance=params["rebalance"],
+        first_dates=params.get("first_dates"))}
+
+
+def run_backtest_chunk(prices: pd.DataFrame, benchmark: pd.Series | None, params: dict) -> dict:
+    """Worker-process entry point: the weights of some rebalances of a backtest.
+
+    Args:
+        prices: the frame the plan was made on.
+        benchmark: unused; given by :func:`run_on_frame`.
+        params: the job's params, ``plan`` and ``ks`` (the rebalances' numbers).
+
+    Returns:
+        ``{"weights": [array of shape (n,) per k], "seconds": the engine's time}``.
+
+    Raises:
+        OptimizationError: a rebalance's window has no solution as posed.
+    """
+    started = time.perf_counter()
+    weights = rebalance_weights(prices, params["plan"], params["ks"], engine_options(params))
+    return {"weights": weights, "seconds": time.perf_counter() - started}
+
+
+def run_backtest_simulate(prices: pd.DataFrame, benchmark: pd.Series | None,
+                          params: dict) -> dict:
+    """Worker-process entry point: a backtest's result from the weights of every rebalance.
+
+    Args:
+        prices: the frame the plan was made on.
+        benchmark: the index levels on the same dates, or None.
+        params: the job's params, ``plan`` and ``weights`` (one array per rebalance).
+
+    Returns:
+        what :func:`indico.optimization.backtest.simulate` returns.
+    """
+    return simulate(prices, benchmark, params["plan"], params["weights"],
+                    cost_bps=params["cost_bps"],
+                    initial_investment=params["initial_investment"],
+                    risk_free_rate=params["risk_free_rate"])
 
 
 #: Keyword options of :func:`efficient_frontier` that ``portfolio/frontier`` passes.
@@ -397,8 +503,16 @@ class Waiter:
             self.waiting = False
 
 
+class JobLost(Exception):
+    """Raised in a job's run when the job is no longer this process's: stop there.
+
+    It was cancelled (``portfolio/cancel``), taken over by another process
+    after this one's lease ran out, or deleted.
+    """
+
+
 class JobService:
-    """Creates, runs, finishes and announces optimization jobs (steps 1–5 above).
+    """Creates, runs, finishes, cancels and announces jobs (steps 1–5 above).
 
     Args:
         db: the database handle.
@@ -406,36 +520,68 @@ class JobService:
         prices: the PriceCatalog that loads aligned price frames.
         events: the JobEvents hub that tells WebSocket clients.
         pool: the WorkerPool; one of ``config.workers`` processes if None.
-        work: the function the workers run, :func:`run_optimization` unless a
-            test gives another module-level function.
+        work: the function the workers run for an optimization,
+            :func:`run_optimization` unless a test gives another module-level function.
+        chunk_work: the function the workers run for a chunk of a backtest's
+            rebalances, :func:`run_backtest_chunk` unless a test gives another.
         sleep: ``await sleep(seconds)`` between lease renewals (injectable).
     """
 
     def __init__(self, db: AsyncDatabase, config: Config, prices: PriceCatalog,
                  events: JobEvents, pool: WorkerPool | None = None,
-                 work: Work = run_optimization, sleep: Sleep = asyncio.sleep) -> None:
+                 work: Work = run_optimization, sleep: Sleep = asyncio.sleep,
+                 chunk_work: Work = run_backtest_chunk) -> None:
         self.db = db
         self.config = config
         self.prices = prices
         self.events = events
         self.pool = pool or create_pool(config.workers)
         self.work = work
+        self.chunk_work = chunk_work
         self.sleep = sleep
         self.worker = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.background: set[asyncio.Task] = set()
 
-    async def load_inputs(self, params: dict[str, Any]) -> tuple[pd.DataFrame, pd.Series | None]:
-        """The aligned price frame and the benchmark series for ``params``.
+    async def load_inputs(self, params: dict[str, Any], kind: JobKind = JobKind.OPTIMIZE
+                          ) -> tuple[pd.DataFrame, pd.Series | None]:
+        """The aligned price frame and the benchmark series for a job's ``params``.
+
+        Args:
+            kind: a backtest's frame starts at the symbols' earliest stored
+                date (its windows reach before ``start_date``).
 
         Raises:
             UnknownSymbols: symbols without prices; the message says how to add them.
             Unprocessable: too few common dates.
         """
-        frame = await self.prices.get_frame(params["symbols"], params["start_date"],
-                                            params["end_date"])
-        benchmark = await self.prices.get_benchmark(params["start_date"], params["end_date"],
-                                                    frame.index)
+        start = params["start_date"]
+        if kind == JobKind.BACKTEST:
+            start = min([entry.first for entry in await self.prices.list_symbols()
+                         if entry.symbol in params["symbols"]], default=start)
+        frame = await self.prices.get_frame(params["symbols"], start, params["end_date"])
+        benchmark = await self.prices.get_benchmark(start, params["end_date"], frame.index)
         return frame, benchmark
+
+    async def _run_now(self, work: Work, frame: pd.DataFrame, benchmark: pd.Series | None,
+                       params: dict[str, Any], what: str, advice: str) -> dict[str, Any]:
+        """``work`` in the pool for a request that waits for it, as a 422 when it fails.
+
+        Args:
+            what, advice: the task and what helps, in the message of the time
+                limit ("the frontier", "try fewer symbols").
+
+        Raises:
+            OptimizationError: the problem has no solution as posed.
+            Unprocessable: over ``INDICO_JOB_TIME_LIMIT``, or the worker died.
+        """
+        limit = self.config.job_time_limit
+        try:
+            return await self.pool.run_on_frame(work, frame, benchmark, params, timeout=limit)
+        except TimeoutError:
+            raise error.Unprocessable(
+                f"{what} took longer than the limit of {limit:g} s; {advice}") from None
+        except (pebble.ProcessExpired, BrokenProcessPool):
+            raise error.Unprocessable(WORKER_DIED) from None
 
     async def frontier(self, params: dict[str, Any]) -> dict[str, Any]:
         """Compute the efficient frontier in the worker pool; nothing is stored.
@@ -452,16 +598,24 @@ class JobService:
             Unprocessable: over ``INDICO_JOB_TIME_LIMIT``, or the worker died.
         """
         frame, benchmark = await self.load_inputs(params)
-        limit = self.config.job_time_limit
-        try:
-            return await self.pool.run_on_frame(run_frontier, frame, benchmark, params,
-                                                timeout=limit)
-        except TimeoutError:
-            raise error.Unprocessable(
-                f"the frontier took longer than the limit of {limit:g} s; try fewer "
-                "symbols, points or a shorter range") from None
-        except (pebble.ProcessExpired, BrokenProcessPool):
-            raise error.Unprocessable(WORKER_DIED) from None
+        return await self._run_now(run_frontier, frame, benchmark, params, "the frontier",
+                                   "try fewer symbols, points or a shorter range")
+
+    async def _create(self, owner: str, params: dict[str, Any], kind: JobKind) -> Job:
+        """Step 2: write the job, running under this process's lease, and publish it.
+
+        Raises:
+            TooManyRequests: the owner's quota of active jobs is full.
+        """
+        limit = self.config.max_active_jobs
+        job = await jobs.create_job(self.db, owner, params, limit, worker=self.worker,
+                                    lease=self.config.job_lease, kind=kind)
+        if job is None:
+            raise error.TooManyRequests(
+                f"you have {limit} jobs queued or running; the limit is {limit}: "
+                "wait for one to finish", retry_after=5)
+        self.events.publish(job)
+        return job
 
     async def optimize(self, owner: str, params: dict[str, Any], wait: bool = True) -> Job:
         """Create, run and wait for one optimization job.
@@ -479,19 +633,12 @@ class JobService:
             UnknownSymbols, Unprocessable: before a job exists.
             TooManyRequests: the owner's quota of active jobs is full.
             OptimizationError: the problem has no solution; the job was deleted.
-            Unprocessable: the job failed otherwise (time limit, worker died);
-                ``id`` names the failed job, which is kept.
+            Unprocessable: the job failed otherwise (time limit, worker died,
+                cancelled); ``id`` names the failed job, which is kept.
             NotFound: the job was deleted while the request waited.
         """
         frame, benchmark = await self.load_inputs(params)
-        limit = self.config.max_active_jobs
-        job = await jobs.create_job(self.db, owner, params, limit, worker=self.worker,
-                                    lease=self.config.job_lease)
-        if job is None:
-            raise error.TooManyRequests(
-                f"you have {limit} jobs queued or running; the limit is {limit}: "
-                "wait for one to finish", retry_after=5)
-        self.events.publish(job)
+        job = await self._create(owner, params, JobKind.OPTIMIZE)
         waiter = Waiter()
         task = self.spawn(self.run(job, frame, benchmark, waiter), waiter)
         finished = await waiter.wait(task, self.config.job_wait if wait else 0.0)
@@ -502,6 +649,54 @@ class JobService:
         if finished.status == jobs.FAILED:
             raise error.Unprocessable(finished.error, id=finished.id)
         return finished
+
+    async def backtest(self, owner: str, params: dict[str, Any]) -> Job:
+        """Plan a walk-forward backtest, then create it and run it in the background.
+
+        Args:
+            owner: the caller's user id.
+            params: the normalized, validated request (see BacktestRequest.params).
+
+        Returns:
+            the job as written (status ``running``); it ends done or failed later.
+
+        Raises:
+            UnknownSymbols, Unprocessable: the prices do not allow it (no job exists).
+            OptimizationError: a symbol without enough history before the first
+                rebalance, or no rebalance date in the range (no job exists).
+            TooManyRequests: the owner's quota of active jobs is full.
+        """
+        frame, benchmark = await self.load_inputs(params, JobKind.BACKTEST)
+        first_dates = {entry.symbol: pd.Timestamp(entry.first)
+                       for entry in await self.prices.list_symbols()
+                       if entry.symbol in params["symbols"]}
+        planned = await self._run_now(run_backtest_plan, frame, benchmark,
+                                      {**params, "first_dates": first_dates},
+                                      "the backtest's plan", "try a shorter range")
+        job = await self._create(owner, params, JobKind.BACKTEST)
+        self.spawn(self.run(job, frame, benchmark, plan=planned["plan"]))
+        return job
+
+    async def cancel(self, owner: str, job_id: str) -> Job:
+        """End ``owner``'s queued or running job ``failed`` with ``cancelled``; publish it.
+
+        Returns:
+            the job as cancelled.
+
+        Raises:
+            NotFound: no such job of ``owner``'s.
+            Conflict: the job has ended already; ``status`` says how.
+            ServiceUnavailable: the job kept changing (try again).
+        """
+        job, cancelled = await jobs.cancel_job(self.db, owner, job_id)
+        if job is None:
+            raise error.NotFound("no such result")
+        if not cancelled:
+            raise error.Conflict(
+                f"the job has ended ({job.status}); only a queued or running job can be "
+                "cancelled", id=job.id, status=job.status)
+        self.events.publish(job)
+        return job
 
     def spawn(self, coroutine: Coroutine[Any, Any, Job | None],
               waiter: Waiter | None = None) -> "asyncio.Task[Job | None]":
@@ -549,7 +744,7 @@ class JobService:
             try:
                 if not await jobs.renew_lease(self.db, job_id, self.worker,
                                               self.config.job_lease):
-                    return  # taken over, finished or deleted meanwhile
+                    return  # taken over, finished, cancelled or deleted meanwhile
                 delay = period
             except PyMongoError as exc:
                 delay = min(period, RENEW_RETRY)
@@ -559,41 +754,112 @@ class JobService:
                 delay = min(period, RENEW_RETRY)
                 log.exception("job %s: lease renewal failed", job_id)
 
-    async def _compute(self, job: Job, frame: pd.DataFrame,
-                       benchmark: pd.Series | None) -> tuple[str, dict[str, Any]]:
-        """Run ``job`` in the pool: ``(status, fields)`` to record.
+    async def _compute(self, job: Job, frame: pd.DataFrame, benchmark: pd.Series | None,
+                       plan: BacktestPlan | None) -> tuple[Job, str, dict[str, Any]]:
+        """Run ``job`` in the pool: ``(job as last written, status, fields)`` to record.
 
         Raises:
             OptimizationError: the problem has no solution as posed.
+            JobLost: the job is no longer this process's.
         """
         limit = self.config.job_time_limit
         try:
-            result = await self.pool.run_on_frame(self.work, frame, benchmark, job.params,
-                                                  timeout=limit)
-            return jobs.DONE, {"result": result}
-        except error.OptimizationError:
+            if job.kind == JobKind.BACKTEST:
+                job, result = await self._backtest(job, frame, benchmark, plan)
+            else:
+                result = await self.pool.run_on_frame(self.work, frame, benchmark, job.params,
+                                                      timeout=limit)
+            return job, jobs.DONE, {"result": result}
+        except (error.OptimizationError, JobLost):
             raise
         except TimeoutError:
-            return jobs.FAILED, {"error": (
-                f"the optimization took longer than the limit of {limit:g} s;"
+            what = ("a chunk of the backtest" if job.kind == JobKind.BACKTEST
+                    else "the optimization")
+            return job, jobs.FAILED, {"error": (
+                f"{what} took longer than the limit of {limit:g} s;"
                 " try fewer symbols, a shorter range or a simpler objective")}
         except (pebble.ProcessExpired, BrokenProcessPool):
-            return jobs.FAILED, {"error": WORKER_DIED}
+            return job, jobs.FAILED, {"error": WORKER_DIED}
         except Exception:  # the job must end failed, whatever went wrong
             log.exception("job %s failed unexpectedly", job.id)
-            return jobs.FAILED, {"error": INTERNAL_ERROR}
+            return job, jobs.FAILED, {"error": INTERNAL_ERROR}
+
+    async def _backtest(self, job: Job, frame: pd.DataFrame, benchmark: pd.Series | None,
+                        plan: BacktestPlan | None) -> tuple[Job, dict[str, Any]]:
+        """Step 3 of a backtest: plan, the rebalances in chunks with progress, the simulation.
+
+        Returns:
+            ``(job as last written, result)``.
+
+        Raises:
+            OptimizationError: a rebalance has no solution as posed.
+            JobLost: the job is no longer this process's (checked after each chunk).
+            TimeoutError, pebble.ProcessExpired: a task over the time limit, a dead worker.
+        """
+        limit = self.config.job_time_limit
+        if plan is None:  # a job claimed after a crash, or left queued
+            plan = (await self.pool.run_on_frame(run_backtest_plan, frame, benchmark,
+                                                 job.params, timeout=limit))["plan"]
+        weights: list[Any] = [None] * plan.total
+        size, start, done = FIRST_CHUNK, 0, 0
+        running: set[asyncio.Future] = set()
+        try:
+            while done < plan.total:
+                while start < plan.total and len(running) < self.pool.workers:
+                    ks = list(range(start, min(start + size, plan.total)))
+                    start += len(ks)
+                    running.add(asyncio.ensure_future(
+                        self._chunk(frame, benchmark, job, plan, ks)))
+                finished, running = await asyncio.wait(running,
+                                                       return_when=asyncio.FIRST_COMPLETED)
+                failures = [task.exception() for task in finished if task.exception()]
+                if failures:
+                    raise failures[0]
+                for ks, chunk, seconds in [task.result() for task in finished]:
+                    for k, chosen in zip(ks, chunk, strict=True):
+                        weights[k] = chosen
+                    done += len(ks)
+                    # Sized so that the next chunk takes about CHUNK_SECONDS.
+                    rate = len(ks) / max(seconds, 1e-6)
+                    size = max(1, min(MAX_CHUNK, int(CHUNK_SECONDS * rate)))
+                written = await jobs.record_progress(self.db, job, self.worker, done,
+                                                     plan.total)
+                if written is None:
+                    raise JobLost(job.id)
+                job = written
+                self.events.publish(job)
+        finally:
+            # Tasks in flight end within a chunk's time; cancelling them would
+            # kill their workers (pebble), which take seconds to start again.
+            if running:
+                await asyncio.wait(running)
+                for task in running:
+                    task.exception()  # retrieved: the first failure is the job's
+        result = await self.pool.run_on_frame(
+            run_backtest_simulate, frame, benchmark,
+            {**job.params, "plan": plan, "weights": weights}, timeout=limit)
+        return job, result
+
+    async def _chunk(self, frame: pd.DataFrame, benchmark: pd.Series | None, job: Job,
+                     plan: BacktestPlan, ks: list[int]) -> tuple[list[int], list, float]:
+        """One pool task: ``(ks, their weights, the engine's seconds)``."""
+        answer = await self.pool.run_on_frame(self.chunk_work, frame, benchmark,
+                                              {**job.params, "plan": plan, "ks": ks},
+                                              timeout=self.config.job_time_limit)
+        return ks, answer["weights"], answer["seconds"]
 
     async def run(self, job: Job, frame: pd.DataFrame, benchmark: pd.Series | None,
-                  waiter: Waiter | None = None) -> Job | None:
+                  waiter: Waiter | None = None, plan: BacktestPlan | None = None) -> Job | None:
         """Run a job this process holds the lease of, record how it ended, announce it.
 
         Args:
             job: the stored job, running under this process's lease.
             waiter: the request that created the job, if it may still wait.
+            plan: a backtest's plan, when the request made it already.
 
         Returns:
-            the stored job once finished (or as another process left it, when
-            it took the job over); None if the job was deleted meanwhile.
+            the stored job once finished (or as another process or a
+            cancellation left it); None if the job was deleted meanwhile.
 
         Raises:
             OptimizationError: only while ``waiter`` waits: the job was deleted.
@@ -601,13 +867,15 @@ class JobService:
         ended = asyncio.Event()
         renewer = asyncio.ensure_future(self.keep_lease(job.id, ended))
         try:
-            status, fields = await self._compute(job, frame, benchmark)
+            job, status, fields = await self._compute(job, frame, benchmark, plan)
         except error.OptimizationError as exc:
             if waiter is not None and waiter.waiting:
                 waiter.answering = True
                 await jobs.delete_job(self.db, job.owner, job.id)
                 raise
             status, fields = jobs.FAILED, {"error": exc.message}
+        except JobLost:
+            return await self._as_stored(job)
         finally:
             ended.set()
             renewer.cancel()
@@ -621,12 +889,19 @@ class JobService:
         """
         finished = await jobs.complete_job(self.db, job, self.worker, status, **fields)
         if finished is None:
-            log.warning("job %s was taken over or deleted while it ran", job.id)
-            finished = await jobs.get_job(self.db, job.owner, job.id)
-            if finished is None:
-                return None
+            return await self._as_stored(job)
         self.events.publish(finished)
         return finished
+
+    async def _as_stored(self, job: Job) -> Job | None:
+        """The job that is no longer this process's, as stored (published); None if deleted."""
+        stored = await jobs.get_job(self.db, job.owner, job.id)
+        if stored is None:
+            return None
+        if stored.error != jobs.CANCELLED:
+            log.warning("job %s was taken over or deleted while it ran", job.id)
+        self.events.publish(stored)
+        return stored
 
     async def claim_and_run(self) -> bool:
         """Claim one queued job, or one whose lease expired, and run it; False if none."""
@@ -635,7 +910,7 @@ class JobService:
             return False
         self.events.publish(job)
         try:
-            frame, benchmark = await self.load_inputs(job.params)
+            frame, benchmark = await self.load_inputs(job.params, job.kind)
         except error.IndicoError as exc:  # its prices are gone, for example
             await self.finish(job, jobs.FAILED, {"error": exc.message})
             return True

@@ -40,6 +40,35 @@ def stored_job(owner, clock, *names, job_id=None):
         "result": {"objective": "max_sharpe", "allocations": {"AAPL": 1.0}, "stats": {}}})
 
 
+class MessageTest(unittest.TestCase):
+
+    def test_a_backtests_progress_and_done_messages(self):
+        clock = Clock()
+        entries = [{"id": "e1", "event": "running", "at": clock()},
+                   {"id": "e2", "event": "progress", "at": clock(), "done": 3, "total": 8},
+                   {"id": "e3", "event": "done", "at": clock()}]
+        job = Job.from_document({
+            "_id": "j2", "owner": "ada", "kind": "backtest", "events": entries,
+            "status": "done", "params": {"objective": "min_volatility"}, "created": CREATED,
+            "updated": clock(), "result": {
+                "rebalances": [{"weights": {"AAPL": 1.0}}, {"weights": {"AAPL": 0.25}}],
+                "stats": {"strategy": {"cagr": 0.1}}}})
+        events = JobEvents(None, clock=clock)
+        events.stopping.set()  # no poller: nothing to poll here
+        received = []
+        events.subscribe("ada", received.append)
+        events.publish(job)
+        self.assertEqual(received, [
+            {"event": "running", "id": "j2", "kind": "backtest", "at": clock()},
+            {"event": "progress", "id": "j2", "kind": "backtest", "at": clock(), "done": 3,
+             "total": 8},
+            # The allocations are the last rebalance's weights.
+            {"event": "done", "id": "j2", "kind": "backtest", "at": clock(), "summary": {
+                "objective": "min_volatility", "allocations": {"AAPL": 0.25},
+                "stats": {"strategy": {"cagr": 0.1}}}},
+        ])
+
+
 class SentMemoryTest(unittest.TestCase):
 
     def test_memory_stays_bounded_when_nobody_listens(self):
@@ -131,9 +160,9 @@ class ClockSkewTest(unittest.IsolatedAsyncioTestCase):
         events.publish(finished)  # again, as the poller would: nothing new
         events.publish(stored_job("bob", clock, "queued"))  # not Ada's
         self.assertEqual(received, [
-            {"event": "queued", "id": "j1", "at": clock() - 1.0},
-            {"event": "running", "id": "j1", "at": clock() - 1.0},
-            {"event": "done", "id": "j1", "at": clock(), "summary": {
+            {"event": "queued", "id": "j1", "kind": "optimize", "at": clock() - 1.0},
+            {"event": "running", "id": "j1", "kind": "optimize", "at": clock() - 1.0},
+            {"event": "done", "id": "j1", "kind": "optimize", "at": clock(), "summary": {
                 "objective": "max_sharpe", "allocations": {"AAPL": 1.0}, "stats": {}}},
         ])
         # Events older than the memory of sent ids are never sent: they were, or
