@@ -432,6 +432,28 @@ class PhoneScreenTest(PageTest):
         self.no_horizontal_scroll()
         self.screenshot("phone.png")
 
+    def test_a_backtest_fits_a_360_px_screen(self):
+        page, expect = self.page, self.expect
+        email = new_email()
+        token = post(self.base, "/auth/signup", {"email": email, "password": PASSWORD})[
+            "data"]["token"]
+        post(self.base, "/portfolio/backtest",
+             {**SEED_REQUEST, "startDate": "01-01-14", "rebalance": "quarterly"}, token)
+        self.open_page()
+        self.log_in(email)
+        # Opened from the list, running or done: the page follows it to its view.
+        page.locator("#saved-list li").first.get_by_role("button", name="Open").click()
+        expect(page.locator("#backtest-chart svg text.legend")).to_have_count(3)
+        page.locator("#rebalances-table tbody tr").first.get_by_role("button").click()
+        expect(page.locator("#rebalance-0-weights li")).to_have_count(3)
+        self.no_horizontal_scroll()
+        # The legend wraps rather than runs past the chart's edge.
+        widths = page.locator("#backtest-chart svg").evaluate(
+            "(svg) => [Math.max(...[...svg.querySelectorAll('text.legend')].map("
+            "(t) => t.getBBox().x + t.getBBox().width)), svg.viewBox.baseVal.width]")
+        self.assertLessEqual(widths[0], widths[1])
+        self.screenshot("phone-backtest.png")
+
     def test_the_page_is_usable_by_keyboard(self):
         page, expect = self.page, self.expect
         email = new_email()
