@@ -305,6 +305,21 @@ def _checked_frame(prices: pd.DataFrame, plan: BacktestPlan) -> pd.DataFrame:
     return frame
 
 
+def _consolidated(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` as one float64 block, so each window is a view and needs no copy.
+
+    A frame read column by column (``read_csv``, ``concat``) holds one block per
+    column; then every window's ``to_numpy`` interleaves them again. Measured on the
+    sample (20 symbols, 240 monthly windows): 0.38 s -> 0.20 s for the weights. The
+    values are the same floats, so the weights are too.
+    """
+    try:
+        values = frame.to_numpy(dtype=float)
+    except (TypeError, ValueError):
+        return frame  # not numeric: optimize() says so for the first window
+    return pd.DataFrame(values, index=frame.index, columns=frame.columns)
+
+
 def rebalance_weights(prices: pd.DataFrame, plan: BacktestPlan, ks: Sequence[int],
                       options: Mapping[str, Any]) -> list[np.ndarray]:
     """The weights chosen at rebalances ``ks``, each optimized on its window only.
@@ -330,7 +345,7 @@ def rebalance_weights(prices: pd.DataFrame, plan: BacktestPlan, ks: Sequence[int
     misplaced = [name for name in _NOT_WINDOW_OPTIONS if name in options]
     if misplaced:
         raise ValueError(f"not a per-window option: {', '.join(misplaced)}")
-    frame = _checked_frame(prices, plan)
+    frame = _consolidated(_checked_frame(prices, plan))
     chosen = []
     for k in ks:
         rows = plan.window(k)
