@@ -672,6 +672,18 @@ class BacktestFieldErrorTest(PageTest):
             "aria-invalid", "true")
         self.screenshot("backtest-field-error.png")
 
+        # The shared range's first day leaves no history before the first rebalance: the
+        # API's 422 names the symbols and lookbackDays, and sits beside Lookback.
+        self.expect_failed_request(422, "/portfolio/backtest")
+        page.get_by_label("Rebalance", exact=True).select_option("monthly")
+        self.fill_dates("1990-01-02", "2016-03-20")
+        page.get_by_role("button", name="Run backtest").click()
+        expect(page.locator("#lookback-days-error")).to_contain_text(
+            "AAPL, MSFT have only 0 trading days of prices")
+        expect(page.locator("#lookback-days-error")).to_contain_text("lookbackDays needs 252")
+        expect(page.locator("#rebalance-error")).to_be_empty()
+        expect(page.locator("#progress-section")).to_be_hidden()
+
 
 class BacktestCancelTest(PageTest):
 
