@@ -57,7 +57,8 @@ def historical_cvar(portfolio_returns: np.ndarray, level: float = DEFAULT_LEVEL)
 
 
 def min_cvar_weights(
-    returns: np.ndarray, lower: np.ndarray, upper: np.ndarray, level: float = DEFAULT_LEVEL
+    returns: np.ndarray, lower: np.ndarray, upper: np.ndarray, level: float = DEFAULT_LEVEL,
+    extra_rows: tuple | None = None,
 ) -> np.ndarray:
     """The weights of minimum historical CVaR at ``level``, within bounds.
 
@@ -65,6 +66,8 @@ def min_cvar_weights(
         returns: daily asset returns R, shape (T, n).
         lower, upper: bounds, shape (n,), that can sum to 1.
         level: β.
+        extra_rows: more rows ``A w <= b`` as ``(A (k, n), b (k,))`` (the groups'), or
+            None.
 
     Returns:
         weights of shape (n,).
@@ -79,12 +82,19 @@ def min_cvar_weights(
         sparse.csr_matrix(-returns), sparse.csr_matrix(-np.ones((count, 1))),
         -sparse.identity(count, format="csr"),
     ), format="csr")
+    bound = np.zeros(count)
+    if extra_rows is not None:
+        matrix, limits = extra_rows
+        padded = sparse.hstack((sparse.csr_matrix(matrix), sparse.csr_matrix(
+            (len(limits), 1 + count))), format="csr")
+        inequality = sparse.vstack((inequality, padded), format="csr")
+        bound = np.concatenate((bound, limits))
     budget = sparse.csr_matrix(np.concatenate((np.ones(n), np.zeros(1 + count)))[None, :])
     bounds = np.empty((n + 1 + count, 2))
     bounds[:n, 0], bounds[:n, 1] = lower, upper
     bounds[n] = (-np.inf, np.inf)
     bounds[n + 1:] = (0.0, np.inf)
-    solution = linprog(cost, A_ub=inequality, b_ub=np.zeros(count), A_eq=budget,
+    solution = linprog(cost, A_ub=inequality, b_ub=bound, A_eq=budget,
                        b_eq=[1.0], bounds=bounds, method="highs")
     if solution.status != 0 or solution.x is None:
         raise OptimizationError(

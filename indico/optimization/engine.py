@@ -21,6 +21,7 @@ from indico.optimization import (
     cvar,
     estimators,
     frontier,
+    groups,
     hrp,
     performance,
     risk_parity,
@@ -36,7 +37,8 @@ WORKER_BLAS_THREADS = 1
 
 #: Keyword options of :func:`optimize` that a stored job's params may carry, beyond
 #: the seed's (absent in jobs stored before they existed: then the defaults apply).
-ENGINE_OPTIONS = ("returns_model", "returns_span", "risk_model", "risk_span", "cvar_level")
+ENGINE_OPTIONS = ("returns_model", "returns_span", "risk_model", "risk_span", "cvar_level",
+                  "groups")
 
 #: Weights closer than this to a bound are snapped onto it when cleaning.
 WEIGHT_CLEAN_TOLERANCE = 1e-9
@@ -59,6 +61,26 @@ class Objective(enum.StrEnum):
     MIN_CVAR = "min_cvar"
     INVERSE_VOLATILITY = "inverse_volatility"
     MAX_DIVERSIFICATION = "max_diversification"
+
+
+#: The objectives that take ``groups`` (sector constraints).
+GROUP_OBJECTIVES = (Objective.MAX_SHARPE, Objective.MIN_VOLATILITY, Objective.EFFICIENT_RETURN,
+                    Objective.EFFICIENT_RISK, Objective.MIN_CVAR)
+
+
+def check_groups_objective(objective):
+    """Check that ``objective`` takes ``groups``.
+
+    Args:
+        objective: an :class:`Objective`.
+
+    Raises:
+        OptimizationError: when it is not one of :data:`GROUP_OBJECTIVES`.
+    """
+    if objective not in GROUP_OBJECTIVES:
+        raise OptimizationError(
+            f"groups apply to objectives {', '.join(o.value for o in GROUP_OBJECTIVES)}, "
+            f"not {objective.value}; remove groups or choose one of those.", field="groups")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -165,6 +187,7 @@ class _Context:
     target_return: float | None
     target_volatility: float | None
     cvar_level: float = cvar.DEFAULT_LEVEL
+    groups: "groups.Constraints | None" = None
 
 
 def optimize(
@@ -182,6 +205,7 @@ def optimize(
     risk_model="sample",
     risk_span=estimators.DEFAULT_RISK_SPAN,
     cvar_level=cvar.DEFAULT_LEVEL,
+    groups=None,
 ):
     """Optimise a portfolio of the symbols in ``prices``.
 
@@ -201,16 +225,22 @@ def optimize(
             Σ that every objective and the statistics use (see
             :mod:`indico.optimization.estimators`).
         cvar_level: β of ``min_cvar`` and of ``stats["cvar"]``, within [0.5, 0.999].
+        groups: sector constraints ``[{"name", "symbols", "min", "max"}, ...]``: the
+            weights of each group's symbols sum within ``[min, max]`` (see
+            :mod:`indico.optimization.groups`); only for :data:`GROUP_OBJECTIVES`.
+            None or [] for none.
 
     Returns:
         :class:`OptimizationResult`.
 
     Raises:
-        OptimizationError: invalid input, infeasible bounds, unreachable targets,
-            no asset beating the risk-free rate for ``max_sharpe``, or a solver
-            failure; the message says what to change.
+        OptimizationError: invalid input, infeasible bounds or groups, unreachable
+            targets, no asset beating the risk-free rate for ``max_sharpe``, or a
+            solver failure; the message says what to change.
     """
     objective = estimators.parse_choice(Objective, objective, "objective")
+    if groups:
+        check_groups_objective(objective)
     risk_free_rate = _finite_number(risk_free_rate, "riskFreeRate")
     if initial_investment is not None:
         initial_investment = _finite_number(initial_investment, "initialInvestment")
@@ -226,6 +256,7 @@ def optimize(
     lower, upper = parse_bounds(weight_bounds, data.symbols)
     frontier.check_bounds(lower, upper)
     context = _Context(
+        groups=_constraints(groups, data.symbols, lower, upper),
         lower=lower,
         upper=upper,
         risk_free_rate=risk_free_rate,
@@ -236,7 +267,8 @@ def optimize(
         cvar_level=cvar_level,
     )
     benchmark_values = align_benchmark(benchmark, data)
-    weights = _clean_weights(_OBJECTIVES[objective](data, context), lower, upper)
+    solvers = _OBJECTIVES if context.groups is None else _GROUP_SOLVERS
+    weights = _clean_weights(solvers[objective](data, context), lower, upper)
     return _build_result(objective, data, weights, context, initial_investment, benchmark_values)
 
 
@@ -261,6 +293,7 @@ def efficient_frontier(
     returns_span=estimators.DEFAULT_RETURNS_SPAN,
     risk_model="sample",
     risk_span=estimators.DEFAULT_RISK_SPAN,
+    groups=None,
 ):
     """The exact efficient frontier of ``prices`` within ``weight_bounds``.
 
@@ -274,7 +307,9 @@ def efficient_frontier(
     linear in the target return. The frontier point for a return ``r`` is
     ``w((r - r0) / q2)`` on the segment whose returns contain ``r``: the exact
     minimum-volatility portfolio with return ``r`` (the ``efficient_return``
-    portfolio), no solve per point.
+    portfolio), no solve per point. With ``groups`` the same walk runs over the
+    target return on the constrained QP (see :mod:`indico.optimization.groups`):
+    its pieces, corners and points are exact in the same sense.
 
     Args:
         prices: aligned adjusted closes, DataFrame (dates x symbols), as for
@@ -285,6 +320,7 @@ def efficient_frontier(
         weight_bounds: as for :func:`optimize`.
         returns_model, returns_span, risk_model, risk_span: the estimators of μ
             and Σ (see :mod:`indico.optimization.estimators`).
+        groups: sector constraints, as for :func:`optimize`.
 
     Returns:
         ``{"points": [...], "min_volatility": {...}, "max_sharpe": {...} or None,
@@ -295,8 +331,8 @@ def efficient_frontier(
         maximum-return one.
 
     Raises:
-        OptimizationError: invalid input or infeasible bounds; the message says
-            what to change.
+        OptimizationError: invalid input or infeasible bounds or groups; the
+            message says what to change.
     """
     if isinstance(points, bool) or not isinstance(points, (int, np.integer)) or not (
             FRONTIER_MIN_POINTS <= points <= FRONTIER_MAX_POINTS):
@@ -308,7 +344,8 @@ def efficient_frontier(
     lower, upper = parse_bounds(weight_bounds, data.symbols)
     frontier.check_bounds(lower, upper)
     context = _Context(lower=lower, upper=upper, risk_free_rate=risk_free_rate,
-                       target_return=None, target_volatility=None)
+                       target_return=None, target_volatility=None,
+                       groups=_constraints(groups, data.symbols, lower, upper))
 
     def portfolio(weights):
         weights = _clean_weights(weights, lower, upper)
@@ -317,6 +354,8 @@ def efficient_frontier(
             "weights": {s: float(w) + 0.0 for s, w in zip(data.symbols, weights, strict=True)},
         }
 
+    if context.groups is not None:
+        return _grouped_frontier(data, context, points, portfolio)
     if _single_portfolio(context):
         only = portfolio(frontier.extreme_return_portfolio(data.mu, lower, upper))
         best = only if only["expected_return"] > risk_free_rate else None
@@ -339,6 +378,34 @@ def efficient_frontier(
     except OptimizationError:
         best = None  # nothing beats the risk-free rate: no tangency portfolio
     return {"points": curve, "min_volatility": curve[0], "max_sharpe": best,
+            "corners": [portfolio(corner) for corner in corners]}
+
+
+def _grouped_frontier(data, context, points, portfolio):
+    """:func:`efficient_frontier` under groups: each point on its piece (exact)."""
+    solver = _grouped(data, context)
+    least = solver.min_volatility()
+    pieces = solver.pieces()
+    try:
+        best = portfolio(_max_sharpe_with_groups(data, context))
+    except OptimizationError:
+        best = None  # nothing beats the risk-free rate: no tangency portfolio
+    first = portfolio(least)
+    if not pieces:
+        return {"points": [first] * points, "min_volatility": first, "max_sharpe": best,
+                "corners": [first]}
+    low, high = float(data.mu @ least), solver.reachable()[1]
+    joint = 1e-9 * (high - low)
+    curve = [first]
+    for target in np.linspace(low, high, points)[1:]:
+        piece = next((p for p in pieces if target <= p.hi + joint), pieces[-1])
+        curve.append(portfolio(piece.x(float(target))))
+    corners = [least]
+    for piece in pieces:
+        corner = piece.x(min(piece.hi, high))
+        if np.max(np.abs(corner - corners[-1])) > 1e-12:
+            corners.append(corner)
+    return {"points": curve, "min_volatility": first, "max_sharpe": best,
             "corners": [portfolio(corner) for corner in corners]}
 
 
@@ -610,6 +677,54 @@ def _max_diversification(data, context):
     return _tangency(diversified, zero_rate)
 
 
+def _grouped(data, context):
+    return groups.GroupedFrontier(data.mu, data.solver_covariance(), context.groups,
+                                  context.lower, context.upper)
+
+
+def _min_volatility_with_groups(data, context):
+    return _grouped(data, context).min_volatility()
+
+
+def _max_sharpe_with_groups(data, context):
+    return groups.max_sharpe(data.mu, data.solver_covariance(), context.groups, context.lower,
+                             context.upper, context.risk_free_rate)
+
+
+def _efficient_return_with_groups(data, context):
+    target = context.target_return
+    solver = _grouped(data, context)
+    low, high = solver.reachable()
+    tol = 1e-9 * max(1.0, abs(high))
+    if not low - tol <= target <= high + tol:
+        raise OptimizationError(
+            f"targetReturn {target:.4%} is outside what these assets can reach within "
+            f"weightBounds and groups: between {low:.4%} and {high:.4%} a year.",
+            reachable=[low, high],
+        )
+    return solver.efficient_return(target)
+
+
+def _efficient_risk_with_groups(data, context):
+    return _grouped(data, context).efficient_risk(context.target_volatility)
+
+
+def _min_cvar_with_groups(data, context):
+    return cvar.min_cvar_weights(data.returns, context.lower, context.upper,
+                                 context.cvar_level, context.groups.inequality())
+
+
+#: The solvers of :data:`GROUP_OBJECTIVES` when groups are given (the others'
+#: fast paths know only bounds and the budget).
+_GROUP_SOLVERS = {
+    Objective.MAX_SHARPE: _max_sharpe_with_groups,
+    Objective.MIN_VOLATILITY: _min_volatility_with_groups,
+    Objective.EFFICIENT_RETURN: _efficient_return_with_groups,
+    Objective.EFFICIENT_RISK: _efficient_risk_with_groups,
+    Objective.MIN_CVAR: _min_cvar_with_groups,
+}
+
+
 _OBJECTIVES = {
     Objective.MAX_SHARPE: _max_sharpe,
     Objective.MIN_VOLATILITY: _min_volatility,
@@ -631,6 +746,24 @@ _OBJECTIVES = {
 def _single_portfolio(context):
     """True when the bounds leave exactly one portfolio (they sum to 1 exactly)."""
     return abs(context.lower.sum() - 1.0) <= 1e-12 or abs(context.upper.sum() - 1.0) <= 1e-12
+
+
+def _constraints(specification, symbols, lower, upper):
+    """Validated, feasible groups as :class:`indico.optimization.groups.Constraints`.
+
+    Returns:
+        None when there are no groups.
+
+    Raises:
+        OptimizationError: a malformed group, or groups that cannot hold with the
+            bounds and the budget (the message names them).
+    """
+    parsed = groups.parse_groups(specification, symbols)
+    if not parsed:
+        return None
+    constraints = groups.Constraints.build(parsed, symbols)
+    groups.check_feasible(constraints, lower, upper)
+    return constraints
 
 
 def _finite_number(value, name):

@@ -48,7 +48,9 @@ from indico.optimization.engine import (
     FRONTIER_DEFAULT_POINTS,
     FRONTIER_MAX_POINTS,
     FRONTIER_MIN_POINTS,
+    check_groups_objective,
 )
+from indico.optimization.groups import MAX_GROUPS, parse_groups
 from indico.routes.actions import ActionHandler, Reply, action
 from indico.routes.models import Empty, Request, Symbol
 
@@ -120,6 +122,32 @@ def bounds_problem(count: int, low: float, high: float, max_symbols: int) -> str
     return None
 
 
+GroupName = Annotated[str, StringConstraints(min_length=1, max_length=100)]
+
+
+class GroupRequest(Request):
+    """One sector constraint: the weights of ``symbols`` sum within ``[min, max]``.
+
+    The rules across fields (symbols among the request's, names unique, ``0 <= min
+    <= max <= 1``) are checked by :class:`MarketRequest` with the engine's own
+    :func:`indico.optimization.groups.parse_groups`, as 422s naming the group.
+    """
+
+    name: GroupName
+    symbols: list[Symbol] = Field(min_length=1)
+    low: float = Field(0.0, validation_alias="min", allow_inf_nan=False,
+                       json_schema_extra={"minimum": 0, "maximum": 1},
+                       description="least total weight of the group's symbols (default 0)")
+    high: float = Field(1.0, validation_alias="max", allow_inf_nan=False,
+                        json_schema_extra={"minimum": 0, "maximum": 1},
+                        description="most total weight of the group's symbols (default 1)")
+
+    def params(self) -> dict:
+        """The group as stored with a job and passed to the engine."""
+        return {"name": self.name, "symbols": list(self.symbols), "min": self.low,
+                "max": self.high}
+
+
 class MarketRequest(Request):
     """The fields optimize and frontier share: symbols, dates, estimators, bounds.
 
@@ -162,6 +190,12 @@ class MarketRequest(Request):
         0.95, ge=0.5, le=0.999, allow_inf_nan=False,
         validation_alias=AliasChoices("cvarLevel", "cvar_level"),
         description="confidence level of objective min_cvar and of stats.cvar")
+    groups: list[GroupRequest] | None = Field(
+        None, max_length=MAX_GROUPS,
+        description="sector constraints: the weights of each group's symbols sum within "
+                    "[min, max]; a symbol may be in several groups or none. For objectives "
+                    "max_sharpe, min_volatility, efficient_return, efficient_risk, min_cvar "
+                    "and the frontier")
 
     @field_validator("symbols")
     @classmethod
@@ -200,7 +234,12 @@ class MarketRequest(Request):
         problem = bounds_problem(len(self.symbols), *self.weight_bounds, config.max_symbols)
         if problem:
             raise error.OptimizationError(problem, field="weightBounds")
+        parse_groups(self.group_params(), self.symbols)
         return self
+
+    def group_params(self) -> list[dict] | None:
+        """The groups as the engine takes them, or None when none were given."""
+        return None if self.groups is None else [group.params() for group in self.groups]
 
     def params(self) -> dict:
         """The normalized parameters (ISO dates, upper-case symbols, enum values)."""
@@ -211,7 +250,7 @@ class MarketRequest(Request):
             "weight_bounds": list(self.weight_bounds),
             "returns_model": self.returns_model.value, "returns_span": self.returns_span,
             "risk_model": self.risk_model.value, "risk_span": self.risk_span,
-            "cvar_level": self.cvar_level,
+            "cvar_level": self.cvar_level, "groups": self.group_params(),
         }
 
 
@@ -236,6 +275,8 @@ class OptimizeRequest(MarketRequest):
             if self.objective == needed and value is None:
                 raise error.ValidationError(f"{field}: required by objective {needed.value}",
                                             field=field)
+        if self.groups:
+            check_groups_objective(self.objective)
         return self
 
     def params(self) -> dict:

@@ -211,7 +211,7 @@ def run_backtest_simulate(prices: pd.DataFrame, benchmark: pd.Series | None,
 
 #: Keyword options of :func:`efficient_frontier` that ``portfolio/frontier`` passes.
 FRONTIER_OPTIONS = ("points", "risk_free_rate", "returns_model", "returns_span",
-                    "risk_model", "risk_span")
+                    "risk_model", "risk_span", "groups")
 
 
 def run_frontier(prices: pd.DataFrame, benchmark: pd.Series | None, params: dict) -> dict:
