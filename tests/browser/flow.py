@@ -501,19 +501,44 @@ class HeadersTest(PageTest):
 
 class GroupsAndMaxAssetsTest(PageTest):
 
-    def test_groups_and_max_assets_reach_the_api_and_their_outcome_is_shown(self):
+    def test_max_assets_reaches_the_api_and_its_proof_is_shown(self):
         page, expect = self.page, self.expect
         self.open_page()
         email = new_email()
         self.sign_up(email)
         self.choose_symbols("AAPL", "MSFT", "JPM", "KO")
         self.fill_dates()
-        # Both choices apply to max_sharpe (the default), neither to equal weights.
-        page.get_by_label("Objective").select_option("equal_weight")
+        # maxAssets applies to max_sharpe and min_volatility only.
+        page.get_by_label("Objective").select_option("hrp")
         expect(page.get_by_label("Most assets held")).to_be_hidden()
+        page.get_by_label("Objective").select_option("min_volatility")
+        page.get_by_label("Most assets held").fill("2")
+        page.get_by_role("button", name="Optimize").click()
+        expect(page.locator("#progress-message")).to_have_text("Done.")
+        [saved] = post(self.base, "/portfolio/list", {},
+                       self.token_of(email))["data"]["results"]
+        self.assertEqual(saved["params"]["max_assets"], 2)
+        held = [symbol for symbol, weight in saved["allocations"].items() if weight > 0]
+        self.assertLessEqual(len(held), 2)
+        stats = page.locator("#stats-table")
+        expect(stats).to_contain_text("At most 2 assets")
+        expect(stats).to_contain_text(
+            "proven optimal" if saved["stats"]["optimal"] else "not proven optimal")
+        expect(stats).to_contain_text(f"{saved['stats']['gap']:.3g}")
+        expect(page.locator("#weights-table tbody tr")).to_have_count(4)
+        self.screenshot("max-assets.png")
+
+    def test_groups_reach_the_api_and_each_groups_total_is_shown(self):
+        page, expect = self.page, self.expect
+        self.open_page()
+        email = new_email()
+        self.sign_up(email)
+        self.choose_symbols("AAPL", "MSFT", "JPM", "KO")
+        self.fill_dates()
+        # Groups apply to max_sharpe (the default), not to equal weights.
+        page.get_by_label("Objective").select_option("equal_weight")
         expect(page.locator("#groups-field")).to_be_hidden()
         page.get_by_label("Objective").select_option("max_sharpe")
-        page.get_by_label("Most assets held").fill("2")
         page.get_by_role("button", name="Add a group").click()
         group = page.locator("#group-rows fieldset").nth(0)
         expect(group.get_by_label("Group", exact=True)).to_be_focused()
@@ -529,10 +554,11 @@ class GroupsAndMaxAssetsTest(PageTest):
         group.get_by_label("Total at least").fill("0.2")
         group.get_by_label("Total at most").fill("1.5")
 
-        # A total above 1: the API names groups.0.max, shown in that group's row.
-        self.expect_failed_request(400, "/portfolio/optimize")
+        # A total above 1: the API's 422 names the group, shown in that group's row.
+        self.expect_failed_request(422, "/portfolio/optimize")
         page.get_by_role("button", name="Optimize").click()
-        expect(group.locator(".error")).to_contain_text("groups.0.max")
+        expect(group.locator(".error")).to_have_text(
+            "group Tech: max must be a number within [0, 1].")
         expect(group.get_by_label("Total at most")).to_have_attribute("aria-invalid", "true")
         expect(page.locator("#groups-error")).to_be_empty()
 
@@ -547,20 +573,12 @@ class GroupsAndMaxAssetsTest(PageTest):
         expect(page.locator("#progress-message")).to_have_text("Done.")
         [saved] = post(self.base, "/portfolio/list", {},
                        self.token_of(email))["data"]["results"]
-        self.assertEqual(saved["params"]["max_assets"], 2)
         self.assertEqual(saved["params"]["groups"],
                          [{"name": "Tech", "symbols": ["AAPL", "MSFT"], "min": 0.2, "max": 0.5}])
-        held = [symbol for symbol, weight in saved["allocations"].items() if weight > 0]
-        self.assertLessEqual(len(held), 2)
         tech = saved["allocations"]["AAPL"] + saved["allocations"]["MSFT"]
         self.assertTrue(0.2 - 1e-9 <= tech <= 0.5 + 1e-9, tech)
 
-        # The page shows the proof of optimality, the gap and the group's total.
-        stats = page.locator("#stats-table")
-        expect(stats).to_contain_text("At most 2 assets")
-        expect(stats).to_contain_text(
-            "proven optimal" if saved["stats"]["optimal"] else "not proven optimal")
-        expect(stats).to_contain_text(f"{saved['stats']['gap']:.3g}")
+        # The page shows the group's total; the frontier is drawn with the same group.
         row = page.locator("#groups-table tbody tr")
         expect(row).to_have_count(1)
         expect(row).to_have_text(re.compile(

@@ -123,10 +123,10 @@
     const body = problem.body || {};
     const items = Array.isArray(body.errors) && body.errors.length
       ? body.errors.map((item) => ({field: item.field, message: `${item.field}: ${item.message}`}))
-      : [{field: body.field, message: problem.message}];
+      : [{field: body.field, group: body.group, message: problem.message}];
     let first = null;
     for (const item of items) {
-      const slot = slotOf(container, item.field);
+      const slot = slotOf(container, item.field, item.group);
       slot.textContent = slot.textContent ? slot.textContent + " " + item.message : item.message;
       for (const described of container.querySelectorAll("[aria-describedby]")) {
         if (!slot.id || !described.getAttribute("aria-describedby").split(" ").includes(slot.id)) {
@@ -145,8 +145,17 @@
   }
 
   /* The error slot of `field` ("groups.1.min"): the slot of its longest prefix
-     ("groups.1.min", "groups.1", "groups"), else the container's own slot. */
-  function slotOf(container, field) {
+     ("groups.1.min", "groups.1", "groups"), else the container's own slot. An
+     error about one group (the envelope's `group`, with field "groups") goes to
+     the slot of the row sent with that name (data-group). */
+  function slotOf(container, field, group) {
+    if (typeof group === "string" && typeof field === "string") {
+      for (const slot of container.querySelectorAll(".error[data-group]")) {
+        if (slot.dataset.group === group && slot.dataset.field.startsWith(field + ".")) {
+          return slot;
+        }
+      }
+    }
     const parts = typeof field === "string" && field ? field.split(".") : [];
     for (let length = parts.length; length > 0; length -= 1) {
       const name = parts.slice(0, length).join(".");
@@ -417,13 +426,17 @@
       }
     },
 
+    // The rows as the API takes them; each row's slot remembers the name it was sent with.
     request() {
-      return this.rows.map((row) => ({
-        name: row.name.value.trim(),
-        symbols: [...row.boxes.values()].filter((box) => box.checked).map((box) => box.value),
-        min: numberOrNull(row.least),
-        max: numberOrNull(row.most),
-      }));
+      return this.rows.map((row) => {
+        row.slot.dataset.group = row.name.value.trim();
+        return {
+          name: row.slot.dataset.group,
+          symbols: [...row.boxes.values()].filter((box) => box.checked).map((box) => box.value),
+          min: numberOrNull(row.least),
+          max: numberOrNull(row.most),
+        };
+      });
     },
   };
   let groupInputs = 0;
