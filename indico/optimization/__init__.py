@@ -75,6 +75,13 @@ exact ``efficient_return`` portfolio for its return, the corner portfolios (wher
 the set of weights at a bound changes; weights are linear in the return between
 two) and the maximum-Sharpe portfolio.
 
+Sector constraints
+------------------
+``groups`` (``[{"name", "symbols", "min", "max"}]``) bound the sum of each group's
+weights for ``max_sharpe``, ``min_volatility``, ``efficient_return``,
+``efficient_risk``, ``min_cvar`` and the frontier; they are solved exactly by the
+constrained QP of :mod:`indico.optimization.qp` (see :mod:`indico.optimization.groups`).
+
 Every domain failure raises :class:`indico.error.OptimizationError` (HTTP 422)
 with a message that says what to change.
 """

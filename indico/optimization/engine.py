@@ -43,6 +43,10 @@ ENGINE_OPTIONS = ("returns_model", "returns_span", "risk_model", "risk_span", "c
 #: Weights closer than this to a bound are snapped onto it when cleaning.
 WEIGHT_CLEAN_TOLERANCE = 1e-9
 
+#: The same under groups: snapping moves a group's sum by as much as it moves
+#: weights, and the constrained QP is exact to rounding, so only rounding is snapped.
+GROUP_WEIGHT_CLEAN_TOLERANCE = 1e-13
+
 #: Decimal places of the weights in :meth:`OptimizationResult.to_dict`.
 WEIGHT_DECIMALS = 10
 
@@ -268,7 +272,8 @@ def optimize(
     )
     benchmark_values = align_benchmark(benchmark, data)
     solvers = _OBJECTIVES if context.groups is None else _GROUP_SOLVERS
-    weights = _clean_weights(solvers[objective](data, context), lower, upper)
+    weights = _clean_weights(solvers[objective](data, context), lower, upper,
+                             _snap_tolerance(context))
     return _build_result(objective, data, weights, context, initial_investment, benchmark_values)
 
 
@@ -348,7 +353,7 @@ def efficient_frontier(
                        groups=_constraints(groups, data.symbols, lower, upper))
 
     def portfolio(weights):
-        weights = _clean_weights(weights, lower, upper)
+        weights = _clean_weights(weights, lower, upper, _snap_tolerance(context))
         return {
             **performance.weight_statistics(weights, data.mu, data.cov, risk_free_rate),
             "weights": {s: float(w) + 0.0 for s, w in zip(data.symbols, weights, strict=True)},
@@ -784,7 +789,11 @@ def _optional_target(value, name, objective, needed_by):
     return _finite_number(value, name)
 
 
-def _clean_weights(weights, lower, upper):
+def _snap_tolerance(context):
+    return WEIGHT_CLEAN_TOLERANCE if context.groups is None else GROUP_WEIGHT_CLEAN_TOLERANCE
+
+
+def _clean_weights(weights, lower, upper, tolerance=WEIGHT_CLEAN_TOLERANCE):
     """Snap near-bound weights onto their bounds and restore the budget exactly.
 
     Solvers leave values like -1e-17 or 0.30000000000000004; those are moved onto
@@ -793,6 +802,7 @@ def _clean_weights(weights, lower, upper):
 
     Args:
         weights, lower, upper: arrays of shape (n,).
+        tolerance: how close to a bound a weight is snapped onto it.
 
     Returns:
         array of shape (n,).
@@ -803,8 +813,8 @@ def _clean_weights(weights, lower, upper):
     """
     if not np.all(np.isfinite(weights)):
         raise OptimizationError("The solver returned invalid weights; try another objective.")
-    weights = np.where(np.abs(weights - lower) <= WEIGHT_CLEAN_TOLERANCE, lower, weights)
-    weights = np.where(np.abs(weights - upper) <= WEIGHT_CLEAN_TOLERANCE, upper, weights)
+    weights = np.where(np.abs(weights - lower) <= tolerance, lower, weights)
+    weights = np.where(np.abs(weights - upper) <= tolerance, upper, weights)
     weights = np.clip(weights, lower, upper)
     weights = simplex.fix_budget(weights, lower, upper)
     if abs(weights.sum() - 1.0) > 1e-9 or np.any(weights < lower - 1e-12) or np.any(

@@ -329,7 +329,11 @@ class GroupedFrontier:
         least = self.min_volatility()
         if target <= float(self.mu @ least):
             return least
-        return self._program(min(target, self._top())).solve().x
+        top = self._top()
+        if target >= top:
+            # The last piece, evaluated at the highest return itself (exact).
+            return self.piece(top).x(min(target, self.reachable()[1]))
+        return self._program(target).solve().x
 
     def piece(self, target):
         """The affine piece of the efficient-return optimum around ``target``."""
@@ -399,8 +403,7 @@ class GroupedFrontier:
         start, top = float(self.mu @ least), self._top()
         if top <= start:
             return least
-        highest = self.piece(top)
-        best = highest.x(top)
+        best = self.efficient_return(self.reachable()[1])
         if float(best @ self.cov @ best) <= variance:
             return best
         low, high = start, top
