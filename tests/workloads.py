@@ -4,7 +4,7 @@ import os
 import signal
 import time
 
-from indico.services.jobs import run_optimization
+from indico.services.jobs import run_backtest_chunk, run_optimization
 
 
 def stall_on_min_volatility(prices, benchmark, params):
@@ -25,3 +25,25 @@ def hold_until(started, release):
     while not os.path.exists(release):
         time.sleep(0.01)
     return os.getpid()
+
+
+def chunk_held_by_files(prices, benchmark, params):
+    """A backtest's real chunk, once ``params["hold"]/release`` exists.
+
+    Each call first appends a line to ``hold/chunks`` (how many chunks started)
+    and creates ``hold/started``.
+    """
+    hold = params["hold"]
+    with open(os.path.join(hold, "chunks"), "a") as handle:
+        handle.write(f"{params['ks']}\n")
+    open(os.path.join(hold, "started"), "a").close()
+    while not os.path.exists(os.path.join(hold, "release")):
+        time.sleep(0.01)
+    return run_backtest_chunk(prices, benchmark, params)
+
+
+def chunk_stalled_after_the_first(prices, benchmark, params):
+    """A backtest's real chunk for rebalance 0 on; every later chunk never finishes."""
+    if params["ks"][0] > 0:
+        time.sleep(3600)
+    return run_backtest_chunk(prices, benchmark, params)

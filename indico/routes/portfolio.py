@@ -43,7 +43,14 @@ from config import Config
 from indico import error
 from indico.db.records import Job, JobKind
 from indico.optimization import Objective, ReturnsModel, RiskModel
-from indico.optimization.backtest import Rebalance
+from indico.optimization.backtest import (
+    MAX_COST_BPS,
+    MAX_LOOKBACK_DAYS,
+    MAX_REBALANCE_DAYS,
+    MIN_LOOKBACK_DAYS,
+    MIN_REBALANCE_DAYS,
+    Rebalance,
+)
 from indico.optimization.engine import (
     FRONTIER_DEFAULT_POINTS,
     FRONTIER_MAX_POINTS,
@@ -307,10 +314,8 @@ class FrontierRequest(MarketRequest):
         return {**super().params(), "points": self.points}
 
 
-# Trading days between rebalances when ``rebalance`` is a number.
-REBALANCE_MIN_DAYS, REBALANCE_MAX_DAYS = 5, 2520
 REBALANCE_RULE = (f"give {', '.join(choice.value for choice in Rebalance)}, or a whole number "
-                  f"of trading days from {REBALANCE_MIN_DAYS} to {REBALANCE_MAX_DAYS}")
+                  f"of trading days from {MIN_REBALANCE_DAYS} to {MAX_REBALANCE_DAYS}")
 
 
 def _rebalance(value):
@@ -318,15 +323,15 @@ def _rebalance(value):
     if isinstance(value, str) and value in tuple(Rebalance):
         return Rebalance(value)
     if (isinstance(value, int) and not isinstance(value, bool)
-            and REBALANCE_MIN_DAYS <= value <= REBALANCE_MAX_DAYS):
+            and MIN_REBALANCE_DAYS <= value <= MAX_REBALANCE_DAYS):
         return value
     raise PydanticCustomError("rebalance", REBALANCE_RULE)
 
 
 RebalanceChoice = Annotated[Rebalance | int, BeforeValidator(_rebalance), WithJsonSchema({
     "oneOf": [{"type": "string", "enum": [choice.value for choice in Rebalance]},
-              {"type": "integer", "minimum": REBALANCE_MIN_DAYS,
-               "maximum": REBALANCE_MAX_DAYS}],
+              {"type": "integer", "minimum": MIN_REBALANCE_DAYS,
+               "maximum": MAX_REBALANCE_DAYS}],
     "description": "on the first trading day of each month, quarter or year, or every so "
                    "many trading days"})]
 
@@ -343,11 +348,12 @@ class BacktestRequest(OptimizeRequest):
     # field would be, and left out of the OpenAPI document.
     wait: SkipJsonSchema[bool] = Field(True, exclude=True)
     lookback_days: int = Field(
-        252, ge=20, le=5000, validation_alias=AliasChoices("lookbackDays", "lookback_days"),
+        252, ge=MIN_LOOKBACK_DAYS, le=MAX_LOOKBACK_DAYS,
+        validation_alias=AliasChoices("lookbackDays", "lookback_days"),
         description="trading days of history each rebalance optimizes on")
     rebalance: RebalanceChoice = Rebalance.MONTHLY
     cost_bps: float = Field(
-        10.0, ge=0, le=1000, allow_inf_nan=False,
+        10.0, ge=0, le=MAX_COST_BPS, allow_inf_nan=False,
         validation_alias=AliasChoices("costBps", "cost_bps"),
         description="transaction cost in basis points of the traded value")
 

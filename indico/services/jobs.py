@@ -812,9 +812,10 @@ class JobService:
                         self._chunk(frame, benchmark, job, plan, ks)))
                 finished, running = await asyncio.wait(running,
                                                        return_when=asyncio.FIRST_COMPLETED)
-                failures = [task.exception() for task in finished if task.exception()]
-                if failures:
-                    raise failures[0]
+                failure = next((task.exception() for task in finished if task.exception()),
+                               None)
+                if failure is not None:
+                    raise failure
                 for ks, chunk, seconds in [task.result() for task in finished]:
                     for k, chosen in zip(ks, chunk, strict=True):
                         weights[k] = chosen

@@ -6,7 +6,7 @@ import json
 import time
 
 from indico.db import jobs
-from indico.db.records import Job, JobEvent
+from indico.db.records import Job, JobEvent, JobKind
 from indico.db.util import now
 from tests.harness import ServerTest, needs_embedded
 
@@ -114,6 +114,71 @@ class JobsTest(ServerTest):
         self.assertNotIn("slot", done)
         self.assertEqual(sorted(job["slot"] for job in self.find("jobs") if "slot" in job),
                          ["a:0", "a:1", "b:0"])
+
+
+class KindProgressCancelTest(ServerTest):
+    """A job's kind, a backtest's progress, and cancellation by its owner."""
+
+    run_async = JobsTest.run_async
+
+    def test_a_job_stored_without_a_kind_is_an_optimization(self):
+        job = self.run_async(jobs.create_job, "owner", PARAMS, 10)
+        self.assertEqual((job.kind, self.find("jobs")[0]["kind"]), (JobKind.OPTIMIZE, "optimize"))
+        self.io_loop.run_sync(lambda: self.db.jobs.update_one({"_id": job.id},
+                                                              {"$unset": {"kind": ""}}))
+        self.assertEqual(self.run_async(jobs.get_job, "owner", job.id).kind, JobKind.OPTIMIZE)
+        [listed] = self.run_async(jobs.list_jobs, "owner", 5)
+        self.assertEqual(listed.kind, JobKind.OPTIMIZE)
+
+    def test_progress_is_an_event_written_only_by_the_lease_holder(self):
+        job = self.run_async(jobs.create_job, "owner", PARAMS, 10, worker="w1", lease=30,
+                             kind=JobKind.BACKTEST)
+        self.assertIsNone(self.run_async(jobs.record_progress, job, "w2", 1, 10))
+        first = self.run_async(jobs.record_progress, job, "w1", 2, 10)
+        second = self.run_async(jobs.record_progress, first, "w1", 5, 10)
+        [stored] = self.find("jobs")
+        self.assertEqual(second, Job.from_document(stored))  # the write answers the stored job
+        self.assertEqual((stored["kind"], stored["progress"]), ("backtest", {"done": 5,
+                                                                              "total": 10}))
+        self.assertEqual([(event["event"], event.get("done"), event.get("total"))
+                          for event in stored["events"]],
+                         [("queued", None, None), ("running", None, None),
+                          ("progress", 2, 10), ("progress", 5, 10)])
+        done = self.run_async(jobs.complete_job, second, "w1", jobs.DONE, result={"x": 1})
+        self.assertEqual([event.event for event in done.events],
+                         ["queued", "running", "progress", "progress", "done"])
+        self.assertEqual(done, self.run_async(jobs.get_job, "owner", job.id))
+        self.assertIsNone(self.run_async(jobs.record_progress, done, "w1", 10, 10))
+
+    def test_cancel_ends_a_queued_or_running_job_of_the_owner_only(self):
+        queued = self.run_async(jobs.create_job, "owner", PARAMS, 10)
+        self.assertEqual(self.run_async(jobs.cancel_job, "other", queued.id), (None, False))
+        self.assertEqual(self.run_async(jobs.cancel_job, "owner", "0" * 24), (None, False))
+        cancelled, done = self.run_async(jobs.cancel_job, "owner", queued.id)
+        self.assertTrue(done)
+        [stored] = self.find("jobs")
+        self.assertEqual(cancelled, Job.from_document(stored))
+        self.assertEqual((cancelled.status, cancelled.error, cancelled.slot),
+                         ("failed", "cancelled", None))
+        self.assertEqual([event.event for event in cancelled.events], ["queued", "failed"])
+        self.assertIsNone(self.run_async(jobs.claim_job, "w1", 30))
+        # Once ended, it stays as it ended.
+        self.assertEqual(self.run_async(jobs.cancel_job, "owner", queued.id), (cancelled, False))
+        running = self.run_async(jobs.create_job, "owner", PARAMS, 10, worker="w1", lease=30,
+                                 kind=JobKind.BACKTEST)
+        progressed = self.run_async(jobs.record_progress, running, "w1", 1, 4)
+        cancelled, done = self.run_async(jobs.cancel_job, "owner", running.id)
+        self.assertTrue(done)
+        self.assertEqual([event.event for event in cancelled.events],
+                         ["queued", "running", "progress", "failed"])
+        self.assertEqual((cancelled.lease_owner, cancelled.progress), (None, {"done": 1,
+                                                                              "total": 4}))
+        # Its runner can neither renew, nor write progress, nor complete it.
+        self.assertFalse(self.run_async(jobs.renew_lease, running.id, "w1", 30))
+        self.assertIsNone(self.run_async(jobs.record_progress, progressed, "w1", 2, 4))
+        self.assertIsNone(self.run_async(jobs.complete_job, progressed, "w1", jobs.DONE,
+                                         result={}))
+        self.assertEqual(self.run_async(jobs.get_job, "owner", running.id), cancelled)
 
 
 class JobRecordTest(ServerTest):
