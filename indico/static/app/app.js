@@ -857,7 +857,8 @@
       statsBody.appendChild(row([`At most ${params.max_assets ?? "?"} assets`,
                                  stats.optimal ? "proven optimal"
                                    : "not proven optimal (time limit)"], true));
-      statsBody.appendChild(row(["Optimality gap (bound)", gapText(stats.gap)], true));
+      statsBody.appendChild(row(["Optimality gap (at most, relative)", gapText(stats.gap)],
+                                true));
     }
 
     const performance = result.performance || {};
@@ -879,8 +880,11 @@
     $("result-title").focus();
   }
 
+  // The relative bound on how far the best portfolio may be from the one found
+  // (indico.optimization.cardinality): 0 when proven optimal.
   function gapText(gap) {
-    return Number.isFinite(gap) ? gap.toPrecision(3) : "–";
+    if (!Number.isFinite(gap)) return "–";
+    return gap === 0 ? "0 %" : (gap * 100).toPrecision(3) + " %";
   }
 
   // The result's groups, each with the total weight the result gives its symbols.
