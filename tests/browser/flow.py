@@ -6,6 +6,10 @@ Debian's Chromium (``/usr/bin/chromium``). The tests do what a person does:
 sign up, optimize the seed's request, watch its progress, read the charts,
 reload, reopen and delete the saved result, log out; an invalid field shows
 the API's message beside it; a 360 px wide screen needs no horizontal scroll.
+Issue 13's choices (``maxAssets``, the groups editor) reach the API and their
+outcome is shown; issue 14's backtest runs with its progress bar, chart,
+statistics and rebalances, its fields' errors sit beside them, and a running
+backtest can be cancelled.
 
 Every test fails on a browser console error or an uncaught exception (a CSP
 violation is one) other than the failed requests it provokes on purpose
@@ -154,6 +158,10 @@ class PageTest(unittest.TestCase):
         widths = self.page.evaluate(
             "[document.documentElement.scrollWidth, document.documentElement.clientWidth]")
         self.assertLessEqual(widths[0], widths[1], "the page scrolls sideways")
+
+    def fill_dates(self, start: str = "2012-01-01", end: str = "2016-03-20") -> None:
+        self.page.get_by_label("Start date").fill(start)
+        self.page.get_by_label("End date").fill(end)
 
     def token_of(self, email: str) -> str:
         return post(self.base, "/auth/login", {"email": email, "password": PASSWORD})[
@@ -424,6 +432,28 @@ class PhoneScreenTest(PageTest):
         self.no_horizontal_scroll()
         self.screenshot("phone.png")
 
+    def test_a_backtest_fits_a_360_px_screen(self):
+        page, expect = self.page, self.expect
+        email = new_email()
+        token = post(self.base, "/auth/signup", {"email": email, "password": PASSWORD})[
+            "data"]["token"]
+        post(self.base, "/portfolio/backtest",
+             {**SEED_REQUEST, "startDate": "01-01-14", "rebalance": "quarterly"}, token)
+        self.open_page()
+        self.log_in(email)
+        # Opened from the list, running or done: the page follows it to its view.
+        page.locator("#saved-list li").first.get_by_role("button", name="Open").click()
+        expect(page.locator("#backtest-chart svg text.legend")).to_have_count(3)
+        page.locator("#rebalances-table tbody tr").first.get_by_role("button").click()
+        expect(page.locator("#rebalance-0-weights li")).to_have_count(3)
+        self.no_horizontal_scroll()
+        # The legend wraps rather than runs past the chart's edge.
+        widths = page.locator("#backtest-chart svg").evaluate(
+            "(svg) => [Math.max(...[...svg.querySelectorAll('text.legend')].map("
+            "(t) => t.getBBox().x + t.getBBox().width)), svg.viewBox.baseVal.width]")
+        self.assertLessEqual(widths[0], widths[1])
+        self.screenshot("phone-backtest.png")
+
     def test_the_page_is_usable_by_keyboard(self):
         page, expect = self.page, self.expect
         email = new_email()
@@ -467,3 +497,239 @@ class HeadersTest(PageTest):
                          [])
         self.assertEqual(json.loads(self.page.evaluate("JSON.stringify(Object.keys(sessionStorage))")),
                          [])
+
+
+class GroupsAndMaxAssetsTest(PageTest):
+
+    def test_max_assets_reaches_the_api_and_its_proof_is_shown(self):
+        page, expect = self.page, self.expect
+        self.open_page()
+        email = new_email()
+        self.sign_up(email)
+        self.choose_symbols("AAPL", "MSFT", "JPM", "KO")
+        self.fill_dates()
+        # maxAssets applies to max_sharpe and min_volatility only.
+        page.get_by_label("Objective").select_option("hrp")
+        expect(page.get_by_label("Most assets held")).to_be_hidden()
+        page.get_by_label("Objective").select_option("min_volatility")
+        page.get_by_label("Most assets held").fill("2")
+        page.get_by_role("button", name="Optimize").click()
+        expect(page.locator("#progress-message")).to_have_text("Done.")
+        [saved] = post(self.base, "/portfolio/list", {},
+                       self.token_of(email))["data"]["results"]
+        self.assertEqual(saved["params"]["max_assets"], 2)
+        held = [symbol for symbol, weight in saved["allocations"].items() if weight > 0]
+        self.assertLessEqual(len(held), 2)
+        stats = page.locator("#stats-table")
+        expect(stats).to_contain_text("At most 2 assets")
+        expect(stats).to_contain_text(
+            "proven optimal" if saved["stats"]["optimal"] else "not proven optimal")
+        gap_row = stats.locator("tr", has_text="Optimality gap (at most, relative)")
+        expect(gap_row).to_have_text(re.compile(r"\)\s*[0-9.e+-]+ %$"))
+        shown_gap = float(re.search(r"([0-9.e+-]+) %$", gap_row.inner_text()).group(1))
+        self.assertAlmostEqual(shown_gap, saved["stats"]["gap"] * 100,
+                               delta=abs(saved["stats"]["gap"] * 100) * 5e-3)
+        expect(page.locator("#weights-table tbody tr")).to_have_count(4)
+        self.screenshot("max-assets.png")
+
+    def test_groups_reach_the_api_and_each_groups_total_is_shown(self):
+        page, expect = self.page, self.expect
+        self.open_page()
+        email = new_email()
+        self.sign_up(email)
+        self.choose_symbols("AAPL", "MSFT", "JPM", "KO")
+        self.fill_dates()
+        # Groups apply to max_sharpe (the default), not to equal weights.
+        page.get_by_label("Objective").select_option("equal_weight")
+        expect(page.locator("#groups-field")).to_be_hidden()
+        page.get_by_label("Objective").select_option("max_sharpe")
+        page.get_by_role("button", name="Add a group").click()
+        group = page.locator("#group-rows fieldset").nth(0)
+        expect(group.get_by_label("Group", exact=True)).to_be_focused()
+        # One checkbox per chosen symbol; a symbol chosen later is offered too.
+        expect(group.get_by_role("checkbox")).to_have_count(4)
+        self.choose_symbols_more("PG")
+        expect(group.get_by_role("checkbox")).to_have_count(5)
+        page.get_by_role("button", name="Remove PG").click()
+        expect(group.get_by_role("checkbox")).to_have_count(4)
+        group.get_by_label("Group", exact=True).fill("Tech")
+        group.get_by_label("AAPL").check()
+        group.get_by_label("MSFT").check()
+        group.get_by_label("Total at least").fill("0.2")
+        group.get_by_label("Total at most").fill("1.5")
+
+        # A total above 1: the API's 422 names the group, shown in that group's row.
+        self.expect_failed_request(422, "/portfolio/optimize")
+        page.get_by_role("button", name="Optimize").click()
+        expect(group.locator(".error")).to_have_text(
+            "group Tech: max must be a number within [0, 1].")
+        expect(group.get_by_label("Total at most")).to_have_attribute("aria-invalid", "true")
+        expect(page.locator("#groups-error")).to_be_empty()
+
+        # A second group, removed again: the first keeps its place and its name.
+        page.get_by_role("button", name="Add a group").click()
+        expect(page.locator("#group-rows fieldset")).to_have_count(2)
+        page.get_by_role("button", name="Remove group 2").click()
+        expect(page.locator("#group-rows fieldset")).to_have_count(1)
+
+        group.get_by_label("Total at most").fill("0.5")
+        page.get_by_role("button", name="Optimize").click()
+        expect(page.locator("#progress-message")).to_have_text("Done.")
+        [saved] = post(self.base, "/portfolio/list", {},
+                       self.token_of(email))["data"]["results"]
+        self.assertEqual(saved["params"]["groups"],
+                         [{"name": "Tech", "symbols": ["AAPL", "MSFT"], "min": 0.2, "max": 0.5}])
+        tech = saved["allocations"]["AAPL"] + saved["allocations"]["MSFT"]
+        self.assertTrue(0.2 - 1e-9 <= tech <= 0.5 + 1e-9, tech)
+
+        # The page shows the group's total; the frontier is drawn with the same group.
+        row = page.locator("#groups-table tbody tr")
+        expect(row).to_have_count(1)
+        expect(row).to_have_text(re.compile(
+            rf"^Tech\s*AAPL, MSFT\s*20\.00 % to 50\.00 %\s*{tech * 100:.2f} %$"))
+        expect(page.locator("#frontier-chart svg circle.chosen")).to_have_count(1)
+        self.screenshot("groups.png")
+
+    def choose_symbols_more(self, symbol: str) -> None:
+        box = self.page.get_by_role("combobox", name="Symbols")
+        box.fill(symbol)
+        box.press("Enter")
+
+
+class BacktestTest(PageTest):
+
+    def test_a_backtest_shows_its_progress_chart_statistics_and_rebalances(self):
+        page, expect = self.page, self.expect
+        self.open_page()
+        email = new_email()
+        self.sign_up(email)
+        self.choose_symbols("AAPL", "MSFT", "JPM")
+        self.fill_dates()
+        page.get_by_label("Lookback").fill("126")
+        page.get_by_label("Rebalance", exact=True).select_option("quarterly")
+        page.get_by_label("Trading cost").fill("10")
+        page.get_by_role("button", name="Run backtest").click()
+
+        expect(page.locator("#progress-message")).to_have_text("Done.")
+        [saved] = post(self.base, "/portfolio/list", {},
+                       self.token_of(email))["data"]["results"]
+        self.assertEqual(saved["kind"], "backtest")
+        result = post(self.base, "/portfolio/result", {"id": saved["id"]},
+                      self.token_of(email))["data"]
+        total = len(result["rebalances"])
+        self.assertGreater(total, 10)
+        # The bar reached the total with the job's progress events.
+        bar = page.locator("#backtest-progress")
+        expect(page.locator("#backtest-progress-text")).to_have_text(
+            f"{total} of {total} rebalances")
+        self.assertEqual(bar.evaluate("(bar) => [bar.value, bar.max]"), [total, total])
+        expect(page.locator("#steps li.reached")).to_have_count(3)
+        self.check_backtest(result)
+        self.screenshot("backtest.png")
+
+        # Saved with its kind; a reload and Open show the same backtest view.
+        page.reload()
+        item = page.locator("#saved-list li").first
+        expect(item).to_contain_text("Backtest")
+        item.get_by_role("button", name="Open").click()
+        self.check_backtest(result)
+        expect(page.locator("#result-section")).to_be_hidden()
+
+    def check_backtest(self, result: dict) -> None:
+        page, expect = self.page, self.expect
+        expect(page.locator("#backtest-section")).to_be_visible()
+        expect(page.locator("#backtest-summary")).to_contain_text(
+            "rebalanced quarterly on 126 trading days")
+        chart = page.locator("#backtest-chart svg")
+        for line in ("strategy", "equal", "index"):
+            expect(chart.locator(f"polyline.{line}")).to_have_count(1)
+            points = chart.locator(f"polyline.{line}").get_attribute("points")
+            self.assertEqual(len(points.split()), len(result["series"]["dates"]))
+        expect(chart.locator("text.legend")).to_have_text(["Strategy", "Equal weight", "Index"])
+        strategy = result["stats"]["strategy"]
+        equal = result["stats"]["equal_weight"]
+        sharpe = page.locator("#backtest-stats tbody tr", has_text="Sharpe ratio")
+        expect(sharpe).to_have_text(re.compile(
+            rf"^Sharpe ratio\s*{strategy['sharpe']:.3f}\s*{equal['sharpe']:.3f}$"))
+        expect(page.locator("#backtest-stats tbody tr")).to_have_count(9)
+        rows = page.locator("#rebalances-table tbody tr:not(.weights-row)")
+        expect(rows).to_have_count(len(result["rebalances"]))
+        first = result["rebalances"][0]
+        expect(rows.first).to_contain_text(first["date"])
+        expect(rows.first).to_contain_text(f"{first['turnover'] * 100:.2f} %")
+        # Weights on demand.
+        show = rows.first.get_by_role("button", name=f"Weights chosen on {first['date']}")
+        show.click()
+        expect(show).to_have_attribute("aria-expanded", "true")
+        weights = page.locator("#rebalance-0-weights li")
+        expect(weights).to_have_count(len(first["weights"]))
+        top = max(first["weights"], key=first["weights"].get)
+        expect(weights.first).to_have_text(f"{top} {first['weights'][top] * 100:.2f} %")
+
+
+class BacktestFieldErrorTest(PageTest):
+
+    def test_a_wrong_backtest_field_shows_the_apis_message_beside_it(self):
+        page, expect = self.page, self.expect
+        self.open_page()
+        self.sign_up(new_email())
+        self.choose_symbols("AAPL", "MSFT")
+        self.fill_dates()
+        self.expect_failed_request(400, "/portfolio/backtest")
+        page.get_by_label("Lookback").fill("5")
+        page.get_by_role("button", name="Run backtest").click()
+        expect(page.locator("#lookback-days-error")).to_contain_text("lookbackDays")
+        expect(page.get_by_label("Lookback")).to_have_attribute("aria-invalid", "true")
+        expect(page.get_by_label("Lookback")).to_be_focused()
+        expect(page.locator("#rebalance-error")).to_be_empty()
+
+        # Every so many trading days, too few of them: beside the rebalance choice.
+        page.get_by_label("Lookback").fill("252")
+        page.get_by_label("Rebalance", exact=True).select_option("days")
+        page.get_by_label("Trading days between rebalances").fill("3")
+        page.get_by_role("button", name="Run backtest").click()
+        expect(page.locator("#rebalance-error")).to_contain_text("rebalance")
+        expect(page.locator("#lookback-days-error")).to_be_empty()
+        expect(page.get_by_label("Trading days between rebalances")).to_have_attribute(
+            "aria-invalid", "true")
+        self.screenshot("backtest-field-error.png")
+
+        # The shared range's first day leaves no history before the first rebalance: the
+        # API's 422 names the symbols and lookbackDays, and sits beside Lookback.
+        self.expect_failed_request(422, "/portfolio/backtest")
+        page.get_by_label("Rebalance", exact=True).select_option("monthly")
+        self.fill_dates("1990-01-02", "2016-03-20")
+        page.get_by_role("button", name="Run backtest").click()
+        expect(page.locator("#lookback-days-error")).to_contain_text(
+            "AAPL, MSFT have only 0 trading days of prices")
+        expect(page.locator("#lookback-days-error")).to_contain_text("lookbackDays needs 252")
+        expect(page.locator("#rebalance-error")).to_be_empty()
+        expect(page.locator("#progress-section")).to_be_hidden()
+
+
+class BacktestCancelTest(PageTest):
+
+    def test_a_running_backtest_is_cancelled_from_the_page(self):
+        page, expect = self.page, self.expect
+        self.open_page()
+        email = new_email()
+        self.sign_up(email)
+        # About 1,400 weekly min_cvar rebalances of ten symbols: seconds of work even on a
+        # fast machine, so the job is still running when the first progress event shows.
+        self.choose_symbols("AAPL", "MSFT", "JPM", "KO", "PG", "XOM", "WMT", "PEP", "JNJ", "HD")
+        self.fill_dates("1995-01-01", "2022-12-28")
+        page.get_by_label("Objective").select_option("min_cvar")
+        page.get_by_label("Rebalance", exact=True).select_option("days")
+        page.get_by_label("Trading days between rebalances").fill("5")
+        page.get_by_role("button", name="Run backtest").click()
+        expect(page.locator("#backtest-progress-text")).to_contain_text(" of ")
+        page.get_by_role("button", name="Cancel the job").click()
+        expect(page.locator("#progress-message")).to_contain_text(
+            "The backtest failed: cancelled")
+        expect(page.locator("#steps li.failed")).to_have_text("failed")
+        expect(page.get_by_role("button", name="Cancel the job")).to_be_hidden()
+        [saved] = post(self.base, "/portfolio/list", {},
+                       self.token_of(email))["data"]["results"]
+        self.assertEqual((saved["kind"], saved["status"]), ("backtest", "failed"))
+        expect(page.locator("#saved-list li").first).to_contain_text("Backtest")
+        expect(page.locator("#saved-list li").first).to_contain_text("failed")

@@ -1,6 +1,7 @@
 /*
- * indico's page: sign up or log in, optimize a portfolio, watch its job over
- * /ws/jobs, see the result's charts, keep and reopen saved results.
+ * indico's page: sign up or log in, optimize or backtest a portfolio, watch
+ * its job over /ws/jobs (a backtest's progress as a bar; cancel it), see the
+ * result's charts, keep and reopen saved results of both kinds.
  *
  * Rules this file keeps:
  * - every URL is relative ("../auth/login"), so the page works at /app/ and
@@ -32,6 +33,12 @@
     max_diversification: "Maximum diversification",
   };
   const STEPS = ["queued", "running", "done"];
+  // The objectives that take maxAssets, and those that take groups (issue 13).
+  const MAX_ASSETS_OBJECTIVES = ["max_sharpe", "min_volatility"];
+  const GROUP_OBJECTIVES = ["max_sharpe", "min_volatility", "efficient_return", "efficient_risk",
+                            "min_cvar"];
+  const KIND_NAMES = {optimize: "Optimization", backtest: "Backtest"};
+  const REBALANCE_NAMES = {monthly: "monthly", quarterly: "quarterly", yearly: "yearly"};
 
   const $ = (id) => document.getElementById(id);
   const percent = (value) => Number.isFinite(value) ? (value * 100).toFixed(2) + " %" : "–";
@@ -116,28 +123,46 @@
     const body = problem.body || {};
     const items = Array.isArray(body.errors) && body.errors.length
       ? body.errors.map((item) => ({field: item.field, message: `${item.field}: ${item.message}`}))
-      : [{field: body.field, message: problem.message}];
+      : [{field: body.field, group: body.group, message: problem.message}];
     let first = null;
     for (const item of items) {
-      const name = typeof item.field === "string" ? item.field.split(".")[0] : "";
-      let slot = name ? container.querySelector(`.error[data-field="${CSS.escape(name)}"]`) : null;
-      if (!slot) slot = container.querySelector('.error[data-field=""]');
+      const slot = slotOf(container, item.field, item.group);
       slot.textContent = slot.textContent ? slot.textContent + " " + item.message : item.message;
-      for (const input of container.querySelectorAll("[aria-describedby]")) {
-        if (slot.id && input.getAttribute("aria-describedby").split(" ").includes(slot.id)) {
-          input.setAttribute("aria-invalid", "true");
-          first = first || input;
+      for (const described of container.querySelectorAll("[aria-describedby]")) {
+        if (!slot.id || !described.getAttribute("aria-describedby").split(" ").includes(slot.id)) {
+          continue;
         }
-      }
-      const group = slot.closest("fieldset");
-      if (group) {
-        for (const input of group.querySelectorAll("input")) {
+        // A fieldset described by the slot (bounds, a group) marks every input in it.
+        const inputs = described.tagName === "FIELDSET"
+          ? described.querySelectorAll("input, select") : [described];
+        for (const input of inputs) {
           input.setAttribute("aria-invalid", "true");
           first = first || input;
         }
       }
     }
     if (first && !first.disabled) first.focus();
+  }
+
+  /* The error slot of `field` ("groups.1.min"): the slot of its longest prefix
+     ("groups.1.min", "groups.1", "groups"), else the container's own slot. An
+     error about one group (the envelope's `group`, with field "groups") goes to
+     the slot of the row sent with that name (data-group). */
+  function slotOf(container, field, group) {
+    if (typeof group === "string" && typeof field === "string") {
+      for (const slot of container.querySelectorAll(".error[data-group]")) {
+        if (slot.dataset.group === group && slot.dataset.field.startsWith(field + ".")) {
+          return slot;
+        }
+      }
+    }
+    const parts = typeof field === "string" && field ? field.split(".") : [];
+    for (let length = parts.length; length > 0; length -= 1) {
+      const name = parts.slice(0, length).join(".");
+      const slot = container.querySelector(`.error[data-field="${CSS.escape(name)}"]`);
+      if (slot) return slot;
+    }
+    return container.querySelector('.error[data-field=""]');
   }
 
   function notice(message) {
@@ -151,10 +176,11 @@
     $("who").hidden = true;
     $("auth-section").hidden = false;
     for (const id of ["optimize-section", "progress-section", "result-section",
-                      "saved-section"]) {
+                      "backtest-section", "saved-section"]) {
       $(id).hidden = true;
     }
     $("result-section").dataset.id = "";
+    $("backtest-section").dataset.id = "";
   }
 
   async function showSignedIn() {
@@ -267,6 +293,7 @@
         list.appendChild(item);
       }
       this.applySharedRange();
+      groups.offer(this.chosen);
     },
 
     // The dates every chosen symbol has: the latest first date to the earliest last one.
@@ -311,10 +338,114 @@
     $("symbol-input").value = "";
   }
 
-  // ---- the optimization request --------------------------------------------------
+  // ---- groups: sector constraints, rows of name, symbols, least and most total -----
 
-  function numberOrNull(id) {
-    const text = $(id).value.trim();
+  const groups = {
+    rows: [], // {root, name, least, most, boxes: Map(symbol, checkbox)}
+    offered: [],
+
+    add() {
+      const root = element("fieldset", null, "group-row");
+      const legend = element("legend");
+      const name = this.input("text", "Group");
+      const least = this.input("number", "Total at least", {min: 0, max: 1, step: "any",
+                                                            value: "0", inputmode: "decimal"});
+      const most = this.input("number", "Total at most", {min: 0, max: 1, step: "any",
+                                                         value: "1", inputmode: "decimal"});
+      const choices = element("div", null, "group-symbols");
+      choices.setAttribute("role", "group");
+      const remove = element("button", "Remove", "secondary");
+      remove.type = "button";
+      const slot = element("p", null, "error");
+      const totals = element("div", null, "pair");
+      totals.append(least.field, most.field);
+      root.append(legend, name.field, choices, totals, remove, slot);
+      const row = {root: root, legend: legend, name: name.input, least: least.input,
+                   most: most.input, choices: choices, remove: remove, slot: slot,
+                   boxes: new Map()};
+      remove.addEventListener("click", () => this.remove(row));
+      this.rows.push(row);
+      $("group-rows").appendChild(root);
+      this.offer(this.offered);
+      this.renumber();
+      name.input.focus();
+    },
+
+    // A labelled input in its .field div.
+    input(type, label, attributes) {
+      const field = element("div", null, "field");
+      const input = element("input");
+      input.type = type;
+      input.id = "group-input-" + (++groupInputs);
+      for (const [key, value] of Object.entries(attributes || {})) input.setAttribute(key, value);
+      const text = element("label", label);
+      text.htmlFor = input.id;
+      field.append(text, input);
+      return {field: field, input: input};
+    },
+
+    remove(row) {
+      row.root.remove();
+      this.rows = this.rows.filter((other) => other !== row);
+      this.renumber();
+      $("group-add").focus();
+    },
+
+    // Legends, names and error slots follow the rows' order: the API names groups.<index>.
+    renumber() {
+      this.rows.forEach((row, index) => {
+        row.legend.textContent = `Group ${index + 1}`;
+        row.choices.setAttribute("aria-label", `Symbols of group ${index + 1}`);
+        row.remove.setAttribute("aria-label", `Remove group ${index + 1}`);
+        row.slot.id = `group-${index}-error`;
+        row.slot.dataset.field = `groups.${index}`;
+        row.root.setAttribute("aria-describedby", row.slot.id);
+      });
+      $("groups-empty").hidden = this.rows.length > 0;
+    },
+
+    // A checkbox per chosen symbol in every row, keeping the ticks of those still chosen.
+    offer(chosen) {
+      this.offered = chosen.slice();
+      for (const row of this.rows) {
+        const boxes = new Map();
+        row.choices.replaceChildren();
+        for (const symbol of this.offered) {
+          const box = row.boxes.get(symbol) || element("input");
+          box.type = "checkbox";
+          box.value = symbol;
+          const label = element("label", null, "check");
+          label.append(box, document.createTextNode(symbol));
+          row.choices.appendChild(label);
+          boxes.set(symbol, box);
+        }
+        row.boxes = boxes;
+        if (!this.offered.length) {
+          row.choices.appendChild(element("span", "Choose symbols first.", "hint"));
+        }
+      }
+    },
+
+    // The rows as the API takes them; each row's slot remembers the name it was sent with.
+    request() {
+      return this.rows.map((row) => {
+        row.slot.dataset.group = row.name.value.trim();
+        return {
+          name: row.slot.dataset.group,
+          symbols: [...row.boxes.values()].filter((box) => box.checked).map((box) => box.value),
+          min: numberOrNull(row.least),
+          max: numberOrNull(row.most),
+        };
+      });
+    },
+  };
+  let groupInputs = 0;
+
+  // ---- the optimization and backtest requests -----------------------------------
+
+  // The number in an input (given by id, or the input itself), null when empty.
+  function numberOrNull(input) {
+    const text = (typeof input === "string" ? $(input) : input).value.trim();
     return text === "" ? null : Number(text);
   }
 
@@ -322,6 +453,12 @@
     const objective = $("objective").value;
     $("target-return-field").hidden = objective !== "efficient_return";
     $("target-volatility-field").hidden = objective !== "efficient_risk";
+    $("max-assets-field").hidden = !MAX_ASSETS_OBJECTIVES.includes(objective);
+    $("groups-field").hidden = !GROUP_OBJECTIVES.includes(objective);
+  }
+
+  function onRebalanceChange() {
+    $("rebalance-days-field").hidden = $("rebalance").value !== "days";
   }
 
   function onModelChange() {
@@ -350,24 +487,45 @@
     if (body.riskModel === "exp_cov") body.riskSpan = numberOrNull("risk-span");
     const level = numberOrNull("cvar-level");
     if (level !== null) body.cvarLevel = level;
+    // Hidden choices are not sent: they do not apply to the chosen objective.
+    const most = numberOrNull("max-assets");
+    if (MAX_ASSETS_OBJECTIVES.includes(objective) && most !== null) body.maxAssets = most;
+    if (GROUP_OBJECTIVES.includes(objective) && groups.rows.length) {
+      body.groups = groups.request();
+    }
     return body;
   }
 
+  // optimize's body (without `wait`: a backtest always answers 202) and its own three.
+  function backtestRequest() {
+    const body = optimizeRequest();
+    delete body.wait;
+    body.lookbackDays = numberOrNull("lookback-days");
+    body.rebalance = $("rebalance").value === "days" ? numberOrNull("rebalance-days")
+      : $("rebalance").value;
+    body.costBps = numberOrNull("cost-bps");
+    return body;
+  }
+
+  // The form's two buttons: Optimize (also Enter) and Run backtest.
   async function onOptimize(event) {
     event.preventDefault();
     const form = $("optimize-form");
+    const kind = event.submitter && event.submitter.dataset.action === "backtest"
+      ? "backtest" : "optimize";
     if ($("symbol-input").value.trim()) addTypedSymbols();
     clearErrors(form);
-    const button = $("optimize");
-    button.disabled = true;
+    const buttons = [$("optimize"), $("backtest")];
+    for (const button of buttons) button.disabled = true;
     try {
       await events.ready();
-      const data = await api("portfolio/optimize", optimizeRequest());
-      jobs.follow(data.id, data.status);
+      const body = kind === "backtest" ? backtestRequest() : optimizeRequest();
+      const data = await api("portfolio/" + kind, body);
+      jobs.follow(data.id, data.status, kind);
     } catch (problem) {
       showError(form, problem);
     } finally {
-      button.disabled = false;
+      for (const button of buttons) button.disabled = false;
     }
   }
 
@@ -440,17 +598,22 @@
 
   const jobs = {
     current: null,
+    kind: "optimize",
     early: new Map(), // events that arrived before the 202 told their job's id
     poller: null,
 
-    follow(id, status) {
+    follow(id, status, kind) {
       this.stop();
       this.current = id;
+      this.kind = kind === "backtest" ? "backtest" : "optimize";
       $("progress-section").hidden = false;
       $("progress-log").replaceChildren();
       this.reset();
       this.mark(status, null);
-      $("progress-message").textContent = "Optimizing…";
+      $("progress-message").textContent = this.kind === "backtest" ? "Backtesting…"
+        : "Optimizing…";
+      $("backtest-progress-field").hidden = this.kind !== "backtest";
+      $("cancel").hidden = status === "done" || status === "failed";
       for (const event of this.early.get(id) || []) this.onEvent(event);
       this.early.clear();
       if (status === "done" || status === "failed") {
@@ -465,6 +628,12 @@
       if (event.id !== this.current) {
         if (!this.early.has(event.id)) this.early.set(event.id, []);
         this.early.get(event.id).push(event);
+        return;
+      }
+      if (event.event === "progress") {
+        // One per rebalance or chunk of them: the bar shows them, the log does not.
+        this.mark("running", null);
+        this.progress(event.done, event.total);
         return;
       }
       this.log(event.event, event.at);
@@ -486,6 +655,7 @@
           const result = await api("portfolio/result", {id: id});
           if (id !== this.current) return;
           this.mark(result.status, result.error);
+          if (result.progress) this.progress(result.progress.done, result.progress.total);
           if (result.status === "done" || result.status === "failed") {
             this.finish(id, result);
             return;
@@ -505,7 +675,37 @@
       $("progress-log").appendChild(element("li", name + time));
     },
 
+    // The bar moves forward only: k of n rebalances optimized.
+    progress(done, total) {
+      if (!Number.isInteger(done) || !Number.isInteger(total) || total < 1) return;
+      const bar = $("backtest-progress");
+      const value = Math.min(total, Math.max(done, bar.max === total ? bar.value : 0));
+      bar.max = total;
+      bar.value = value;
+      $("backtest-progress-text").textContent = `${value} of ${total} rebalances`;
+    },
+
+    async cancel() {
+      const id = this.current;
+      if (!id) return;
+      $("cancel").disabled = true;
+      try {
+        await api("portfolio/cancel", {id: id});
+        if (id === this.current) $("progress-message").textContent = "Cancelling…";
+      } catch (problem) {
+        if (problem.status !== 401 && id === this.current) {
+          $("progress-message").textContent = problem.message;
+        }
+      } finally {
+        $("cancel").disabled = false;
+      }
+    },
+
     reset() {
+      const bar = $("backtest-progress");
+      bar.max = 1;
+      bar.value = 0;
+      $("backtest-progress-text").textContent = "";
       for (const item of $("steps").children) {
         item.classList.remove("reached", "failed");
         item.removeAttribute("aria-current");
@@ -524,7 +724,9 @@
         last.classList.add("failed");
         const message = $("progress-message");
         message.classList.add("failed");
-        message.textContent = "The optimization failed: " + describeJobError(problem);
+        message.textContent = `The ${this.kind === "backtest" ? "backtest" : "optimization"} `
+          + "failed: " + describeJobError(problem);
+        $("cancel").hidden = true;
         return;
       }
       const reached = STEPS.indexOf(status);
@@ -548,7 +750,7 @@
           this.mark("failed", result.error);
         } else {
           $("progress-message").textContent = "Done.";
-          showResult(result);
+          show(result);
         }
         await saved.load(null);
       } catch (problem) {
@@ -564,6 +766,7 @@
       clearTimeout(this.poller);
       this.poller = null;
       this.current = null;
+      $("cancel").hidden = true;
     },
   };
 
@@ -601,11 +804,22 @@
     clearTimeout(redraw);
     redraw = setTimeout(() => {
       if (shown && !$("result-section").hidden) drawCharts(shown);
+      if (shownBacktest && !$("backtest-section").hidden) drawBacktestChart(shownBacktest);
     }, 200);
+  }
+
+  // A finished job's view: a backtest's, or an optimization's (older results have no kind).
+  function show(result) {
+    if (result.kind === "backtest") {
+      showBacktest(result);
+    } else {
+      showResult(result);
+    }
   }
 
   function showResult(result) {
     shown = result;
+    $("backtest-section").hidden = true;
     const section = $("result-section");
     section.hidden = false;
     section.dataset.id = result.id;
@@ -629,6 +843,7 @@
                            true));
     }
     $("leftover").textContent = money(result.leftover);
+    showGroups(params.groups, result.allocations || {});
 
     const stats = result.stats || {};
     const statsBody = $("stats-table").tBodies[0];
@@ -637,6 +852,14 @@
       row(["Volatility (a year)", percent(stats.volatility)], true),
       row(["Sharpe ratio", number(stats.sharpe, 3)], true),
       row([`CVaR at ${params.cvar_level ?? 0.95} (a day)`, percent(stats.cvar)], true));
+    // maxAssets: whether the solver proved its answer optimal, and the bound on the gap.
+    if (typeof stats.optimal === "boolean") {
+      statsBody.appendChild(row([`At most ${params.max_assets ?? "?"} assets`,
+                                 stats.optimal ? "proven optimal"
+                                   : "not proven optimal (time limit)"], true));
+      statsBody.appendChild(row(["Optimality gap (at most, relative)", gapText(stats.gap)],
+                                true));
+    }
 
     const performance = result.performance || {};
     const portfolio = performance.portfolio || {};
@@ -657,6 +880,27 @@
     $("result-title").focus();
   }
 
+  // The relative bound on how far the best portfolio may be from the one found
+  // (indico.optimization.cardinality): 0 when proven optimal.
+  function gapText(gap) {
+    if (!Number.isFinite(gap)) return "–";
+    return gap === 0 ? "0 %" : (gap * 100).toPrecision(3) + " %";
+  }
+
+  // The result's groups, each with the total weight the result gives its symbols.
+  function showGroups(list, allocations) {
+    const body = $("groups-table").tBodies[0];
+    body.replaceChildren();
+    $("groups-result").hidden = !Array.isArray(list) || !list.length;
+    for (const group of Array.isArray(list) ? list : []) {
+      const members = Array.isArray(group.symbols) ? group.symbols : [];
+      const total = members.reduce((sum, symbol) => sum + (allocations[symbol] || 0), 0);
+      body.appendChild(row([group.name, members.join(", "),
+                            `${percent(group.min)} to ${percent(group.max)}`, percent(total)],
+                           true));
+    }
+  }
+
   // The frontier of the shown result's symbols, dates, bounds and estimators: asked
   // for when a result is shown (portfolio/frontier saves nothing), drawn if the
   // result is still the one shown when it comes.
@@ -674,6 +918,7 @@
         risk_free_rate: params.risk_free_rate, weight_bounds: params.weight_bounds,
         returns_model: params.returns_model, returns_span: params.returns_span,
         risk_model: params.risk_model, risk_span: params.risk_span, points: 50,
+        ...(Array.isArray(params.groups) && params.groups.length ? {groups: params.groups} : {}),
       });
     } catch (problem) {
       if (shown === result) {
@@ -726,6 +971,106 @@
     drawFrontier();
   }
 
+  // ---- a backtest: its chart, statistics and rebalances --------------------------------
+
+  let shownBacktest = null;
+  const BACKTEST_STATS = [
+    ["Total return", "total_return", percent],
+    ["Compound annual growth", "cagr", percent],
+    ["Volatility (a year)", "volatility", percent],
+    ["Sharpe ratio", "sharpe", (v) => number(v, 3)],
+    ["Sortino ratio", "sortino", (v) => number(v, 3)],
+    ["Maximum drawdown", "max_drawdown", percent],
+    ["Calmar ratio", "calmar", (v) => number(v, 3)],
+    ["Turnover (a year)", "turnover", percent],
+    ["Costs (total)", "costs", money],
+  ];
+
+  function rebalanceText(rebalance) {
+    if (Number.isInteger(rebalance)) return `every ${rebalance} trading days`;
+    return REBALANCE_NAMES[rebalance] || String(rebalance ?? "");
+  }
+
+  function showBacktest(result) {
+    shownBacktest = result;
+    $("result-section").hidden = true;
+    const section = $("backtest-section");
+    section.hidden = false;
+    section.dataset.id = result.id;
+    const params = result.params || {};
+    $("backtest-summary").textContent = [
+      OBJECTIVE_NAMES[params.objective] || params.objective,
+      (params.symbols || []).join(", "),
+      `${params.start_date} to ${params.end_date}`,
+      `investment ${money(params.initial_investment)}`,
+      `rebalanced ${rebalanceText(params.rebalance)} on ${params.lookback_days} trading days`,
+      `costs ${params.cost_bps} bp`,
+      result.created ? "saved " + new Date(result.created).toLocaleString() : "",
+    ].filter(Boolean).join(" · ");
+
+    const stats = result.stats || {};
+    const strategy = stats.strategy || {};
+    const equal = stats.equal_weight || {};
+    $("backtest-stats").tBodies[0].replaceChildren(...BACKTEST_STATS.map(
+      ([label, key, format]) => row([label, format(strategy[key]), format(equal[key])], true)));
+
+    const body = $("rebalances-table").tBodies[0];
+    body.replaceChildren();
+    (result.rebalances || []).forEach((rebalance, index) => {
+      const line = row([rebalance.date, percent(rebalance.turnover), money(rebalance.cost), ""],
+                       true);
+      const detail = element("tr", null, "weights-row");
+      detail.hidden = true;
+      detail.id = `rebalance-${index}-weights`;
+      const cell = element("td");
+      cell.colSpan = 4;
+      detail.appendChild(cell);
+      const toggle = element("button", "Show", "secondary");
+      toggle.type = "button";
+      toggle.setAttribute("aria-expanded", "false");
+      toggle.setAttribute("aria-controls", detail.id);
+      toggle.setAttribute("aria-label", `Weights chosen on ${rebalance.date}`);
+      toggle.addEventListener("click", () => {
+        if (!cell.firstChild) cell.appendChild(weightsList(rebalance.weights || {}));
+        detail.hidden = !detail.hidden;
+        toggle.textContent = detail.hidden ? "Show" : "Hide";
+        toggle.setAttribute("aria-expanded", String(!detail.hidden));
+      });
+      line.lastElementChild.appendChild(toggle);
+      body.append(line, detail);
+    });
+
+    drawBacktestChart(result);
+    $("backtest-title").focus();
+  }
+
+  // The weights of one rebalance, largest first, as text.
+  function weightsList(weights) {
+    const list = element("ul", null, "weights");
+    Object.keys(weights).sort((a, b) => weights[b] - weights[a]).forEach((symbol) => {
+      list.appendChild(element("li", `${symbol} ${percent(weights[symbol])}`));
+    });
+    return list;
+  }
+
+  function drawBacktestChart(result) {
+    const series = result.series || {};
+    const chart = $("backtest-chart");
+    if (!Array.isArray(series.dates) || series.dates.length < 2) {
+      chart.replaceChildren(element("p", "No chart series.", "hint"));
+      return;
+    }
+    const lines = [
+      {name: "Strategy", values: series.strategy, className: "strategy"},
+      {name: "Equal weight", values: series.equal_weight, className: "equal"},
+      {name: "Index", values: series.index, className: "index"},
+    ].filter((line) => Array.isArray(line.values));
+    window.IndicoCharts.lines(chart, series.dates, lines,
+                              (v) => moneyFormat.format(v).replace(/\.\d+$/, ""),
+                              "Value of the strategy, of equal weights and of the index over "
+                              + "time");
+  }
+
   // ---- saved results ---------------------------------------------------------------
 
   const saved = {
@@ -765,12 +1110,15 @@
       const params = result.params || {};
       const symbolsText = (params.symbols || Object.keys(result.allocations || {})).join(", ");
       const when = result.created ? new Date(result.created).toLocaleString() : "";
+      const objective = result.objective || params.objective;
+      const kind = KIND_NAMES[result.kind] || KIND_NAMES.optimize;
       const item = element("li");
       item.dataset.id = result.id;
+      item.dataset.kind = result.kind || "optimize";
       const what = element("div", null, "what");
       what.appendChild(element("strong", symbolsText));
       what.appendChild(document.createTextNode(
-        ` · ${OBJECTIVE_NAMES[result.objective] || result.objective} · ${result.status}`));
+        ` · ${kind} · ${OBJECTIVE_NAMES[objective] || objective} · ${result.status}`));
       what.appendChild(element("span", `${params.start_date} to ${params.end_date} · saved ${when}`,
                                "when"));
       item.appendChild(what);
@@ -792,13 +1140,19 @@
       try {
         const result = await api("portfolio/result", {id: id});
         if (result.status === "failed") {
+          jobs.stop();
+          jobs.kind = result.kind === "backtest" ? "backtest" : "optimize";
           $("progress-section").hidden = false;
+          $("backtest-progress-field").hidden = true;
           $("progress-log").replaceChildren();
           jobs.reset();
           jobs.mark("failed", result.error);
           $("result-section").hidden = true;
+          $("backtest-section").hidden = true;
+        } else if (result.status === "done") {
+          show(result);
         } else {
-          showResult(result);
+          jobs.follow(result.id, result.status, result.kind);
         }
       } catch (problem) {
         if (problem.status !== 401) $("saved-error").textContent = problem.message;
@@ -812,9 +1166,11 @@
         if (problem.status !== 401) $("saved-error").textContent = problem.message;
         return;
       }
-      if ($("result-section").dataset.id === id) {
-        $("result-section").hidden = true;
-        $("result-section").dataset.id = "";
+      for (const section of [$("result-section"), $("backtest-section")]) {
+        if (section.dataset.id === id) {
+          section.hidden = true;
+          section.dataset.id = "";
+        }
       }
       notice("The result was deleted.");
       await this.load(undefined);
@@ -847,6 +1203,9 @@
       $("symbol-input").focus();
     });
     $("objective").addEventListener("change", onObjectiveChange);
+    $("rebalance").addEventListener("change", onRebalanceChange);
+    $("group-add").addEventListener("click", () => groups.add());
+    $("cancel").addEventListener("click", () => jobs.cancel());
     $("returns-model").addEventListener("change", onModelChange);
     $("risk-model").addEventListener("change", onModelChange);
     for (const id of ["start-date", "end-date"]) {
@@ -857,6 +1216,7 @@
     $("saved-title").tabIndex = -1;
     window.addEventListener("resize", onResize);
     onObjectiveChange();
+    onRebalanceChange();
     if (!session.token) {
       showSignedOut();
       return;

@@ -75,14 +75,33 @@
     return svg;
   }
 
+  // Where each legend entry goes: left to right, on as many rows of 18 px as it takes.
+  function legendPlaces(series, left, right) {
+    let x = left;
+    let row = 0;
+    return series.map((line) => {
+      const length = 32 + line.name.length * 7;
+      if (x > left && x + length - 16 > right) {
+        x = left;
+        row += 1;
+      }
+      const place = {x: x, y: 8 + row * 18};
+      x += length;
+      return place;
+    });
+  }
+
   /**
    * Lines over dates. dates: ["YYYY-MM-DD", ...]; series: [{name, values, className,
-   * area}] (area: filled down to 0); format(value) labels the y axis.
+   * area}] (area: filled down to 0; a value that is not a number leaves its date
+   * out of that line); format(value) labels the y axis. The legend wraps.
    */
   function lines(container, dates, series, format, label) {
     const width = widthOf(container);
-    const height = Math.round(Math.max(200, Math.min(320, width * 0.45)));
-    const pad = {left: 64, right: 12, top: 28, bottom: 26};
+    const legend = legendPlaces(series, 64, width - 12);
+    const legendRows = legend.length ? legend[legend.length - 1].y / 18 : 0;
+    const height = Math.round(Math.max(200, Math.min(320, width * 0.45)) + legendRows * 18);
+    const pad = {left: 64, right: 12, top: 28 + legendRows * 18, bottom: 26};
     const svg = frame(container, width, height, label);
     const times = dates.map((d) => Date.parse(d + "T00:00:00Z"));
     const all = series.flatMap((s) => s.values).filter((v) => Number.isFinite(v));
@@ -110,9 +129,9 @@
                     y2: height - pad.bottom, class: "axis"}, svg);
       text(svg, x(t), height - 8, String(year), {"text-anchor": "middle"});
     }
-    let legendX = pad.left;
-    for (const line of series) {
-      const points = line.values.map((v, i) => `${x(times[i]).toFixed(1)},${y(v).toFixed(1)}`);
+    series.forEach((line, index) => {
+      const points = line.values.flatMap((v, i) => Number.isFinite(v)
+        ? [`${x(times[i]).toFixed(1)},${y(v).toFixed(1)}`] : []);
       if (line.area) {
         const base = y(0).toFixed(1);
         points.unshift(`${x(times[0]).toFixed(1)},${base}`);
@@ -121,12 +140,12 @@
       } else {
         node("polyline", {points: points.join(" "), class: line.className}, svg);
       }
-      node("rect", {x: legendX, y: 8, width: 12, height: 12, class: "swatch-" + line.className},
-           svg);
-      const name = text(svg, legendX + 16, 18, line.name);
-      legendX += 32 + line.name.length * 7;
+      const place = legend[index];
+      node("rect", {x: place.x, y: place.y, width: 12, height: 12,
+                    class: "swatch-" + line.className}, svg);
+      const name = text(svg, place.x + 16, place.y + 10, line.name);
       name.setAttribute("class", "legend");
-    }
+    });
     return svg;
   }
 
