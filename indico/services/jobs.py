@@ -803,19 +803,26 @@ class JobService:
         weights: list[Any] = [None] * plan.total
         size, start, done = FIRST_CHUNK, 0, 0
         running: set[asyncio.Future] = set()
+        first_rebalance: dict[asyncio.Future, int] = {}
         try:
             while done < plan.total:
                 while start < plan.total and len(running) < self.pool.workers:
                     ks = list(range(start, min(start + size, plan.total)))
                     start += len(ks)
-                    running.add(asyncio.ensure_future(
-                        self._chunk(frame, benchmark, job, plan, ks)))
+                    task = asyncio.ensure_future(self._chunk(frame, benchmark, job, plan, ks))
+                    first_rebalance[task] = ks[0]
+                    running.add(task)
                 finished, running = await asyncio.wait(running,
                                                        return_when=asyncio.FIRST_COMPLETED)
-                failure = next((task.exception() for task in finished if task.exception()),
-                               None)
-                if failure is not None:
-                    raise failure
+                if any(task.exception() for task in finished):
+                    # Chunks run side by side: the job's failure is the earliest
+                    # rebalance's, whichever chunk ended first.
+                    if running:
+                        more, running = await asyncio.wait(running)
+                        finished |= more
+                    failed = sorted((task for task in finished if task.exception()),
+                                    key=first_rebalance.__getitem__)
+                    raise failed[0].exception()
                 for ks, chunk, seconds in [task.result() for task in finished]:
                     for k, chosen in zip(ks, chunk, strict=True):
                         weights[k] = chosen

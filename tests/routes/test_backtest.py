@@ -36,7 +36,7 @@ BODY = {"symbols": ["AAPL", "MSFT", "JPM"], "startDate": "2012-01-01",
 PARAMS = {"symbols": ["AAPL", "MSFT", "JPM"], "start_date": "2012-01-01",
           "end_date": "2015-12-31", "initial_investment": 10000.0, "risk_free_rate": 0.0,
           "weight_bounds": [0.0, 1.0], "returns_model": "mean", "returns_span": 500,
-          "risk_model": "sample", "risk_span": 180, "cvar_level": 0.95,
+          "risk_model": "sample", "risk_span": 180, "cvar_level": 0.95, "groups": None,
           "objective": "max_sharpe", "target_return": None, "target_volatility": None,
           "lookback_days": 252, "rebalance": "quarterly", "cost_bps": 10.0}
 QUARTERS = 16  # 2012-01-03 .. 2015-10-01
