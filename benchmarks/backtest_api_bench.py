@@ -6,7 +6,7 @@ Run from the repository root with the project's environment::
 
 It starts one indico server as ``make run`` does (``python -m indico.server``,
 the embedded nx-27017 database, the sample prices loaded, ``INDICO_WORKERS``
-and every other setting at its default; log level WARNING) in a temporary
+and every other setting at its default, the access log at INFO) in a temporary
 INDICO_DATA_DIR, signs up, listens on ``/ws/jobs``, and times each
 ``portfolio/backtest`` from the moment its request is sent to the moment its
 ``done`` event arrives on the WebSocket (202, plan, chunks of rebalances in the
@@ -122,8 +122,7 @@ def main():
     args = parser.parse_args()
     workdir = tempfile.mkdtemp(prefix="indico-backtest-bench-")
     env = {key: value for key, value in os.environ.items() if not key.startswith("INDICO_")}
-    env.update({"INDICO_DATA_DIR": workdir, "INDICO_LOG_LEVEL": "WARNING",
-                "INDICO_LOAD_SAMPLE_PRICES": "true"})
+    env.update({"INDICO_DATA_DIR": workdir, "INDICO_LOAD_SAMPLE_PRICES": "true"})
     port = free_port()
     log = open(os.path.join(workdir, "indico.log"), "w")
     server = subprocess.Popen([sys.executable, "-m", "indico.server", f"--port={port}"],
