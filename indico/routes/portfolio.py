@@ -42,7 +42,7 @@ from pydantic_core import PydanticCustomError
 from config import Config
 from indico import error
 from indico.db.records import Job, JobKind
-from indico.optimization import Objective, ReturnsModel, RiskModel
+from indico.optimization import Objective, ReturnsModel, RiskModel, cardinality
 from indico.optimization.backtest import (
     MAX_COST_BPS,
     MAX_LOOKBACK_DAYS,
@@ -238,11 +238,15 @@ class MarketRequest(Request):
             raise error.ValidationError(
                 f"endDate: the range may span at most {config.max_range_years} years",
                 field="endDate")
+        self._check_bounds(config)
+        parse_groups(self.group_params(), self.symbols)
+        return self
+
+    def _check_bounds(self, config: Config) -> None:
+        """Refuse bounds no portfolio of the symbols fits (a subclass may relax the rule)."""
         problem = bounds_problem(len(self.symbols), *self.weight_bounds, config.max_symbols)
         if problem:
             raise error.OptimizationError(problem, field="weightBounds")
-        parse_groups(self.group_params(), self.symbols)
-        return self
 
     def group_params(self) -> list[dict] | None:
         """The groups as the engine takes them, or None when none were given."""
@@ -272,7 +276,27 @@ class OptimizeRequest(MarketRequest):
     target_volatility: float | None = Field(
         None, gt=0, le=10, allow_inf_nan=False,
         validation_alias=AliasChoices("targetVolatility", "target_volatility"))
+    max_assets: int | None = Field(
+        None, ge=1, validation_alias=AliasChoices("maxAssets", "max_assets"),
+        description="at most this many nonzero weights, solved exactly within "
+                    "INDICO_JOB_TIME_LIMIT (stats.optimal says whether optimality was "
+                    "proven, stats.gap bounds the distance to it); the lower bound then "
+                    "applies to the assets held. For objectives "
+                    f"{' and '.join(goal.value for goal in cardinality.Goal)}; not with groups")
     wait: bool = True
+
+    def _check_bounds(self, config: Config) -> None:
+        """Under ``maxAssets`` the lower bound applies to the assets held, not to all."""
+        if self.max_assets is None:
+            return super()._check_bounds(config)
+        cardinality.parse_request(self.max_assets, self.objective)
+        if self.groups:
+            raise error.OptimizationError(
+                "maxAssets cannot be combined with groups yet: drop one of them.",
+                field="maxAssets")
+        count = len(self.symbols)
+        low, high = self.weight_bounds
+        cardinality.check_bounds([low] * count, [high] * count, self.max_assets)
 
     @model_validator(mode="after")
     def _targets(self):
@@ -290,7 +314,7 @@ class OptimizeRequest(MarketRequest):
         """The normalized parameters stored with the job."""
         return {**super().params(), "objective": self.objective.value,
                 "target_return": self.target_return,
-                "target_volatility": self.target_volatility}
+                "target_volatility": self.target_volatility, "max_assets": self.max_assets}
 
 
 class FrontierRequest(MarketRequest):

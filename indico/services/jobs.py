@@ -138,7 +138,8 @@ def run_optimization(prices: pd.DataFrame, benchmark: pd.Series | None, params: 
     Args:
         prices: the aligned price frame, dates x symbols.
         benchmark: the index levels on the same dates, or None.
-        params: the job's stored parameters.
+        params: the job's stored parameters, and ``time_limit`` (seconds, or absent
+            for none), which a ``max_assets`` search stays within.
 
     Returns:
         ``OptimizationResult.to_dict()``.
@@ -147,7 +148,8 @@ def run_optimization(prices: pd.DataFrame, benchmark: pd.Series | None, params: 
         OptimizationError: the problem has no solution as posed.
     """
     return optimize(prices, initial_investment=params["initial_investment"],
-                    benchmark=benchmark, **engine_options(params)).to_dict()
+                    benchmark=benchmark, time_limit=params.get("time_limit"),
+                    **engine_options(params)).to_dict()
 
 
 def run_backtest_plan(prices: pd.DataFrame, benchmark: pd.Series | None, params: dict) -> dict:
@@ -767,8 +769,11 @@ class JobService:
             if job.kind == JobKind.BACKTEST:
                 job, result = await self._backtest(job, frame, benchmark, plan)
             else:
-                result = await self.pool.run_on_frame(self.work, frame, benchmark, job.params,
-                                                      timeout=limit)
+                # The time limit goes with the params, so that a maxAssets search
+                # stops in time with its best portfolio and the gap, not killed.
+                result = await self.pool.run_on_frame(
+                    self.work, frame, benchmark, {**job.params, "time_limit": limit},
+                    timeout=limit)
             return job, jobs.DONE, {"result": result}
         except (error.OptimizationError, JobLost):
             raise
