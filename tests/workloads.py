@@ -17,6 +17,12 @@ def stall_on_min_volatility(prices, benchmark, params):
     return run_optimization(prices, benchmark, params)
 
 
+def optimization_telling_its_time_limit(prices, benchmark, params):
+    """The real optimization, its result with ``time_limit_seen``: the params' time limit."""
+    return {**run_optimization(prices, benchmark, params),
+            "time_limit_seen": params.get("time_limit")}
+
+
 def hold_until(started, release):
     """Write this worker's pid to ``started``, wait until ``release`` exists, return the pid."""
     with open(started + ".tmp", "w") as handle:

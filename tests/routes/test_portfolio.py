@@ -88,7 +88,8 @@ class OptimizeTest(PortfolioTest):
             "end_date": "2016-03-20", "initial_investment": 1000.0, "objective": "max_sharpe",
             "risk_free_rate": 0.0, "weight_bounds": [0.0, 1.0], "target_return": None,
             "target_volatility": None, "returns_model": "mean", "returns_span": 500,
-            "risk_model": "sample", "risk_span": 180, "cvar_level": 0.95, "groups": None})
+            "risk_model": "sample", "risk_span": 180, "cvar_level": 0.95, "groups": None,
+            "max_assets": None})
         [job] = self.find("jobs")
         self.assertEqual(job["_id"], result["id"])
         self.assertEqual(job["status"], "done")
