@@ -70,7 +70,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Coroutine
 from concurrent.futures.process import BrokenProcessPool
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import Any, cast
 
 import cachetools
 import numpy as np
@@ -825,9 +825,9 @@ class JobService:
                     if running:
                         more, running = await asyncio.wait(running)
                         finished |= more
-                    failed = sorted((task for task in finished if task.exception()),
-                                    key=first_rebalance.__getitem__)
-                    raise failed[0].exception()
+                    earliest = min((task for task in finished if task.exception()),
+                                   key=first_rebalance.__getitem__)
+                    raise cast(BaseException, earliest.exception())
                 for ks, chunk, seconds in [task.result() for task in finished]:
                     for k, chosen in zip(ks, chunk, strict=True):
                         weights[k] = chosen
@@ -846,8 +846,8 @@ class JobService:
             # kill their workers (pebble), which take seconds to start again.
             if running:
                 await asyncio.wait(running)
-                for task in running:
-                    task.exception()  # retrieved: the first failure is the job's
+                for pending in running:
+                    pending.exception()  # retrieved: the first failure is the job's
         result = await self.pool.run_on_frame(
             run_backtest_simulate, frame, benchmark,
             {**job.params, "plan": plan, "weights": weights}, timeout=limit)
