@@ -526,13 +526,16 @@ class JobService:
             :func:`run_optimization` unless a test gives another module-level function.
         chunk_work: the function the workers run for a chunk of a backtest's
             rebalances, :func:`run_backtest_chunk` unless a test gives another.
+        frontier_work: the function the workers run for ``portfolio/frontier``,
+            :func:`run_frontier` unless a test gives another.
         sleep: ``await sleep(seconds)`` between lease renewals (injectable).
     """
 
     def __init__(self, db: AsyncDatabase, config: Config, prices: PriceCatalog,
                  events: JobEvents, pool: WorkerPool | None = None,
                  work: Work = run_optimization, sleep: Sleep = asyncio.sleep,
-                 chunk_work: Work = run_backtest_chunk) -> None:
+                 chunk_work: Work = run_backtest_chunk,
+                 frontier_work: Work = run_frontier) -> None:
         self.db = db
         self.config = config
         self.prices = prices
@@ -540,6 +543,7 @@ class JobService:
         self.pool = pool or create_pool(config.workers)
         self.work = work
         self.chunk_work = chunk_work
+        self.frontier_work = frontier_work
         self.sleep = sleep
         self.worker = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.background: set[asyncio.Task] = set()
@@ -600,7 +604,7 @@ class JobService:
             Unprocessable: over ``INDICO_JOB_TIME_LIMIT``, or the worker died.
         """
         frame, benchmark = await self.load_inputs(params)
-        return await self._run_now(run_frontier, frame, benchmark, params, "the frontier",
+        return await self._run_now(self.frontier_work, frame, benchmark, params, "the frontier",
                                    "try fewer symbols, points or a shorter range")
 
     async def _create(self, owner: str, params: dict[str, Any], kind: JobKind) -> Job:
