@@ -82,6 +82,8 @@ class MaxAssetsOptimizeTest(PortfolioTest):
             ({"maxAssets": 2.0}, 400, "ValidationError", "maxAssets"),
             ({"maxAssets": True}, 400, "ValidationError", "maxAssets"),
             ({"maxAssets": [2]}, 400, "ValidationError", "maxAssets"),
+            ({"maxAssets": 10**30}, 400, "ValidationError", "maxAssets"),
+            ({"maxAssets": 1001}, 400, "ValidationError", "maxAssets"),
             ({"maxAssets": 2, "objective": "hrp"}, 422, "OptimizationError",
              "maxAssets applies to objectives max_sharpe and min_volatility only, not hrp; "
              "choose one of them or leave maxAssets out."),
@@ -141,7 +143,7 @@ class MaxAssetsOptimizeTest(PortfolioTest):
         self.assertEqual(status, 200)
         field = document["components"]["schemas"]["OptimizeRequest"]["properties"]["maxAssets"]
         self.assertIn("stats.optimal", field["description"])
-        self.assertIn({"type": "integer", "minimum": 1}, field["anyOf"])
+        self.assertIn({"type": "integer", "minimum": 1, "maximum": 1000}, field["anyOf"])
 
 
 class MaxAssetsBacktestTest(BacktestTest):
