@@ -6,8 +6,8 @@ runtime dependencies of indico, and never in req.txt)::
     python3 -m venv .venv-bench
     .venv-bench/bin/pip install numpy scipy pandas pyportfolioopt skfolio scikit-learn \\
         cvxpy pyscipopt threadpoolctl packaging
-    .venv-bench/bin/python benchmarks/optimization_bench.py            # about 2 minutes
-    .venv-bench/bin/python benchmarks/optimization_bench.py --quick    # under a minute
+    .venv-bench/bin/python benchmarks/optimization_bench.py            # about a minute
+    .venv-bench/bin/python benchmarks/optimization_bench.py --quick    # about 25 s
 
 ``pyscipopt`` brings SCIP, the mixed-integer solver cvxpy uses for the cardinality
 peer; without it those rows say so and are skipped. It prints Markdown tables (the
@@ -48,7 +48,14 @@ Agreement, required (PyPortfolioOpt's cvxpy solves with Clarabel at tolerances 1
 Speed: medians of repeated calls from the aligned price frame, with BLAS threads at
 their default and limited to 1 (threadpoolctl; the workers run with 1), each engine
 call against its peer in the same run, the peers at their default solver settings;
-the issue-13 targets are marked met or missed in the table.
+the issue-13 targets are marked met or missed in the table. The peers: PyPortfolioOpt
+``max_sharpe`` / ``min_volatility``; for the 50-point frontier, what its
+``plotting.plot_efficient_frontier`` does (``min_volatility``, the maximum return,
+then ``efficient_return`` once per point on one object, which reuses the cvxpy
+problem); ``HRPOpt`` and ``EfficientCVaR`` from the prices (returns included, as in
+the engine's call); for ``max_assets``, skfolio's ``MeanRisk(cardinality=5)`` with
+SCIP (PyPortfolioOpt has no cardinality constraint; its ``max_sharpe`` cannot take a
+binary one, the variable change making it bilinear).
 """
 
 import argparse
