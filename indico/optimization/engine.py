@@ -460,11 +460,15 @@ def _critical_line(data, context):
         if not math.isfinite(last.t_hi):
             return segments
         joint = last.t_hi * (1 + _CORNER_JOINT) + 1e-15
+        step = last.t_hi * _CORNER_NUDGE + 1e-12
+        following = solver.solve_past(last.t_hi + step)
+        if following is not None and following.t_lo <= joint < following.t_hi:
+            segments.append(following)
+            continue
         # Just past a corner the solver's tolerances may still accept the last
         # working set; too far past it a short segment is jumped over. Bracket
         # the step between the two and bisect until the next segment is found.
         same, gap = 0.0, None
-        step = last.t_hi * _CORNER_NUDGE + 1e-12
         for _ in range(200):
             following = solver.solve(last.t_hi + step)
             if following.t_lo > joint:

@@ -170,6 +170,9 @@ class Frontier:
         # Cold primal-dual starts have every movable asset free: the first linear solve
         # is then the budget-only optimum, whose negative weights seed the bounds.
         self._warm = False
+        # (asset, its next state) whose condition ends the last segment at t_hi, or
+        # None when t_hi is infinite (see _segment and solve_past).
+        self._ending = None
 
     def _start_at_vertex(self):
         """Start the primal method from a vertex: the least volatile assets first.
@@ -263,7 +266,32 @@ class Frontier:
             "fewer, less similar symbols."
         )
 
-    def solve_by_rule(self, rule, max_iterations=30):
+    def solve_past(self, t):
+        """Solve at ``t`` just past the end of the last segment by Markowitz's step.
+
+        The condition that ends the last segment names one asset: a free one reaching
+        a bound, or a fixed one whose multiplier changes sign. Moving that asset alone
+        gives the next working set of the critical line (Markowitz 1956), one linear
+        solve instead of :meth:`solve`'s ratio tests from the old working set.
+
+        Args:
+            t: risk tolerance just past the last segment's ``t_hi``.
+
+        Returns:
+            the :class:`Segment` containing ``t`` when that working set is primal and
+            dual feasible at ``t`` (as :meth:`solve_by_rule` checks), else None: ties
+            of several conditions, or a next segment shorter than the step to ``t``;
+            the caller then uses :meth:`solve`.
+        """
+        if self._ending is None:
+            return None
+        asset, state = self._ending
+        start = self._state.copy()
+        start[asset] = state
+        found = self.solve_by_rule(lambda q0, q2, r0: t, max_iterations=1, start=start)
+        return None if found is None else found[0]
+
+    def solve_by_rule(self, rule, max_iterations=30, start=None):
         """Solve for the frontier point selected by ``rule`` with primal-dual active sets.
 
         Args:
@@ -271,6 +299,9 @@ class Frontier:
                 form of the current working set (see :class:`Segment`); ``None`` when
                 the working set gives no answer.
             max_iterations: number of working-set updates before giving up.
+            start: the working set to start from (int8 array of shape (n,): -1 at the
+                lower bound, 1 at the upper, 0 free); by default the last answer's, or
+                every movable asset free on the first call.
 
         Returns:
             ``(segment, t)`` when the final working set is optimal at ``t`` (primal
@@ -279,7 +310,9 @@ class Frontier:
         """
         cov, mu, lower, upper = self.cov, self.mu, self.lower, self.upper
         movable = self._movable
-        if self._warm:
+        if start is not None:
+            state = start
+        elif self._warm:
             state = self._state.copy()
         else:
             state = np.where(movable, 0, -1).astype(np.int8)
@@ -389,7 +422,16 @@ class Frontier:
         with np.errstate(divide="ignore", invalid="ignore"):
             limits = -a / b
         t_lo = float(np.max(limits[b > 0], initial=0.0))
-        t_hi = float(np.min(limits[b < 0], initial=np.inf))
+        ends = np.where(b < 0, limits, np.inf)
+        ending = int(ends.argmin())
+        t_hi = float(ends[ending])
+        self._ending = None
+        if t_hi < np.inf:
+            # The asset whose condition ends the segment, and where it goes next.
+            if ending < 2 * free.size:
+                self._ending = (free[ending % free.size], -1 if ending < free.size else 1)
+            elif self._movable[fixed[ending - 2 * free.size]]:
+                self._ending = (fixed[ending - 2 * free.size], 0)
         q2 = max(float(mu @ w1), 0.0)
         return Segment(
             t_lo=max(t_lo, 0.0),
