@@ -377,12 +377,19 @@ def efficient_frontier(
                        target_return=None, target_volatility=None,
                        groups=_constraints(groups, data.symbols, lower, upper))
 
+    tolerance = _snap_tolerance(context)
+
+    def portfolios(rows):
+        # Cleaned and summarised together: one call a portfolio cost more than the
+        # critical-line walk (76 portfolios in a 50-point frontier of 20 assets).
+        cleaned = _clean_weights(rows, lower, upper, tolerance) + 0.0  # no -0.0
+        statistics = performance.weight_statistics_rows(cleaned, data.mu, data.cov,
+                                                        risk_free_rate)
+        return [{**summary, "weights": dict(zip(data.symbols, weights, strict=True))}
+                for summary, weights in zip(statistics, cleaned.tolist(), strict=True)]
+
     def portfolio(weights):
-        weights = _clean_weights(weights, lower, upper, _snap_tolerance(context))
-        return {
-            **performance.weight_statistics(weights, data.mu, data.cov, risk_free_rate),
-            "weights": {s: float(w) + 0.0 for s, w in zip(data.symbols, weights, strict=True)},
-        }
+        return portfolios(weights[np.newaxis])[0]
 
     if context.groups is not None:
         return _grouped_frontier(data, context, points, portfolio)
@@ -395,8 +402,7 @@ def efficient_frontier(
     end = segments[-1].w0
     low = segments[0].r0
     high = float(data.mu @ frontier.extreme_return_portfolio(data.mu, lower, upper))
-    curve = [portfolio(_on_critical_line(segments, float(target), end))
-             for target in np.linspace(low, high, points)]
+    curve = _on_critical_line(segments, np.linspace(low, high, points), end)
     corners = [segments[0].w0]
     for segment in segments:
         if math.isfinite(segment.t_hi):
@@ -404,11 +410,13 @@ def efficient_frontier(
             if np.max(np.abs(corner - corners[-1])) > 1e-12:
                 corners.append(corner)
     try:
-        best = portfolio(_max_sharpe(data, context))
+        best = [_tangency_on_critical_line(data, context, segments)]
     except OptimizationError:
-        best = None  # nothing beats the risk-free rate: no tangency portfolio
-    return {"points": curve, "min_volatility": curve[0], "max_sharpe": best,
-            "corners": [portfolio(corner) for corner in corners]}
+        best = []  # nothing beats the risk-free rate: no tangency portfolio
+    found = portfolios(np.vstack([curve, *corners, *best]))
+    return {"points": found[:points], "min_volatility": found[0],
+            "max_sharpe": found[-1] if best else None,
+            "corners": found[points:points + len(corners)]}
 
 
 def _grouped_frontier(data, context, points, portfolio):
@@ -486,15 +494,54 @@ def _critical_line(data, context):
         "ill-conditioned. Use a longer date range or fewer symbols.")
 
 
-def _on_critical_line(segments, target, end):
-    """The weights on the critical line whose expected return is ``target``."""
+def _on_critical_line(segments, targets, end):
+    """The weights on the critical line whose expected returns are ``targets``.
+
+    Args:
+        segments: as :func:`_critical_line` returns them.
+        targets: expected returns, shape (k,), within the frontier's range.
+        end: the maximum-return portfolio, shape (n,), for targets beyond every
+            rising segment.
+
+    Returns:
+        array of shape (k, n): for each target, the first rising segment whose
+        returns reach it, at the ``t`` that gives that return.
+    """
+    rising = [segment for segment in segments if segment.q2 > 0]
+    weights = np.tile(end, (targets.size, 1))
+    if not rising:
+        return weights
+    r0, q2, t_lo, t_hi = (np.array([getattr(s, name) for s in rising])
+                          for name in ("r0", "q2", "t_lo", "t_hi"))
+    t = (targets[:, np.newaxis] - r0) / q2
+    reached = t <= t_hi * (1 + 1e-12) + 1e-15
+    on = np.flatnonzero(reached.any(axis=1))
+    first = reached[on].argmax(axis=1)
+    chosen = np.minimum(np.maximum(t[on, first], t_lo[first]), t_hi[first])
+    w0 = np.array([s.w0 for s in rising])
+    w1 = np.array([s.w1 for s in rising])
+    weights[on] = w0[first] + chosen[:, np.newaxis] * w1[first]
+    return weights
+
+
+def _tangency_on_critical_line(data, context, segments):
+    """The maximum-Sharpe weights, read off the segments of the critical line.
+
+    The segment whose own peak ``t = q0 / (r0 - rf)`` lies within it holds the
+    global maximum (the ratio is unimodal along the frontier, see :func:`_tangency`),
+    so no search is needed once the line is walked.
+
+    Raises:
+        OptimizationError: no portfolio beats the risk-free rate.
+    """
+    _best_beating_risk_free(data, context)
+    rf = context.risk_free_rate
     for segment in segments:
-        if segment.q2 <= 0:
-            continue
-        t = (target - segment.r0) / segment.q2
-        if t <= segment.t_hi * (1 + 1e-12) + 1e-15:
-            return segment.weights(min(max(t, segment.t_lo), segment.t_hi))
-    return end
+        if segment.r0 > rf:
+            t = segment.q0 / (segment.r0 - rf)
+            if segment.t_lo <= t <= segment.t_hi:
+                return segment.weights(t)
+    return _tangency(data, context)  # the peak fell between segments by rounding
 
 
 def configure_worker():
@@ -520,6 +567,18 @@ def configure_worker():
 
 
 def _max_sharpe(data, context):
+    best = _best_beating_risk_free(data, context)
+    if _single_portfolio(context):
+        return best
+    return _tangency(data, context)
+
+
+def _best_beating_risk_free(data, context):
+    """The maximum-return portfolio, checked to beat the risk-free rate.
+
+    Raises:
+        OptimizationError: it does not (so no portfolio has a positive Sharpe ratio).
+    """
     rf = context.risk_free_rate
     best = frontier.extreme_return_portfolio(data.mu, context.lower, context.upper)
     best_return = float(data.mu @ best)
@@ -530,9 +589,7 @@ def _max_sharpe(data, context):
             "Use objective min_volatility, or a lower riskFreeRate.",
             best_expected_return=best_return,
         )
-    if _single_portfolio(context):
-        return best
-    return _tangency(data, context)
+    return best
 
 
 #: Times :func:`_tangency` resumes the primal-dual search past a working set where the
@@ -845,11 +902,12 @@ def _clean_weights(weights, lower, upper, tolerance=WEIGHT_CLEAN_TOLERANCE):
     inside their bounds, so the weights sum to 1 within 1e-12 and stay in bounds.
 
     Args:
-        weights, lower, upper: arrays of shape (n,).
+        weights: array of shape (n,), or (k, n) for k portfolios at once.
+        lower, upper: arrays of shape (n,).
         tolerance: how close to a bound a weight is snapped onto it.
 
     Returns:
-        array of shape (n,).
+        array of the shape of ``weights``.
 
     Raises:
         OptimizationError: when the weights are not finite or not feasible (a
@@ -860,10 +918,13 @@ def _clean_weights(weights, lower, upper, tolerance=WEIGHT_CLEAN_TOLERANCE):
     weights = np.where(np.abs(weights - lower) <= tolerance, lower, weights)
     weights = np.where(np.abs(weights - upper) <= tolerance, upper, weights)
     weights = np.clip(weights, lower, upper)
-    weights = simplex.fix_budget(weights, lower, upper)
-    if abs(weights.sum() - 1.0) > 1e-9 or np.any(weights < lower - 1e-12) or np.any(
-        weights > upper + 1e-12
-    ):
+    if weights.ndim == 1:
+        weights = simplex.fix_budget(weights, lower, upper)
+    else:
+        weights = np.array([simplex.fix_budget(row, lower, upper) for row in weights])
+    if np.any(np.abs(weights.sum(axis=-1) - 1.0) > 1e-9) or np.any(
+        weights < lower - 1e-12
+    ) or np.any(weights > upper + 1e-12):
         raise OptimizationError(
             "The solver returned weights outside the constraints; try another objective."
         )

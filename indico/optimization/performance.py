@@ -37,6 +37,28 @@ def weight_statistics(weights, mu, cov, risk_free_rate):
     """
     expected = float(mu @ weights)
     volatility = math.sqrt(max(float(weights @ cov @ weights), 0.0))
+    return _weight_statistics(expected, volatility, risk_free_rate)
+
+
+def weight_statistics_rows(weights, mu, cov, risk_free_rate):
+    """:func:`weight_statistics` of each row of ``weights``, in one pass.
+
+    Args:
+        weights: array of shape (k, n), one portfolio a row.
+        mu: array of shape (n,); cov: array of shape (n, n).
+        risk_free_rate: annual.
+
+    Returns:
+        list of k dicts, as :func:`weight_statistics` (equal to rounding).
+    """
+    expected = weights @ mu
+    variance = np.einsum("ij,ij->i", weights @ cov, weights)
+    volatility = np.sqrt(np.maximum(variance, 0.0))
+    return [_weight_statistics(e, v, risk_free_rate)
+            for e, v in zip(expected.tolist(), volatility.tolist(), strict=True)]
+
+
+def _weight_statistics(expected, volatility, risk_free_rate):
     sharpe = (expected - risk_free_rate) / volatility if volatility > 0 else None
     return {
         "expected_return": finite_or_none(expected),
