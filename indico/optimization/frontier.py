@@ -35,6 +35,7 @@ verified on exit. Pure numpy; dense linear algebra on the free block only.
 """
 
 import dataclasses
+import math
 
 import numpy as np
 from scipy.linalg import lapack
@@ -93,7 +94,7 @@ def check_bounds(lower, upper):
         OptimizationError: when a lower bound exceeds its upper bound, or when the
             bounds cannot sum to 1.
     """
-    if np.any(lower > upper):
+    if (lower > upper).any():
         raise OptimizationError(
             "weightBounds: each lower bound must not exceed its upper bound."
         )
@@ -330,7 +331,7 @@ class Frontier:
             w0, w1, eta0, eta1 = self._affine_solution(free, at_bound)
             g0, g1 = cov @ w0, cov @ w1 - mu
             t = rule(float(w0 @ g0), max(float(mu @ w1), 0.0), float(mu @ w0))
-            if t is None or not np.isfinite(t) or t < 0:
+            if t is None or not math.isfinite(t) or t < 0:
                 return None
             w = w0 + t * w1
             multiplier = g0 + t * g1 - (eta0 + t * eta1)
@@ -514,13 +515,16 @@ def _solve_block(block, rhs):
     )
 
 
+#: The states of an asset in a working set (int8 arrays of shape (n,)).
+_AT_LOWER, _FREE, _AT_UPPER = np.int8(-1), np.int8(0), np.int8(1)
+
+
 def _apply_changes(state, change, weights, lower):
     """Move the flagged assets between free and bound; ``None`` if none stays free."""
-    new_state = state.copy()
-    leaving = change & (state == 0)
-    new_state[leaving] = np.where(weights < lower, -1, 1)[leaving]
-    new_state[change & (state != 0)] = 0
-    if not np.any(new_state == 0):
+    # Free assets go to the bound they crossed, fixed ones become free (0).
+    bound = np.where(weights < lower, _AT_LOWER, _AT_UPPER)
+    new_state = np.where(change, np.where(state == 0, bound, _FREE), state)
+    if not (new_state == 0).any():
         return None
     return new_state
 
