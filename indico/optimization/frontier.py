@@ -340,7 +340,7 @@ class Frontier:
             violation = np.where(
                 is_free,
                 np.maximum(lower - w, w - upper) / tol_w,
-                np.where(state < 0, -multiplier, multiplier) / tol_m,
+                multiplier * state / tol_m,  # state is -1 or 1 here: the signed multiplier
             )
             if not self._all_movable:
                 violation[~is_free & ~movable] = -np.inf
