@@ -292,7 +292,7 @@ class Frontier:
         found = self.solve_by_rule(lambda q0, q2, r0: t, max_iterations=1, start=start)
         return None if found is None else found[0]
 
-    def solve_by_rule(self, rule, max_iterations=30, start=None):
+    def solve_by_rule(self, rule, max_iterations=30, start=None, cold_free=None):
         """Solve for the frontier point selected by ``rule`` with primal-dual active sets.
 
         Args:
@@ -302,7 +302,10 @@ class Frontier:
             max_iterations: number of working-set updates before giving up.
             start: the working set to start from (int8 array of shape (n,): -1 at the
                 lower bound, 1 at the upper, 0 free); by default the last answer's, or
-                every movable asset free on the first call.
+                on the first call the cold start below.
+            cold_free: bool array of shape (n,): the assets free on a cold start, the
+                others at their lower bounds; None (or no movable asset in it): every
+                movable asset free.
 
         Returns:
             ``(segment, t)`` when the final working set is optimal at ``t`` (primal
@@ -316,7 +319,8 @@ class Frontier:
         elif self._warm:
             state = self._state.copy()
         else:
-            state = np.where(movable, 0, -1).astype(np.int8)
+            first = movable if cold_free is None else movable & cold_free
+            state = np.where(first if first.any() else movable, _FREE, _AT_LOWER)
         tol_w, tol_m = self._tol_weight, self._tol_multiplier
         seen = set()
         single = False

@@ -97,6 +97,22 @@ class MaxSharpeTest(unittest.TestCase):
         )
         assert_allclose(walked.weights(t_walk), segment.weights(t), atol=1e-10)
 
+    def test_cold_start_with_some_assets_free_reaches_the_same_optimum(self):
+        data = prepare_prices(window())
+        for upper_bound in (1.0, 0.2):
+            lower, upper = np.zeros(20), np.full(20, upper_bound)
+            plain = Frontier(data.mu, data.cov, lower, upper)
+            segment, t = plain.solve_by_rule(lambda q0, q2, r0: q0 / r0)
+            for free in (data.mu > 0, np.arange(20) < 3, np.zeros(20, dtype=bool)):
+                with self.subTest(upper=upper_bound, free=free.sum()):
+                    started = Frontier(data.mu, data.cov, lower, upper)
+                    found, at = started.solve_by_rule(lambda q0, q2, r0: q0 / r0,
+                                                      cold_free=free)
+                    assert_allclose(found.weights(at), segment.weights(t), rtol=0,
+                                    atol=1e-14)
+                    self.assertLess(kkt_residual(found.weights(at), data.mu, data.cov,
+                                                 lower, upper, at), 1e-12)
+
     def test_markowitz_step_past_each_corner_finds_the_next_segment(self):
         data = prepare_prices(window())
         lower, upper = np.zeros(20), np.full(20, 0.2)
