@@ -159,7 +159,7 @@ class Frontier:
         # Assets whose bounds coincide never move; releasing them would cycle.
         self._movable = (upper - lower) > 1e-15
         self._all_movable = bool(self._movable.all())
-        scale = float(np.max(np.abs(np.diag(cov)))) + float(np.max(np.abs(mu)))
+        scale = float(np.abs(np.diag(cov)).max()) + float(np.abs(mu).max())
         self._tol_multiplier = FEASIBILITY_TOLERANCE * max(scale, 1e-300)
         self._tol_weight = FEASIBILITY_TOLERANCE
         # The primal method's cold start, a vertex (see _start_at_vertex), is built on
@@ -168,8 +168,9 @@ class Frontier:
         self._state = None
         # (working set as bytes, its affine solution) of the last answer.
         self._affine = None
-        # Cold primal-dual starts have every movable asset free: the first linear solve
-        # is then the budget-only optimum, whose negative weights seed the bounds.
+        # Cold primal-dual starts have every movable asset free (or those the caller
+        # names): the first linear solve is then the budget-only optimum, whose
+        # negative weights seed the bounds.
         self._warm = False
         # (asset, its next state) whose condition ends the last segment at t_hi, or
         # None when t_hi is infinite (see _segment and solve_past).
@@ -334,7 +335,8 @@ class Frontier:
             at_bound[free] = 0.0
             w0, w1, eta0, eta1 = self._affine_solution(free, at_bound)
             g0, g1 = cov @ w0, cov @ w1 - mu
-            t = rule(float(w0 @ g0), max(float(mu @ w1), 0.0), float(mu @ w0))
+            closed_form = float(w0 @ g0), max(float(mu @ w1), 0.0), float(mu @ w0)
+            t = rule(*closed_form)
             if t is None or not math.isfinite(t) or t < 0:
                 return None
             w = w0 + t * w1
@@ -351,8 +353,8 @@ class Frontier:
             if violation.max() <= 1.0:
                 self._w, self._state, self._warm = w, state, True
                 self._affine = (state.tobytes(), (w0, w1, eta0, eta1))
-                segment = self._segment(free, w0, w1, eta0, eta1, g0, g1)
-                return segment, float(np.clip(t, segment.t_lo, segment.t_hi))
+                segment = self._segment(free, w0, w1, eta0, eta1, g0, g1, closed_form)
+                return segment, min(max(t, segment.t_lo), segment.t_hi)
             seen.add(state.tobytes())
             change = violation > 1.0
             if not single:
@@ -406,17 +408,20 @@ class Frontier:
         w1[free] = p_mu + eta1 * p_one
         return w0, w1, eta0, eta1
 
-    def _segment(self, free, w0, w1, eta0, eta1, g0, g1):
+    def _segment(self, free, w0, w1, eta0, eta1, g0, g1, closed_form=None):
         """Build the :class:`Segment` of the optimal working set just found.
 
-        ``g0 = Σ w0`` and ``g1 = Σ w1 - μ``: the gradient at ``t`` is ``g0 + t g1``.
+        ``g0 = Σ w0`` and ``g1 = Σ w1 - μ``: the gradient at ``t`` is ``g0 + t g1``;
+        ``closed_form``: ``(q0, q2, r0)`` when the caller has them.
         """
         mu, state = self.mu, self._state
+        if closed_form is None:
+            closed_form = float(w0 @ g0), max(float(mu @ w1), 0.0), float(mu @ w0)
         # Each condition reads  a + t*b >= 0; they bound t from below or above.
         # Free assets stay within their bounds; fixed ones keep multipliers of the
         # right sign.
         fixed = state.nonzero()[0]
-        sign = -state[fixed].astype(float)
+        sign = state[fixed] * -1.0
         w0_free, w1_free = w0[free], w1[free]
         a = np.concatenate((
             w0_free - self.lower[free],
@@ -426,7 +431,7 @@ class Frontier:
         b = np.concatenate((w1_free, -w1_free, sign * (g1[fixed] - eta1)))
         with np.errstate(divide="ignore", invalid="ignore"):
             limits = -a / b
-        t_lo = float(np.max(limits[b > 0], initial=0.0))
+        t_lo = float(limits[b > 0].max(initial=0.0))
         ends = np.where(b < 0, limits, np.inf)
         ending = int(ends.argmin())
         t_hi = float(ends[ending])
@@ -437,16 +442,8 @@ class Frontier:
                 self._ending = (free[ending % free.size], -1 if ending < free.size else 1)
             elif self._movable[fixed[ending - 2 * free.size]]:
                 self._ending = (fixed[ending - 2 * free.size], 0)
-        q2 = max(float(mu @ w1), 0.0)
-        return Segment(
-            t_lo=max(t_lo, 0.0),
-            t_hi=t_hi,
-            w0=w0,
-            w1=w1,
-            q0=float(w0 @ g0),
-            q2=q2,
-            r0=float(mu @ w0),
-        )
+        q0, q2, r0 = closed_form
+        return Segment(t_lo=max(t_lo, 0.0), t_hi=t_hi, w0=w0, w1=w1, q0=q0, q2=q2, r0=r0)
 
     def walk(self, root, below, t_start=0.0, segment=None, max_steps=200):
         """Find the segment where a monotone condition along the frontier is met.
