@@ -58,13 +58,13 @@ class MarketData:
         Returns:
             array of shape (n, n), positive definite.
         """
-        diagonal = np.diag(self.cov)
+        diagonal = self.cov.diagonal()
         # LAPACK's Cholesky directly (numpy's wrapper cost more than the factorization
         # at these sizes); info > 0: not positive definite.
         factor, info = lapack.dpotrf(self.cov, lower=True)
         # Rounding can let Cholesky finish on a singular matrix (for example two
         # identical price series): a vanishing pivot gives it away.
-        if info == 0 and np.diag(factor).min() ** 2 > SINGULAR_PIVOT * diagonal.max():
+        if info == 0 and factor.diagonal().min() ** 2 > SINGULAR_PIVOT * diagonal.max():
             return self.cov
         return self.cov + SINGULAR_RIDGE * float(np.mean(diagonal)) * np.eye(diagonal.size)
 
@@ -139,7 +139,7 @@ def prepare_prices(prices):
     centred = returns - mean
     cov = centred.T @ centred
     # Zero exactly when every return equals the mean.
-    constant = np.diag(cov) <= 1e-300
+    constant = cov.diagonal() <= 1e-300
     if constant.any():
         bad = [symbols[j] for j in np.flatnonzero(constant)]
         raise OptimizationError(

@@ -159,7 +159,7 @@ class Frontier:
         # Assets whose bounds coincide never move; releasing them would cycle.
         self._movable = (upper - lower) > 1e-15
         self._all_movable = bool(self._movable.all())
-        scale = float(np.abs(np.diag(cov)).max()) + float(np.abs(mu).max())
+        scale = float(np.abs(cov.diagonal()).max()) + float(np.abs(mu).max())
         self._tol_multiplier = FEASIBILITY_TOLERANCE * max(scale, 1e-300)
         self._tol_weight = FEASIBILITY_TOLERANCE
         # The primal method's cold start, a vertex (see _start_at_vertex), is built on
