@@ -551,7 +551,12 @@ def _tangency(data, context):
         return guess[0]
 
     found = solver.solve_by_rule(rule)
-    if found is not None:
+    # Optimal at t is not enough: the point is the maximum Sharpe ratio only when t is
+    # also the working set's stationary point q0 / (r0 - rf) (then t = σ²/(r - rf) at
+    # w(t), the maximum-Sharpe KKT condition). With r0 <= rf the rule's t is only a
+    # guess to move along the line, and a working set optimal there is some other
+    # frontier point (a cap made this happen: Sharpe 0.53 returned for 0.70).
+    if found is not None and found[0].r0 - rf > 0:
         segment, t = found
         return segment.weights(t)
     segment, t = solver.walk(
