@@ -12,10 +12,11 @@ Two things are arranged so that the run tests the API rather than itself:
 - every request carries the account's bearer token, except ``auth/logout``,
   which gets a token of its own: it would otherwise revoke the fuzzer's;
 - ``positive_data_acceptance`` ("a request the schema allows gets a 2xx") is
-  off for the three operations whose acceptance depends on rules a JSON schema
-  cannot state: ``portfolio/optimize`` and ``portfolio/frontier`` (``startDate``
-  before ``endDate``, and what the stored prices allow: known symbols, a
-  feasible problem) and
+  off for the five operations whose acceptance depends on rules a JSON schema
+  cannot state: ``portfolio/optimize``, ``portfolio/frontier`` and
+  ``portfolio/backtest`` (``startDate`` before ``endDate``, and what the stored
+  prices allow: known symbols, enough history, a feasible problem),
+  ``portfolio/cancel`` (the id of a queued or running job of the caller's) and
   ``portfolio/list`` (a ``cursor`` must be one that ``portfolio/list`` gave).
   Every other check stays on for them.
 

@@ -4,7 +4,7 @@ import os
 import signal
 import time
 
-from indico.services.jobs import run_backtest_chunk, run_optimization
+from indico.services.jobs import run_backtest_chunk, run_frontier, run_optimization
 
 
 def stall_on_min_volatility(prices, benchmark, params):
@@ -15,6 +15,21 @@ def stall_on_min_volatility(prices, benchmark, params):
     if params["objective"] == "equal_weight":
         os.kill(os.getpid(), signal.SIGKILL)
     return run_optimization(prices, benchmark, params)
+
+
+def optimization_telling_its_time_limit(prices, benchmark, params):
+    """The real optimization, its result with ``time_limit_seen``: the params' time limit."""
+    return {**run_optimization(prices, benchmark, params),
+            "time_limit_seen": params.get("time_limit")}
+
+
+def stall_on_three_points(prices, benchmark, params):
+    """The real frontier, except that 3 points never finish and 4 kill the worker."""
+    if params["points"] == 3:
+        time.sleep(3600)
+    if params["points"] == 4:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return run_frontier(prices, benchmark, params)
 
 
 def hold_until(started, release):

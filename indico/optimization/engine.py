@@ -531,6 +531,12 @@ def _max_sharpe(data, context):
     return _tangency(data, context)
 
 
+#: Times :func:`_tangency` resumes the primal-dual search past a working set where the
+#: Sharpe ratio still rises, before the guaranteed walk: each round at least doubles the
+#: risk tolerance, so a few cover any frontier.
+_TANGENCY_ROUNDS = 60
+
+
 def _tangency(data, context):
     """Global maximum-Sharpe weights (the caller checked that one beats rf)."""
     rf = context.risk_free_rate
@@ -551,14 +557,18 @@ def _tangency(data, context):
         return guess[0]
 
     found = solver.solve_by_rule(rule)
-    # Optimal at t is not enough: the point is the maximum Sharpe ratio only when t is
-    # also the working set's stationary point q0 / (r0 - rf) (then t = σ²/(r - rf) at
-    # w(t), the maximum-Sharpe KKT condition). With r0 <= rf the rule's t is only a
-    # guess to move along the line, and a working set optimal there is some other
-    # frontier point (a cap made this happen: Sharpe 0.53 returned for 0.70).
-    if found is not None and found[0].r0 - rf > 0:
+    for _ in range(_TANGENCY_ROUNDS):
+        if found is None:
+            break
         segment, t = found
-        return segment.weights(t)
+        if segment.r0 - rf > 0:
+            # The working set is optimal at its own peak t = q0 / (r0 - rf): on the
+            # frontier the Sharpe ratio is unimodal, so this is the global maximum.
+            return segment.weights(t)
+        # A guess of the doubling branch that happened to be optimal for its working
+        # set, where the ratio still rises with t: the peak lies further along. Go on
+        # from this working set (solve_by_rule starts warm), the guess doubling.
+        found = solver.solve_by_rule(rule)
     segment, t = solver.walk(
         root=lambda s: s.q0 / (s.r0 - rf) if s.r0 > rf else np.inf,
         below=lambda s, t: t * (s.expected_return(t) - rf) - s.variance(t) < 0,

@@ -276,8 +276,10 @@ class OptimizeRequest(MarketRequest):
     target_volatility: float | None = Field(
         None, gt=0, le=10, allow_inf_nan=False,
         validation_alias=AliasChoices("targetVolatility", "target_volatility"))
+    # At most 1000, the most symbols INDICO_MAX_SYMBOLS may allow: a larger limit
+    # cannot bind, and the stored params must fit BSON's 64-bit integers.
     max_assets: int | None = Field(
-        None, ge=1, validation_alias=AliasChoices("maxAssets", "max_assets"),
+        None, ge=1, le=1000, validation_alias=AliasChoices("maxAssets", "max_assets"),
         description="at most this many nonzero weights, solved exactly within "
                     "INDICO_JOB_TIME_LIMIT (stats.optimal says whether optimality was "
                     "proven, stats.gap bounds the distance to it); the lower bound then "

@@ -27,6 +27,7 @@ from indico.services.jobs import (
     Work,
     WorkerPool,
     create_pool,
+    run_frontier,
     run_optimization,
 )
 from indico.services.passwords import Passwords
@@ -58,7 +59,8 @@ class Services:
 def build_services(config: Config, db: AsyncDatabase, cpu_executor: concurrent.futures.Executor,
                    pool: WorkerPool, passwords: Passwords | None = None, *,
                    clock: Clock | None = None, sessions: SessionStore | None = None,
-                   work: Work = run_optimization) -> Services:
+                   work: Work = run_optimization,
+                   frontier_work: Work = run_frontier) -> Services:
     """Create the service objects of one application; nothing is started.
 
     Args:
@@ -74,6 +76,7 @@ def build_services(config: Config, db: AsyncDatabase, cpu_executor: concurrent.f
         sessions: the :class:`~indico.services.sessions.SessionStore`; one on
             the host's change marks if None (tests give a subclass).
         work: the function the pool's workers run for a job (tests give another).
+        frontier_work: the function they run for ``portfolio/frontier`` (the same).
 
     Returns:
         the :class:`Services`.
@@ -94,7 +97,8 @@ def build_services(config: Config, db: AsyncDatabase, cpu_executor: concurrent.f
         users=UsersService(db, passwords, auth, sessions),
         prices=prices,
         portfolio=PortfolioService(db, config),
-        jobs=JobService(db, config, prices, events, pool, work=work),
+        jobs=JobService(db, config, prices, events, pool, work=work,
+                        frontier_work=frontier_work),
         events=events,
     )
 
@@ -105,7 +109,8 @@ async def open_services(config: Config, db: AsyncDatabase, *,
                         pool: WorkerPool | None = None, run_jobs: bool = True,
                         passwords: Passwords | None = None, clock: Clock | None = None,
                         sessions: SessionStore | None = None,
-                        work: Work = run_optimization) -> AsyncIterator[Services]:
+                        work: Work = run_optimization,
+                        frontier_work: Work = run_frontier) -> AsyncIterator[Services]:
     """The services of one application for the block; stopped, with what they run on, after it.
 
     In order: the password-hashing executor (a thread pool of the machine's
@@ -125,7 +130,8 @@ async def open_services(config: Config, db: AsyncDatabase, *,
         pool: the optimization worker pool; a new one if None.
         run_jobs: start a :class:`~indico.services.jobs.JobRunner` (tests
             that claim jobs themselves say False).
-        passwords, clock, sessions, work: as :func:`build_services` (tests).
+        passwords, clock, sessions, work, frontier_work: as :func:`build_services`
+            (tests).
 
     Yields:
         the :class:`Services`.
@@ -139,7 +145,8 @@ async def open_services(config: Config, db: AsyncDatabase, *,
             pool = create_pool(config.workers)
             stack.push_async_callback(asyncio.to_thread, pool.shutdown, True)
         services = build_services(config, db, cpu_executor, pool, passwords, clock=clock,
-                                  sessions=sessions, work=work)
+                                  sessions=sessions, work=work,
+                                  frontier_work=frontier_work)
         stack.push_async_callback(services.jobs.stop, shutdown_pool=False)
         stack.push_async_callback(services.events.stop)
         if run_jobs:

@@ -70,7 +70,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Coroutine
 from concurrent.futures.process import BrokenProcessPool
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import Any, cast
 
 import cachetools
 import numpy as np
@@ -526,13 +526,16 @@ class JobService:
             :func:`run_optimization` unless a test gives another module-level function.
         chunk_work: the function the workers run for a chunk of a backtest's
             rebalances, :func:`run_backtest_chunk` unless a test gives another.
+        frontier_work: the function the workers run for ``portfolio/frontier``,
+            :func:`run_frontier` unless a test gives another.
         sleep: ``await sleep(seconds)`` between lease renewals (injectable).
     """
 
     def __init__(self, db: AsyncDatabase, config: Config, prices: PriceCatalog,
                  events: JobEvents, pool: WorkerPool | None = None,
                  work: Work = run_optimization, sleep: Sleep = asyncio.sleep,
-                 chunk_work: Work = run_backtest_chunk) -> None:
+                 chunk_work: Work = run_backtest_chunk,
+                 frontier_work: Work = run_frontier) -> None:
         self.db = db
         self.config = config
         self.prices = prices
@@ -540,6 +543,7 @@ class JobService:
         self.pool = pool or create_pool(config.workers)
         self.work = work
         self.chunk_work = chunk_work
+        self.frontier_work = frontier_work
         self.sleep = sleep
         self.worker = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.background: set[asyncio.Task] = set()
@@ -600,7 +604,7 @@ class JobService:
             Unprocessable: over ``INDICO_JOB_TIME_LIMIT``, or the worker died.
         """
         frame, benchmark = await self.load_inputs(params)
-        return await self._run_now(run_frontier, frame, benchmark, params, "the frontier",
+        return await self._run_now(self.frontier_work, frame, benchmark, params, "the frontier",
                                    "try fewer symbols, points or a shorter range")
 
     async def _create(self, owner: str, params: dict[str, Any], kind: JobKind) -> Job:
@@ -825,9 +829,9 @@ class JobService:
                     if running:
                         more, running = await asyncio.wait(running)
                         finished |= more
-                    failed = sorted((task for task in finished if task.exception()),
-                                    key=first_rebalance.__getitem__)
-                    raise failed[0].exception()
+                    earliest = min((task for task in finished if task.exception()),
+                                   key=first_rebalance.__getitem__)
+                    raise cast(BaseException, earliest.exception())
                 for ks, chunk, seconds in [task.result() for task in finished]:
                     for k, chosen in zip(ks, chunk, strict=True):
                         weights[k] = chosen
@@ -846,8 +850,8 @@ class JobService:
             # kill their workers (pebble), which take seconds to start again.
             if running:
                 await asyncio.wait(running)
-                for task in running:
-                    task.exception()  # retrieved: the first failure is the job's
+                for pending in running:
+                    pending.exception()  # retrieved: the first failure is the job's
         result = await self.pool.run_on_frame(
             run_backtest_simulate, frame, benchmark,
             {**job.params, "plan": plan, "weights": weights}, timeout=limit)

@@ -9,6 +9,7 @@ import math
 import unittest
 
 import numpy as np
+import pandas as pd
 from numpy.testing import assert_allclose
 from scipy.optimize import minimize
 
@@ -95,6 +96,33 @@ class MaxSharpeTest(unittest.TestCase):
             below=lambda s, t: t * s.expected_return(t) - s.variance(t) < 0,
         )
         assert_allclose(walked.weights(t_walk), segment.weights(t), atol=1e-10)
+
+    def test_bear_market_windows_agree_with_the_guaranteed_walk(self):
+        # Windows of 252 trading days in 2008-2010, when most assets lost: the
+        # minimum-variance end of the frontier returns less than the risk-free rate and
+        # the fast path's guesses can land on working sets where the Sharpe ratio is
+        # still rising. 2008-05-30 to 2009-05-29 held JPM alone at the maximum (Sharpe
+        # 0.4248); the fast path once stopped at JPM, KO and WMT (0.3377).
+        prices = sample_prices()
+        for end in pd.date_range("2008-01-31", "2010-12-31", freq="ME"):
+            with self.subTest(end=end.date()):
+                last = prices.index.get_indexer([end], method="ffill")[0]
+                frame = prices.iloc[last - 251:last + 1]
+                data = prepare_prices(frame)
+                n = len(data.symbols)
+                walked, t = Frontier(data.mu, data.cov, np.zeros(n), np.ones(n)).walk(
+                    root=lambda s: s.q0 / s.r0 if s.r0 > 0 else np.inf,
+                    below=lambda s, t: t * s.expected_return(t) - s.variance(t) < 0)
+                expected = walked.w0 if math.isinf(t) else walked.weights(t)
+                result = optimize(frame, "max_sharpe")
+                weights = np.array([result.allocations[s] for s in data.symbols])
+                assert_allclose(weights, expected, atol=1e-9)
+                self.assertGreaterEqual(sharpe(weights, data.mu, data.cov),
+                                        sharpe(expected, data.mu, data.cov) - 1e-12)
+        frame = prices.loc["2008-05-30":"2009-05-29"]
+        result = optimize(frame, "max_sharpe")
+        self.assertEqual({s: w for s, w in result.allocations.items() if w > 0}, {"JPM": 1.0})
+        assert_allclose(result.stats["sharpe"], 0.42476417, rtol=1e-7)
 
     def test_pinned_values(self):
         result = optimize(window(), "max_sharpe")

@@ -38,7 +38,7 @@ PARAMS = {"symbols": ["AAPL", "MSFT", "JPM"], "start_date": "2012-01-01",
           "weight_bounds": [0.0, 1.0], "returns_model": "mean", "returns_span": 500,
           "risk_model": "sample", "risk_span": 180, "cvar_level": 0.95, "groups": None,
           "objective": "max_sharpe", "target_return": None, "target_volatility": None,
-          "lookback_days": 252, "rebalance": "quarterly", "cost_bps": 10.0}
+          "max_assets": None, "lookback_days": 252, "rebalance": "quarterly", "cost_bps": 10.0}
 QUARTERS = 16  # 2012-01-03 .. 2015-10-01
 
 

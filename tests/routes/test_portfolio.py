@@ -88,7 +88,8 @@ class OptimizeTest(PortfolioTest):
             "end_date": "2016-03-20", "initial_investment": 1000.0, "objective": "max_sharpe",
             "risk_free_rate": 0.0, "weight_bounds": [0.0, 1.0], "target_return": None,
             "target_volatility": None, "returns_model": "mean", "returns_span": 500,
-            "risk_model": "sample", "risk_span": 180, "cvar_level": 0.95, "groups": None})
+            "risk_model": "sample", "risk_span": 180, "cvar_level": 0.95, "groups": None,
+            "max_assets": None})
         [job] = self.find("jobs")
         self.assertEqual(job["_id"], result["id"])
         self.assertEqual(job["status"], "done")
@@ -473,8 +474,9 @@ class TimeLimitTest(PortfolioTest):
         # A pool of its own (a worker is killed): open_services makes one of
         # INDICO_WORKERS processes and shuts it down; and workers that never
         # finish a min_volatility job: stuck however fast the machine is.
-        from tests.workloads import stall_on_min_volatility
-        return {**super().service_options(), "pool": None, "work": stall_on_min_volatility}
+        from tests.workloads import stall_on_min_volatility, stall_on_three_points
+        return {**super().service_options(), "pool": None, "work": stall_on_min_volatility,
+                "frontier_work": stall_on_three_points}
 
     def make_app(self):
         self.pool = self.services.jobs.pool
@@ -523,6 +525,28 @@ class TimeLimitTest(PortfolioTest):
         self.assertEqual((job["status"], job["error"]), ("failed", message))
         status, body = self.optimize()
         self.assertEqual(status, 200, body)
+
+    def frontier(self, points):
+        body = {key: value for key, value in SEED_BODY.items() if key != "initialInvestment"}
+        return self.post("/portfolio/frontier", {**body, "points": points}, token=self.token)
+
+    def test_a_frontier_over_the_time_limit_is_a_422_and_the_pool_serves_the_next(self):
+        before = self.snapshot("jobs")
+        self.assertError(self.frontier(3), 422, "Unprocessable",
+                         "the frontier took longer than the limit of 1 s; try fewer symbols, "
+                         "points or a shorter range")
+        self.assertEqual(self.snapshot("jobs"), before)  # nothing is stored
+        status, body = self.frontier(5)
+        self.assertEqual(status, 200, body)
+        self.assertEqual(len(body["data"]["points"]), 5)
+
+    def test_a_frontier_whose_worker_died_is_a_422_and_the_pool_serves_the_next(self):
+        error = self.assertError(self.frontier(4), 422, "Unprocessable")
+        self.assertEqual(error, {"type": "Unprocessable",
+                                 "message": "the worker process died; try again"})
+        status, body = self.frontier(5)
+        self.assertEqual(status, 200, body)
+        self.assertEqual(len(body["data"]["points"]), 5)
 
 
 class CommandBudgetTest(PortfolioTest):
