@@ -376,8 +376,10 @@ class Frontier:
         mu, state = self.mu, self._state
         # Each condition reads  a + t*b >= 0; they bound t from below or above.
         # Free assets stay within their bounds; fixed ones keep multipliers of the
-        # right sign.
-        fixed = state.nonzero()[0]
+        # right sign. Assets whose bounds coincide never move: their multipliers
+        # bound nothing (counting them cut segments short, so that max_sharpe with a
+        # fixed weight stopped at a worse portfolio).
+        fixed = ((state != 0) & self._movable).nonzero()[0]
         sign = -state[fixed].astype(float)
         w0_free, w1_free = w0[free], w1[free]
         a = np.concatenate((

@@ -178,6 +178,24 @@ class BruteForceTest(unittest.TestCase):
                 assert_array_equal(limited.weights, plain.weights)
                 self.assertEqual(limited.stats, {**plain.stats, "optimal": True, "gap": 0.0})
 
+    def test_equal_bounds_hold_exactly_that_many_assets(self):
+        # (0.25, 0.25): every asset held weighs 0.25, so four are held. The frontier once
+        # let the fixed assets' multipliers cut its segments short, and this search
+        # ended with "efficient-frontier search did not converge".
+        prices = window("1995-01-01", "1996-12-31", sample_prices().columns[:8])
+        data = prepare_prices(prices)
+        for k in (5, 8):
+            with self.subTest(k=k):
+                result = optimize(prices, "max_sharpe", weight_bounds=(0.25, 0.25),
+                                  risk_free_rate=0.05, max_assets=k)
+                best = max(
+                    (float(data.mu[list(held)].mean()) - 0.05)
+                    / math.sqrt(float(data.cov[np.ix_(held, held)].mean()))
+                    for held in itertools.combinations(range(8), 4))
+                self.assertAlmostEqual(result.stats["sharpe"], best, delta=1e-9 * best)
+                self.assertEqual(sorted(set(result.weights.round(12))), [0.0, 0.25])
+                self.assertIs(result.stats["optimal"], True)
+
     def test_the_max_sharpe_relaxation_is_exact_under_a_cap(self):
         # The search bounds nodes by the plain max_sharpe optimum, so it must be the true
         # maximum. Here the engine used to return a frontier point at a guessed risk
