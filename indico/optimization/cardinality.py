@@ -55,7 +55,10 @@ search stops and returns the incumbent with ``optimal`` false and the relative g
 ``(f(incumbent) - B) / |f(incumbent)|``, where ``B`` is the best bound of the
 nodes still open (each open node carries its parent's bound): the true optimum
 lies within that gap of the incumbent (for ``max_sharpe``: Sharpe ratio at most
-``(1 + gap)`` times the incumbent's). The search is given
+``(1 + gap)`` times the incumbent's; for ``min_volatility``: volatility at least
+``(1 - gap)`` times it). Open nodes the incumbent prunes do not count; when only
+those are left the proof is complete (``optimal`` true), so ``optimal`` false
+always comes with ``gap > OPTIMALITY_TOLERANCE``. The search is given
 :data:`SEARCH_SHARE` of the caller's time limit; the rest is left for the
 statistics and the share allocation (whose MILP may take 2 s), so the worker
 pool never kills the job for it.
@@ -171,32 +174,37 @@ def bounds_problem(lower, upper, max_assets):
         return "weightBounds: each lower bound must not exceed its upper bound."
     n = lower.size
     most = min(max_assets, n)
+    # m assets total at most highest[m - 1] and at least lowest[m - 1]; a count fits
+    # when it can reach 1 without its lower bounds exceeding 1.
     highest = np.cumsum(np.sort(upper)[::-1])
     lowest = np.cumsum(np.sort(lower))
     counts = np.arange(1, n + 1)
     reach = highest >= 1.0 - BUDGET_TOLERANCE
+    fits = reach & (lowest <= 1.0 + BUDGET_TOLERANCE)
+    if fits[:most].any():
+        return None
     if not reach[most - 1]:
-        needed = int(counts[reach][0]) if reach.any() else None
-        cap = float(upper.max())
-        if needed is None:
-            advice = (f"raise the upper bound to at least {1.0 / n:.6g}, or add symbols"
-                      if n else "add symbols")
-        elif needed > max_assets:
-            advice = (f"raise maxAssets to at least {needed}, or the upper bound to at least "
-                      f"{1.0 / most:.6g}")
+        # Each piece of advice must be enough on its own (exactly so for shared bounds):
+        # a larger maxAssets only if that many assets also fit, more symbols only if a
+        # count above n within maxAssets would.
+        raise_upper = f"the upper bound to at least {1.0 / most:.6g}"
+        larger = counts[fits]
+        cap, floor = float(upper.max()), float(lower.min())
+        more = max(n + 1, math.ceil((1.0 - BUDGET_TOLERANCE) / cap)) if cap > 0 else None
+        if larger.size:
+            advice = f"raise maxAssets to at least {int(larger[0])}, or {raise_upper}"
+        elif more is not None and more <= max_assets and more * floor <= 1.0 + BUDGET_TOLERANCE:
+            advice = f"raise {raise_upper}, or add symbols"
         else:
-            advice = f"add symbols, or raise the upper bound to at least {1.0 / most:.6g}"
+            advice = f"raise {raise_upper}"
         return (f"maxAssets {max_assets}: with weightBounds up to {cap:g} the weights of at "
                 f"most {most} asset{'s' * (most != 1)} total at most {highest[most - 1]:.6g}, "
                 f"less than 1; {advice}.")
-    fits = reach[:most] & (lowest[:most] <= 1.0 + BUDGET_TOLERANCE)
-    if not fits.any():
-        fewest = int(counts[reach][0])
-        return (f"maxAssets {max_assets}: a portfolio within weightBounds needs at least "
-                f"{fewest} assets to reach a total of 1, but their lower bounds alone total "
-                f"{lowest[fewest - 1]:.6g}, more than 1; lower the lower bound to at most "
-                f"{1.0 / fewest:.6g}, or raise the upper bound.")
-    return None
+    fewest = int(counts[reach][0])
+    return (f"maxAssets {max_assets}: a portfolio within weightBounds needs at least "
+            f"{fewest} assets to reach a total of 1, but their lower bounds alone total "
+            f"{lowest[fewest - 1]:.6g}, more than 1; lower the lower bound to at most "
+            f"{1.0 / fewest:.6g}, or raise the upper bound.")
 
 
 def check_bounds(lower, upper, max_assets):
@@ -276,7 +284,7 @@ class _BranchAndBound:
             (np.zeros(n, dtype=np.int8), -math.inf, None)]
         while stack:
             if deadline is not None and clock() >= deadline:
-                return self._stopped(min(bound for _, bound, _ in stack))
+                return self._stopped([bound for _, bound, _ in stack])
             state, bound, known = stack.pop()
             if self._prunes(bound):
                 continue
@@ -360,14 +368,19 @@ class _BranchAndBound:
                       upper=np.where(held, self.context.upper, 0.0),
                       optimal=optimal, gap=gap, nodes=self.nodes)
 
-    def _stopped(self, open_bound):
+    def _stopped(self, open_bounds):
+        """The incumbent when time ran out; ``open_bounds``: those of the open nodes."""
         if self.incumbent is None:
             raise OptimizationError(
                 f"maxAssets {self.k}: the search found no portfolio within the time limit; "
                 "raise maxAssets, widen weightBounds or give fewer symbols.",
                 field="maxAssets")
-        bound = min(open_bound, self.best)
-        return self._search(False, max((self.best - bound) / abs(self.best), 0.0))
+        left = [bound for bound in open_bounds if not self._prunes(bound)]
+        if not left:
+            # Every open node would be pruned on popping: the proof is complete.
+            return self._search(True, 0.0)
+        # Each left bound is below best - tolerance |best|: the gap is positive.
+        return self._search(False, (self.best - min(left)) / abs(self.best))
 
     def _finished(self):
         if self.incumbent is not None:

@@ -419,8 +419,10 @@ class Frontier:
             closed_form = float(w0 @ g0), max(float(mu @ w1), 0.0), float(mu @ w0)
         # Each condition reads  a + t*b >= 0; they bound t from below or above.
         # Free assets stay within their bounds; fixed ones keep multipliers of the
-        # right sign.
-        fixed = state.nonzero()[0]
+        # right sign. Assets whose bounds coincide never move: their multipliers
+        # bound nothing (counting them cut segments short, so that max_sharpe with a
+        # fixed weight stopped at a worse portfolio).
+        fixed = ((state != 0) & self._movable).nonzero()[0]
         sign = state[fixed] * -1.0
         w0_free, w1_free = w0[free], w1[free]
         a = np.concatenate((
@@ -440,7 +442,7 @@ class Frontier:
             # The asset whose condition ends the segment, and where it goes next.
             if ending < 2 * free.size:
                 self._ending = (free[ending % free.size], -1 if ending < free.size else 1)
-            elif self._movable[fixed[ending - 2 * free.size]]:
+            else:
                 self._ending = (fixed[ending - 2 * free.size], 0)
         q0, q2, r0 = closed_form
         return Segment(t_lo=max(t_lo, 0.0), t_hi=t_hi, w0=w0, w1=w1, q0=q0, q2=q2, r0=r0)

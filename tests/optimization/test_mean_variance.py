@@ -75,6 +75,27 @@ class MaxSharpeTest(unittest.TestCase):
         self.assertLessEqual(result.weights.max(), 0.3 + 1e-12)
         assert_allclose(result.stats["sharpe"], found, rtol=1e-12)
 
+    def test_a_fixed_weight_matches_slsqp(self):
+        # BAC fixed at 0.3: its multiplier once bounded the frontier's segments, and
+        # max_sharpe stopped at Sharpe 1.475 where 1.854 is reachable.
+        prices = window(["BAC", "JNJ", "JPM"], "1991-01-01", "1992-12-31")
+        data = prepare_prices(prices)
+        bounds = {"BAC": (0.3, 0.3), "JNJ": (0.0, 0.6), "JPM": (0.0, 0.6)}
+        result = optimize(prices, "max_sharpe", weight_bounds=bounds, risk_free_rate=0.05)
+        rng = np.random.default_rng(0)
+        best = None
+        for _ in range(10):
+            start = np.array([0.3, *rng.dirichlet([1, 1]) * 0.7])
+            found = minimize(lambda w: -sharpe(w, data.mu, data.cov, 0.05), start,
+                             method="SLSQP", bounds=[(0.3, 0.3), (0, 0.6), (0, 0.6)],
+                             constraints=[{"type": "eq", "fun": lambda w: w.sum() - 1.0}],
+                             options={"ftol": 1e-15, "maxiter": 2000})
+            if found.success and (best is None or found.fun < best.fun):
+                best = found
+        self.assertAlmostEqual(result.stats["sharpe"], -best.fun, delta=1e-8)
+        self.assertEqual(result.allocations["BAC"], 0.3)
+        assert_allclose(result.weights, best.x, atol=1e-5)
+
     def test_kkt_conditions_hold_at_the_frontier_point(self):
         data = prepare_prices(window())
         lower, upper = np.zeros(20), np.full(20, 0.25)
