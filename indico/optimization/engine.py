@@ -410,13 +410,12 @@ def efficient_frontier(
             if np.max(np.abs(corner - corners[-1])) > 1e-12:
                 corners.append(corner)
     try:
-        best = [_tangency_on_critical_line(data, context, segments)]
+        best = portfolio(_tangency_on_critical_line(data, context, segments))
     except OptimizationError:
-        best = []  # nothing beats the risk-free rate: no tangency portfolio
-    found = portfolios(np.vstack([curve, *corners, *best]))
-    return {"points": found[:points], "min_volatility": found[0],
-            "max_sharpe": found[-1] if best else None,
-            "corners": found[points:points + len(corners)]}
+        best = None  # nothing beats the risk-free rate: no tangency portfolio
+    found = portfolios(np.vstack([curve, *corners]))
+    return {"points": found[:points], "min_volatility": found[0], "max_sharpe": best,
+            "corners": found[points:]}
 
 
 def _grouped_frontier(data, context, points, portfolio):
@@ -450,9 +449,11 @@ def _grouped_frontier(data, context, points, portfolio):
 def _critical_line(data, context):
     """The segments of the critical line from ``t = 0`` to the maximum-return end.
 
-    Each next segment is solved just past the end of the last one; when that
-    jumps over a segment shorter than the nudge, the step is bisected until the
-    segment found starts where the last one ends.
+    Each next segment is found just past the end of the last one, first by moving
+    the one asset whose condition ends it (:meth:`Frontier.solve_past`, one linear
+    solve: how every corner of the 20-asset sample is crossed); when that declines
+    (ties), by solving there, the step bisected until the segment found starts where
+    the last one ends (a step too long jumps over a short segment).
 
     Returns:
         list of :class:`indico.optimization.frontier.Segment`, consecutive in
