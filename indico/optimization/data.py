@@ -12,6 +12,7 @@ from collections.abc import Mapping
 
 import numpy as np
 import pandas as pd
+from scipy.linalg import lapack
 
 from indico.error import OptimizationError
 
@@ -57,15 +58,14 @@ class MarketData:
         Returns:
             array of shape (n, n), positive definite.
         """
-        diagonal = np.diag(self.cov)
-        try:
-            factor = np.linalg.cholesky(self.cov)
-            # Rounding can let Cholesky finish on a singular matrix (for example two
-            # identical price series): a vanishing pivot gives it away.
-            if np.min(np.diag(factor)) ** 2 > SINGULAR_PIVOT * np.max(diagonal):
-                return self.cov
-        except np.linalg.LinAlgError:
-            pass
+        diagonal = self.cov.diagonal()
+        # LAPACK's Cholesky directly (numpy's wrapper cost more than the factorization
+        # at these sizes); info > 0: not positive definite.
+        factor, info = lapack.dpotrf(self.cov, lower=True)
+        # Rounding can let Cholesky finish on a singular matrix (for example two
+        # identical price series): a vanishing pivot gives it away.
+        if info == 0 and factor.diagonal().min() ** 2 > SINGULAR_PIVOT * diagonal.max():
+            return self.cov
         return self.cov + SINGULAR_RIDGE * float(np.mean(diagonal)) * np.eye(diagonal.size)
 
 
@@ -95,7 +95,7 @@ def prepare_prices(prices):
         )
     if prices.shape[1] == 0:
         raise OptimizationError("No symbols given: pass at least one symbol.")
-    symbols = tuple(str(c) for c in prices.columns)
+    symbols = tuple(map(str, prices.columns.tolist()))
     if len(set(symbols)) != len(symbols):
         duplicates = sorted({s for s in symbols if symbols.count(s) > 1})
         raise OptimizationError(
@@ -110,7 +110,11 @@ def prepare_prices(prices):
             raise OptimizationError("prices must be indexed by date.") from e
     if index.tz is not None:
         index = index.tz_convert(None)
-    if index.has_duplicates:
+    # One comparison answers both questions below for the usual, sorted frame
+    # (pandas' own checks cost more than the covariance; NaT compares False).
+    stamps = index.values
+    increasing = bool((stamps[1:] > stamps[:-1]).all())
+    if not increasing and index.has_duplicates:
         raise OptimizationError("prices has duplicate dates; align the frame first.")
     if len(index) < MIN_DATES:
         raise OptimizationError(
@@ -122,9 +126,42 @@ def prepare_prices(prices):
         values = prices.to_numpy(dtype=float)
     except (TypeError, ValueError) as e:
         raise OptimizationError("prices must be numeric (adjusted closes).") from e
-    if not index.is_monotonic_increasing:
+    if not increasing and not index.is_monotonic_increasing:
         order = np.argsort(index.values, kind="stable")
         values, index = values[order], index[order]
+    # Two reductions decide the usual case (NaN fails "> 0"); _check_values then
+    # names the symbols at fault.
+    if not (values.min() > 0 and math.isfinite(values.max())):
+        _check_values(values, symbols)
+    returns = values[1:] / values[:-1]
+    returns -= 1.0
+    mean = returns.mean(axis=0)
+    centred = returns - mean
+    cov = centred.T @ centred
+    # Zero exactly when every return equals the mean.
+    constant = cov.diagonal() <= 1e-300
+    if constant.any():
+        bad = [symbols[j] for j in np.flatnonzero(constant)]
+        raise OptimizationError(
+            f"Constant prices for {_symbols_text(bad)} over the chosen dates: zero "
+            "volatility cannot be optimised. Widen the date range or drop these symbols.",
+            symbols=bad,
+        )
+    cov *= TRADING_DAYS / (returns.shape[0] - 1)
+    # Exactly symmetric, so solvers and Cholesky see the same matrix from both sides.
+    cov = 0.5 * (cov + cov.T)
+    return MarketData(
+        symbols=symbols,
+        dates=index.values,
+        prices=values,
+        returns=returns,
+        mu=TRADING_DAYS * mean,
+        cov=cov,
+    )
+
+
+def _check_values(values, symbols):
+    """Raise for missing (NaN, infinite) or non-positive prices, naming the symbols."""
     finite = np.isfinite(values)
     if not finite.all():
         bad = [symbols[j] for j in np.flatnonzero(~finite.all(axis=0))]
@@ -140,30 +177,6 @@ def prepare_prices(prices):
             "Drop these symbols.",
             symbols=bad,
         )
-    returns = values[1:] / values[:-1] - 1.0
-    mean = returns.mean(axis=0)
-    centred = returns - mean
-    variance = np.einsum("ij,ij->j", centred, centred)
-    constant = variance <= 1e-300
-    if constant.any():
-        bad = [symbols[j] for j in np.flatnonzero(constant)]
-        raise OptimizationError(
-            f"Constant prices for {_symbols_text(bad)} over the chosen dates: zero "
-            "volatility cannot be optimised. Widen the date range or drop these symbols.",
-            symbols=bad,
-        )
-    cov = centred.T @ centred
-    cov *= TRADING_DAYS / (returns.shape[0] - 1)
-    # Exactly symmetric, so solvers and Cholesky see the same matrix from both sides.
-    cov = 0.5 * (cov + cov.T)
-    return MarketData(
-        symbols=symbols,
-        dates=index.values,
-        prices=values,
-        returns=returns,
-        mu=TRADING_DAYS * mean,
-        cov=cov,
-    )
 
 
 def align_benchmark(benchmark, data):

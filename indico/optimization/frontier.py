@@ -35,6 +35,7 @@ verified on exit. Pure numpy; dense linear algebra on the free block only.
 """
 
 import dataclasses
+import math
 
 import numpy as np
 from scipy.linalg import lapack
@@ -93,7 +94,7 @@ def check_bounds(lower, upper):
         OptimizationError: when a lower bound exceeds its upper bound, or when the
             bounds cannot sum to 1.
     """
-    if np.any(lower > upper):
+    if (lower > upper).any():
         raise OptimizationError(
             "weightBounds: each lower bound must not exceed its upper bound."
         )
@@ -158,7 +159,7 @@ class Frontier:
         # Assets whose bounds coincide never move; releasing them would cycle.
         self._movable = (upper - lower) > 1e-15
         self._all_movable = bool(self._movable.all())
-        scale = float(np.max(np.abs(np.diag(cov)))) + float(np.max(np.abs(mu)))
+        scale = float(np.abs(cov.diagonal()).max()) + float(np.abs(mu).max())
         self._tol_multiplier = FEASIBILITY_TOLERANCE * max(scale, 1e-300)
         self._tol_weight = FEASIBILITY_TOLERANCE
         # The primal method's cold start, a vertex (see _start_at_vertex), is built on
@@ -167,9 +168,13 @@ class Frontier:
         self._state = None
         # (working set as bytes, its affine solution) of the last answer.
         self._affine = None
-        # Cold primal-dual starts have every movable asset free: the first linear solve
-        # is then the budget-only optimum, whose negative weights seed the bounds.
+        # Cold primal-dual starts have every movable asset free (or those the caller
+        # names): the first linear solve is then the budget-only optimum, whose
+        # negative weights seed the bounds.
         self._warm = False
+        # (asset, its next state) whose condition ends the last segment at t_hi, or
+        # None when t_hi is infinite (see _segment and solve_past).
+        self._ending = None
 
     def _start_at_vertex(self):
         """Start the primal method from a vertex: the least volatile assets first.
@@ -263,7 +268,32 @@ class Frontier:
             "fewer, less similar symbols."
         )
 
-    def solve_by_rule(self, rule, max_iterations=30):
+    def solve_past(self, t):
+        """Solve at ``t`` just past the end of the last segment by Markowitz's step.
+
+        The condition that ends the last segment names one asset: a free one reaching
+        a bound, or a fixed one whose multiplier changes sign. Moving that asset alone
+        gives the next working set of the critical line (Markowitz 1956), one linear
+        solve instead of :meth:`solve`'s ratio tests from the old working set.
+
+        Args:
+            t: risk tolerance just past the last segment's ``t_hi``.
+
+        Returns:
+            the :class:`Segment` containing ``t`` when that working set is primal and
+            dual feasible at ``t`` (as :meth:`solve_by_rule` checks), else None: ties
+            of several conditions, or a next segment shorter than the step to ``t``;
+            the caller then uses :meth:`solve`.
+        """
+        if self._ending is None:
+            return None
+        asset, state = self._ending
+        start = self._state.copy()
+        start[asset] = state
+        found = self.solve_by_rule(lambda q0, q2, r0: t, max_iterations=1, start=start)
+        return None if found is None else found[0]
+
+    def solve_by_rule(self, rule, max_iterations=30, start=None, cold_free=None):
         """Solve for the frontier point selected by ``rule`` with primal-dual active sets.
 
         Args:
@@ -271,6 +301,12 @@ class Frontier:
                 form of the current working set (see :class:`Segment`); ``None`` when
                 the working set gives no answer.
             max_iterations: number of working-set updates before giving up.
+            start: the working set to start from (int8 array of shape (n,): -1 at the
+                lower bound, 1 at the upper, 0 free); by default the last answer's, or
+                on the first call the cold start below.
+            cold_free: bool array of shape (n,): the assets free on a cold start, the
+                others at their lower bounds; None (or no movable asset in it): every
+                movable asset free.
 
         Returns:
             ``(segment, t)`` when the final working set is optimal at ``t`` (primal
@@ -279,10 +315,13 @@ class Frontier:
         """
         cov, mu, lower, upper = self.cov, self.mu, self.lower, self.upper
         movable = self._movable
-        if self._warm:
+        if start is not None:
+            state = start
+        elif self._warm:
             state = self._state.copy()
         else:
-            state = np.where(movable, 0, -1).astype(np.int8)
+            first = movable if cold_free is None else movable & cold_free
+            state = np.where(first if first.any() else movable, _FREE, _AT_LOWER)
         tol_w, tol_m = self._tol_weight, self._tol_multiplier
         seen = set()
         single = False
@@ -296,8 +335,9 @@ class Frontier:
             at_bound[free] = 0.0
             w0, w1, eta0, eta1 = self._affine_solution(free, at_bound)
             g0, g1 = cov @ w0, cov @ w1 - mu
-            t = rule(float(w0 @ g0), max(float(mu @ w1), 0.0), float(mu @ w0))
-            if t is None or not np.isfinite(t) or t < 0:
+            closed_form = float(w0 @ g0), max(float(mu @ w1), 0.0), float(mu @ w0)
+            t = rule(*closed_form)
+            if t is None or not math.isfinite(t) or t < 0:
                 return None
             w = w0 + t * w1
             multiplier = g0 + t * g1 - (eta0 + t * eta1)
@@ -306,15 +346,15 @@ class Frontier:
             violation = np.where(
                 is_free,
                 np.maximum(lower - w, w - upper) / tol_w,
-                np.where(state < 0, -multiplier, multiplier) / tol_m,
+                multiplier * state / tol_m,  # state is -1 or 1 here: the signed multiplier
             )
             if not self._all_movable:
                 violation[~is_free & ~movable] = -np.inf
             if violation.max() <= 1.0:
                 self._w, self._state, self._warm = w, state, True
                 self._affine = (state.tobytes(), (w0, w1, eta0, eta1))
-                segment = self._segment(free, w0, w1, eta0, eta1, g0, g1)
-                return segment, float(np.clip(t, segment.t_lo, segment.t_hi))
+                segment = self._segment(free, w0, w1, eta0, eta1, g0, g1, closed_form)
+                return segment, min(max(t, segment.t_lo), segment.t_hi)
             seen.add(state.tobytes())
             change = violation > 1.0
             if not single:
@@ -368,19 +408,22 @@ class Frontier:
         w1[free] = p_mu + eta1 * p_one
         return w0, w1, eta0, eta1
 
-    def _segment(self, free, w0, w1, eta0, eta1, g0, g1):
+    def _segment(self, free, w0, w1, eta0, eta1, g0, g1, closed_form=None):
         """Build the :class:`Segment` of the optimal working set just found.
 
-        ``g0 = Σ w0`` and ``g1 = Σ w1 - μ``: the gradient at ``t`` is ``g0 + t g1``.
+        ``g0 = Σ w0`` and ``g1 = Σ w1 - μ``: the gradient at ``t`` is ``g0 + t g1``;
+        ``closed_form``: ``(q0, q2, r0)`` when the caller has them.
         """
         mu, state = self.mu, self._state
+        if closed_form is None:
+            closed_form = float(w0 @ g0), max(float(mu @ w1), 0.0), float(mu @ w0)
         # Each condition reads  a + t*b >= 0; they bound t from below or above.
         # Free assets stay within their bounds; fixed ones keep multipliers of the
         # right sign. Assets whose bounds coincide never move: their multipliers
         # bound nothing (counting them cut segments short, so that max_sharpe with a
         # fixed weight stopped at a worse portfolio).
         fixed = ((state != 0) & self._movable).nonzero()[0]
-        sign = -state[fixed].astype(float)
+        sign = state[fixed] * -1.0
         w0_free, w1_free = w0[free], w1[free]
         a = np.concatenate((
             w0_free - self.lower[free],
@@ -390,18 +433,19 @@ class Frontier:
         b = np.concatenate((w1_free, -w1_free, sign * (g1[fixed] - eta1)))
         with np.errstate(divide="ignore", invalid="ignore"):
             limits = -a / b
-        t_lo = float(np.max(limits[b > 0], initial=0.0))
-        t_hi = float(np.min(limits[b < 0], initial=np.inf))
-        q2 = max(float(mu @ w1), 0.0)
-        return Segment(
-            t_lo=max(t_lo, 0.0),
-            t_hi=t_hi,
-            w0=w0,
-            w1=w1,
-            q0=float(w0 @ g0),
-            q2=q2,
-            r0=float(mu @ w0),
-        )
+        t_lo = float(limits[b > 0].max(initial=0.0))
+        ends = np.where(b < 0, limits, np.inf)
+        ending = int(ends.argmin())
+        t_hi = float(ends[ending])
+        self._ending = None
+        if t_hi < np.inf:
+            # The asset whose condition ends the segment, and where it goes next.
+            if ending < 2 * free.size:
+                self._ending = (free[ending % free.size], -1 if ending < free.size else 1)
+            else:
+                self._ending = (fixed[ending - 2 * free.size], 0)
+        q0, q2, r0 = closed_form
+        return Segment(t_lo=max(t_lo, 0.0), t_hi=t_hi, w0=w0, w1=w1, q0=q0, q2=q2, r0=r0)
 
     def walk(self, root, below, t_start=0.0, segment=None, max_steps=200):
         """Find the segment where a monotone condition along the frontier is met.
@@ -474,13 +518,16 @@ def _solve_block(block, rhs):
     )
 
 
+#: The states of an asset in a working set (int8 arrays of shape (n,)).
+_AT_LOWER, _FREE, _AT_UPPER = np.int8(-1), np.int8(0), np.int8(1)
+
+
 def _apply_changes(state, change, weights, lower):
     """Move the flagged assets between free and bound; ``None`` if none stays free."""
-    new_state = state.copy()
-    leaving = change & (state == 0)
-    new_state[leaving] = np.where(weights < lower, -1, 1)[leaving]
-    new_state[change & (state != 0)] = 0
-    if not np.any(new_state == 0):
+    # Free assets go to the bound they crossed, fixed ones become free (0).
+    bound = np.where(weights < lower, _AT_LOWER, _AT_UPPER)
+    new_state = np.where(change, np.where(state == 0, bound, _FREE), state)
+    if not (new_state == 0).any():
         return None
     return new_state
 

@@ -37,6 +37,28 @@ def weight_statistics(weights, mu, cov, risk_free_rate):
     """
     expected = float(mu @ weights)
     volatility = math.sqrt(max(float(weights @ cov @ weights), 0.0))
+    return _weight_statistics(expected, volatility, risk_free_rate)
+
+
+def weight_statistics_rows(weights, mu, cov, risk_free_rate):
+    """:func:`weight_statistics` of each row of ``weights``, in one pass.
+
+    Args:
+        weights: array of shape (k, n), one portfolio a row.
+        mu: array of shape (n,); cov: array of shape (n, n).
+        risk_free_rate: annual.
+
+    Returns:
+        list of k dicts, as :func:`weight_statistics` (equal to rounding).
+    """
+    expected = weights @ mu
+    variance = np.einsum("ij,ij->i", weights @ cov, weights)
+    volatility = np.sqrt(np.maximum(variance, 0.0))
+    return [_weight_statistics(e, v, risk_free_rate)
+            for e, v in zip(expected.tolist(), volatility.tolist(), strict=True)]
+
+
+def _weight_statistics(expected, volatility, risk_free_rate):
     sharpe = (expected - risk_free_rate) / volatility if volatility > 0 else None
     return {
         "expected_return": finite_or_none(expected),
@@ -58,22 +80,29 @@ def path_statistics(values, risk_free_rate, initial_investment):
         ``sharpe`` (√252 · mean(r - rf/252) / std(r)), ``max_drawdown`` (positive
         fraction) and ``final_value`` (None without an initial investment).
     """
-    daily = values[1:] / values[:-1] - 1.0
-    mean = float(daily.mean())
-    std = float(daily.std(ddof=1)) if daily.size > 1 else 0.0
+    daily = values[1:] / values[:-1]
+    daily -= 1.0
+    # numpy's mean and std(ddof=1), step by step (the same operations, so the same
+    # values) without their per-call overhead or the std's second mean.
+    mean = float(daily.sum()) / daily.size if daily.size else math.nan
+    std = 0.0
+    if daily.size > 1:
+        centred = daily - mean
+        std = math.sqrt(float((centred * centred).sum()) / (daily.size - 1))
     sharpe = (
         math.sqrt(TRADING_DAYS) * (mean - risk_free_rate / TRADING_DAYS) / std
         if std > 0
         else None
     )
     growth = float(values[-1] / values[0])
-    drawdown = 1.0 - values / np.maximum.accumulate(values)
+    # The largest drawdown 1 - v/peak is at the smallest ratio (rounding is monotone).
+    drawdown = 1.0 - float((values / np.maximum.accumulate(values)).min())
     return {
         "cumulative_return": finite_or_none(growth - 1.0),
         "mean_daily_return": finite_or_none(mean),
         "std_daily_return": finite_or_none(std),
         "sharpe": None if sharpe is None else finite_or_none(sharpe),
-        "max_drawdown": finite_or_none(max(float(drawdown.max()), 0.0)),
+        "max_drawdown": finite_or_none(max(drawdown, 0.0)),
         "final_value": (
             None if initial_investment is None else finite_or_none(initial_investment * growth)
         ),
@@ -90,4 +119,7 @@ def series_indices(length, max_points=MAX_SERIES_POINTS):
         return np.arange(length)
     # The points are more than 1 apart, so their rounded values are distinct and
     # increasing (no np.unique needed: it cost more than the rest of the statistics).
-    return np.linspace(0, length - 1, max_points).round().astype(np.int64)
+    # np.linspace(0, length - 1, max_points) computes the same i * step, at several
+    # times the cost at this size.
+    step = (length - 1) / (max_points - 1)
+    return (np.arange(max_points, dtype=float) * step).round().astype(np.int64)

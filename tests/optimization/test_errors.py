@@ -41,6 +41,14 @@ class ErrorsTest(unittest.TestCase):
         error = self.assert_fails("Missing prices for JNJ", prices=prices)
         self.assertEqual(error.details["symbols"], ["JNJ"])
 
+    def test_infinite_prices(self):
+        for value in (np.inf, -np.inf):
+            with self.subTest(value=value):
+                prices = window()
+                prices.iloc[-1, 2] = value
+                error = self.assert_fails("Missing prices for XOM", prices=prices)
+                self.assertEqual(error.details["symbols"], ["XOM"])
+
     def test_non_positive_prices(self):
         prices = window()
         prices.iloc[5, 0] = 0.0

@@ -118,6 +118,51 @@ class MaxSharpeTest(unittest.TestCase):
         )
         assert_allclose(walked.weights(t_walk), segment.weights(t), atol=1e-10)
 
+    def test_cold_start_with_some_assets_free_reaches_the_same_optimum(self):
+        data = prepare_prices(window())
+        for upper_bound in (1.0, 0.2):
+            lower, upper = np.zeros(20), np.full(20, upper_bound)
+            plain = Frontier(data.mu, data.cov, lower, upper)
+            segment, t = plain.solve_by_rule(lambda q0, q2, r0: q0 / r0)
+            for free in (data.mu > 0, np.arange(20) < 3, np.zeros(20, dtype=bool)):
+                with self.subTest(upper=upper_bound, free=free.sum()):
+                    started = Frontier(data.mu, data.cov, lower, upper)
+                    found, at = started.solve_by_rule(lambda q0, q2, r0: q0 / r0,
+                                                      cold_free=free)
+                    assert_allclose(found.weights(at), segment.weights(t), rtol=0,
+                                    atol=1e-14)
+                    self.assertLess(kkt_residual(found.weights(at), data.mu, data.cov,
+                                                 lower, upper, at), 1e-12)
+
+    def test_markowitz_step_past_each_corner_finds_the_next_segment(self):
+        data = prepare_prices(window())
+        lower, upper = np.zeros(20), np.full(20, 0.2)
+        stepping = Frontier(data.mu, data.cov, lower, upper)
+        segment = stepping.solve(0.0)
+        stepped = ties = 0
+        while np.isfinite(segment.t_hi):
+            following = stepping.solve_past(segment.t_hi * (1 + 1e-9) + 1e-12)
+            if following is None:
+                # Two conditions end the segment at once (here a released asset and
+                # the last free one reaching its bound): the step declines.
+                ties += 1
+                following = stepping.solve(segment.t_hi * (1 + 1e-6))
+            else:
+                stepped += 1
+            assert_allclose(following.t_lo, segment.t_hi, rtol=1e-9)
+            # The optimum there, as a cold solve finds it (its working set may differ
+            # where the optimum is degenerate: a free weight exactly at a bound).
+            for inside in (following.t_lo * (1 + 1e-6), 2.0 * following.t_lo + 1e-3):
+                if inside <= following.t_hi:
+                    expected = Frontier(data.mu, data.cov, lower, upper).solve(inside)
+                    assert_allclose(following.weights(inside), expected.weights(inside),
+                                    rtol=0, atol=1e-12)
+            segment = following
+        self.assertGreater(stepped, 15)
+        self.assertLessEqual(ties, 2)
+        # The last segment (the maximum-return portfolio) has no end to step past.
+        self.assertIsNone(stepping.solve_past(2.0 * segment.t_lo + 1.0))
+
     def test_bear_market_windows_agree_with_the_guaranteed_walk(self):
         # Windows of 252 trading days in 2008-2010, when most assets lost: the
         # minimum-variance end of the frontier returns less than the risk-free rate and
