@@ -60,8 +60,10 @@ lies within that gap of the incumbent (for ``max_sharpe``: Sharpe ratio at most
 those are left the proof is complete (``optimal`` true), so ``optimal`` false
 always comes with ``gap > OPTIMALITY_TOLERANCE``. The search is given
 :data:`SEARCH_SHARE` of the caller's time limit; the rest is left for the
-statistics and the share allocation (whose MILP may take 2 s), so the worker
-pool never kills the job for it.
+statistics and the share allocation (whose MILP may take 2 s), so that with the
+default ``INDICO_JOB_TIME_LIMIT`` (60 s) the worker pool never kills the job for it;
+with a limit of a few seconds the allocation may not fit in the other half, and the
+job then fails at the limit like any other.
 
 Pure numpy; the clock is injectable so tests need no real time.
 """
@@ -126,6 +128,18 @@ class Search:
         return {"optimal": self.optimal, "gap": self.gap}
 
 
+def check_without_groups(groups):
+    """Refuse ``maxAssets`` with groups (not solved yet).
+
+    Raises:
+        OptimizationError: ``groups`` is a non-empty list.
+    """
+    if groups:
+        raise OptimizationError(
+            "maxAssets cannot be combined with groups yet: drop one of them.",
+            field="maxAssets")
+
+
 def parse_request(max_assets, objective):
     """Check ``maxAssets`` and the objective it comes with.
 
@@ -154,7 +168,7 @@ def parse_request(max_assets, objective):
     return int(max_assets), goal
 
 
-def bounds_problem(lower, upper, max_assets):
+def bounds_problem(lower, upper, max_assets, max_symbols=None):
     """Say why no portfolio of at most ``max_assets`` assets fits the bounds.
 
     Exact for bounds shared by every asset (what a request sends); with per-asset
@@ -164,6 +178,9 @@ def bounds_problem(lower, upper, max_assets):
         lower, upper: arrays (or sequences) of shape (n,), ``0 <= lower``,
             ``upper <= 1``.
         max_assets: k >= 1.
+        max_symbols: the most symbols a request may have (``INDICO_MAX_SYMBOLS``),
+            so that "give more symbols" is advised only when it is allowed; None:
+            no limit.
 
     Returns:
         the message (naming ``maxAssets`` and ``weightBounds`` and what to change),
@@ -193,8 +210,10 @@ def bounds_problem(lower, upper, max_assets):
         more = max(n + 1, math.ceil((1.0 - BUDGET_TOLERANCE) / cap)) if cap > 0 else None
         if larger.size:
             advice = f"raise maxAssets to at least {int(larger[0])}, or {raise_upper}"
-        elif more is not None and more <= max_assets and more * floor <= 1.0 + BUDGET_TOLERANCE:
-            advice = f"raise {raise_upper}, or add symbols"
+        elif (more is not None and more <= max_assets
+                and (max_symbols is None or more <= max_symbols)
+                and more * floor <= 1.0 + BUDGET_TOLERANCE):
+            advice = f"raise {raise_upper}, or give at least {more} symbols"
         else:
             advice = f"raise {raise_upper}"
         return (f"maxAssets {max_assets}: with weightBounds up to {cap:g} the weights of at "
@@ -207,13 +226,13 @@ def bounds_problem(lower, upper, max_assets):
             f"{1.0 / fewest:.6g}, or raise the upper bound.")
 
 
-def check_bounds(lower, upper, max_assets):
+def check_bounds(lower, upper, max_assets, max_symbols=None):
     """Raise the message of :func:`bounds_problem`, if any.
 
     Raises:
         OptimizationError: no portfolio of at most ``max_assets`` assets fits.
     """
-    problem = bounds_problem(lower, upper, max_assets)
+    problem = bounds_problem(lower, upper, max_assets, max_symbols)
     if problem is not None:
         raise OptimizationError(problem, field="maxAssets")
 

@@ -265,9 +265,7 @@ def optimize(
             f"cvarLevel must lie within [{cvar.MIN_LEVEL}, {cvar.MAX_LEVEL}], e.g. 0.95."
         )
     if max_assets is not None:
-        if groups:
-            raise OptimizationError(
-                "maxAssets cannot be combined with groups yet: drop one of them.")
+        cardinality.check_without_groups(groups)
         max_assets, goal = cardinality.parse_request(max_assets, objective)
     data = estimators.estimate(prepare_prices(prices), returns_model, returns_span,
                                risk_model, risk_span, risk_free_rate)

@@ -280,25 +280,28 @@ class OptimizeRequest(MarketRequest):
     # cannot bind, and the stored params must fit BSON's 64-bit integers.
     max_assets: int | None = Field(
         None, ge=1, le=1000, validation_alias=AliasChoices("maxAssets", "max_assets"),
-        description="at most this many nonzero weights, solved exactly within "
-                    "INDICO_JOB_TIME_LIMIT (stats.optimal says whether optimality was "
-                    "proven, stats.gap bounds the distance to it); the lower bound then "
-                    "applies to the assets held. For objectives "
-                    f"{' and '.join(goal.value for goal in cardinality.Goal)}; not with groups")
+        description="at most this many nonzero weights, solved exactly; the lower bound "
+                    "then applies to the assets held. For objectives "
+                    f"{' and '.join(goal.value for goal in cardinality.Goal)}; not with "
+                    "groups. portfolio/optimize searches within INDICO_JOB_TIME_LIMIT "
+                    "(stats.optimal says whether optimality was proven, stats.gap bounds "
+                    "the distance to it); a backtest searches at every rebalance")
     wait: bool = True
 
     def _check_bounds(self, config: Config) -> None:
-        """Under ``maxAssets`` the lower bound applies to the assets held, not to all."""
+        """Under ``maxAssets`` the lower bound applies to the assets held, not to all.
+
+        ``maxAssets``' own rules (an objective that takes it, no groups) come first:
+        its bounds rule means nothing otherwise.
+        """
         if self.max_assets is None:
             return super()._check_bounds(config)
         cardinality.parse_request(self.max_assets, self.objective)
-        if self.groups:
-            raise error.OptimizationError(
-                "maxAssets cannot be combined with groups yet: drop one of them.",
-                field="maxAssets")
+        cardinality.check_without_groups(self.group_params())
         count = len(self.symbols)
         low, high = self.weight_bounds
-        cardinality.check_bounds([low] * count, [high] * count, self.max_assets)
+        cardinality.check_bounds([low] * count, [high] * count, self.max_assets,
+                                 config.max_symbols)
 
     @model_validator(mode="after")
     def _targets(self):

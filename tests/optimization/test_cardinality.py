@@ -390,8 +390,8 @@ class RefusalTest(unittest.TestCase):
             # Too low for every count of these symbols, enough with more of them.
             ((0.0, 0.3), 3, 5,
              "maxAssets 5: with weightBounds up to 0.3 the weights of at most 3 assets total "
-             "at most 0.9, less than 1; raise the upper bound to at least 0.333333, or add "
-             "symbols."),
+             "at most 0.9, less than 1; raise the upper bound to at least 0.333333, or "
+             "give at least 4 symbols."),
             # ... where more symbols would not help: k is the limit.
             ((0.0, 0.3), 3, 3,
              "maxAssets 3: with weightBounds up to 0.3 the weights of at most 3 assets total "

@@ -97,6 +97,14 @@ class MaxAssetsOptimizeTest(PortfolioTest):
              "maxAssets 3: with weightBounds up to 0.3 the weights of at most 3 assets total "
              "at most 0.9, less than 1; raise maxAssets to at least 4, or the upper bound to "
              "at least 0.333333."),
+            # More symbols help only as many as a request may give (INDICO_MAX_SYMBOLS).
+            ({"maxAssets": 30, "weightBounds": [0, 0.05]}, 422, "OptimizationError",
+             "maxAssets 30: with weightBounds up to 0.05 the weights of at most 5 assets "
+             "total at most 0.25, less than 1; raise the upper bound to at least 0.2, or "
+             "give at least 20 symbols."),
+            ({"maxAssets": 1000, "weightBounds": [0, 0.005]}, 422, "OptimizationError",
+             "maxAssets 1000: with weightBounds up to 0.005 the weights of at most 5 assets "
+             "total at most 0.025, less than 1; raise the upper bound to at least 0.2."),
         ]
         for extra, status, error_type, message in cases:
             with self.subTest(extra=extra):
@@ -109,7 +117,7 @@ class MaxAssetsOptimizeTest(PortfolioTest):
                     self.assertIn("maxAssets", error["message"])
                 self.assertEqual(self.snapshot("jobs"), before)
 
-    def test_the_job_time_limit_reaches_the_search_and_is_not_stored(self):
+    def test_the_job_time_limit_reaches_the_worker_and_is_not_stored(self):
         owner = str(self.find("users")[0]["_id"])
         params = {"symbols": SYMBOLS, "start_date": "2012-01-01", "end_date": "2016-03-20",
                   "initial_investment": 1000.0, "objective": "min_volatility",
@@ -131,7 +139,7 @@ class MaxAssetsOptimizeTest(PortfolioTest):
         self.assertEqual(status, 200, body)
         frame = self.io_loop.run_sync(lambda: self.services.prices.get_frame(
             SYMBOLS, "2012-01-01", "2016-03-20"))
-        params = {**body["data"]["params"], "time_limit": 1e-9}
+        params = {**body["data"]["params"], "time_limit": 0.0}
         with self.assertRaises(OptimizationError) as raised:
             run_optimization(frame, None, params)
         self.assertEqual(str(raised.exception),
