@@ -28,6 +28,7 @@ from collections.abc import Mapping
 from typing import Any, Self
 
 import numpy as np
+import orjson
 from bson import ObjectId
 
 EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
@@ -197,17 +198,32 @@ def encode_result(result: Mapping[str, Any]) -> str:
     series), a result made the completion write 5.3 ms instead of 2.0 ms and
     every scan of the jobs (the job runner's look for work, once a second in
     each process) decode some 1,500 numbers per stored job
-    (benchmarks/job_write_bench.py). NaN and infinities round-trip as in Python.
+    (benchmarks/job_write_bench.py).
+
+    orjson, not the standard library: 32 µs for an optimization's result
+    (27 KB) where ``json.dumps`` took 800 µs of the server's one core, the
+    largest single cost of a ``portfolio/optimize`` outside the engine
+    (docs/PERFORMANCE.md). NaN and infinities are written ``null``, as
+    pydantic writes them in the answers; numpy scalars are written as numbers.
     """
-    return json.dumps(result, separators=(",", ":"))
+    return orjson.dumps(result, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
+                        ).decode()
 
 
 def decode_result(stored: object) -> dict[str, Any] | None:
-    """A stored result: JSON text, or a document as jobs written before were stored."""
+    """A stored result: JSON text, or a document as jobs written before were stored.
+
+    Text written by ``json.dumps`` before orjson may hold ``NaN`` or
+    ``Infinity``, which orjson refuses: such text is read by the standard
+    library, as it was written.
+    """
     if stored is None:
         return None
     if isinstance(stored, str):
-        decoded = json.loads(stored)
+        try:
+            decoded = orjson.loads(stored)
+        except orjson.JSONDecodeError:
+            decoded = json.loads(stored)
         return decoded if isinstance(decoded, dict) else None
     return dict(stored) if isinstance(stored, Mapping) else None
 

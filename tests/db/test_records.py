@@ -2,12 +2,24 @@
 
 import datetime
 import json
+import math
 import unittest
 
+import numpy as np
 from bson import ObjectId
 from bson.tz_util import utc
 
-from indico.db.records import EPOCH, Account, JobEvent, User, as_datetime, as_epoch, as_id
+from indico.db.records import (
+    EPOCH,
+    Account,
+    JobEvent,
+    User,
+    as_datetime,
+    as_epoch,
+    as_id,
+    decode_result,
+    encode_result,
+)
 
 MOMENT = datetime.datetime(2026, 12, 1, 23, 53, 39, 123000, tzinfo=datetime.UTC)
 
@@ -54,3 +66,34 @@ class DecodingTest(unittest.TestCase):
         account = Account.from_document(document)
         self.assertEqual(account.password_hash, "$argon2id$x")
         self.assertEqual(account.id, user.id)
+
+
+class ResultTextTest(unittest.TestCase):
+    """A job's result is stored as JSON text: what it reads back as."""
+
+    def test_a_result_reads_back_equal_with_numpy_scalars_as_numbers(self):
+        result = {"allocations": {"AAPL": np.float64(0.25), "MSFT": 0.75},
+                  "shares": {"AAPL": np.int64(3)}, "leftover": 1.5, "objective": "max_sharpe",
+                  "performance": {"dates": ["2021-01-04"], "values": [1.0, 2.5e-17]},
+                  "nested": [[1, 2], {"a": None, "b": True}]}
+        text = encode_result(result)
+        self.assertIsInstance(text, str)
+        self.assertEqual(decode_result(text), {**result, "allocations": {"AAPL": 0.25,
+                                                                          "MSFT": 0.75},
+                                               "shares": {"AAPL": 3}})
+        self.assertEqual(json.loads(text)["performance"]["values"], [1.0, 2.5e-17])
+
+    def test_nan_and_infinities_are_written_null_as_the_answers_write_them(self):
+        text = encode_result({"sharpe": math.nan, "sortino": math.inf, "low": -math.inf})
+        self.assertEqual(json.loads(text), {"sharpe": None, "sortino": None, "low": None})
+
+    def test_text_written_by_the_standard_library_with_nan_still_reads(self):
+        decoded = decode_result(json.dumps({"sharpe": math.nan, "max": math.inf, "x": 1}))
+        self.assertTrue(math.isnan(decoded["sharpe"]))
+        self.assertEqual((decoded["max"], decoded["x"]), (math.inf, 1))
+
+    def test_stored_shapes_other_than_an_object(self):
+        self.assertIsNone(decode_result(None))
+        self.assertIsNone(decode_result("[1, 2]"))
+        self.assertEqual(decode_result({"a": 1}), {"a": 1})
+        self.assertIsNone(decode_result(7))
