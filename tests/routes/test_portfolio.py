@@ -1,5 +1,7 @@
 """portfolio/optimize, result, list, delete: the seed's request, ownership, jobs, limits."""
 
+import asyncio
+import functools
 import json
 import os
 import shutil
@@ -455,6 +457,29 @@ class LimitsTest(PortfolioTest):
         self.assertIn("limit is 1", body["error"]["message"])
         self.assertIn("Retry-After", response.headers)
         self.assertEqual(self.snapshot("jobs"), before)
+
+    def test_a_refused_job_leaves_its_computation_unused_and_quiet(self):
+        # The engine starts as the job is written; when the quota refuses the
+        # job, the computation ends unread: nothing stored, nothing logged (an
+        # ERROR record, such as asyncio's "exception was never retrieved" for
+        # the impossible problem, fails the test), the pool serves the next.
+        from indico.db import jobs
+        owner = str(self.find("users")[0]["_id"])
+        holder = self.io_loop.run_sync(lambda: jobs.create_job(
+            self.db, owner, {}, 1, worker="elsewhere", lease=600))
+        before = self.snapshot("jobs")
+        body = {**SEED_BODY, "endDate": "2013-01-01"}
+        for request in (body, {**body, "objective": "efficient_return", "targetReturn": 5}):
+            with self.subTest(objective=request.get("objective", "max_sharpe")):
+                status, answer = self.optimize(request)
+                self.assertError((status, answer), 429, "TooManyRequests", "limit is 1")
+                self.io_loop.run_sync(functools.partial(
+                    asyncio.gather, *self.services.jobs.background, return_exceptions=True))
+                self.assertEqual(self.services.jobs.background, set())
+                self.assertEqual(self.snapshot("jobs"), before)
+        self.io_loop.run_sync(lambda: self.db.jobs.delete_one({"_id": holder.id}))
+        status, answer = self.optimize(body)
+        self.assertEqual((status, answer["data"]["status"]), (200, "done"), answer)
 
     def test_symbol_and_range_limits(self):
         error = self.assertError(self.optimize({**SEED_BODY, "symbols": SYMBOLS[:4],
