@@ -107,6 +107,9 @@ class PriceCatalog:
         # (((symbol, generation), ...), first day, last day) -> frame
         self._frames: cachetools.LRUCache[Hashable, pd.DataFrame] = cachetools.LRUCache(
             maxsize=frame_cache_cells, getsizeof=lambda frame: max(frame.size, 1))
+        # (benchmark generation, first day, last day) -> (the frame index, the aligned series)
+        self._benchmarks: cachetools.LRUCache[Hashable, tuple[pd.DatetimeIndex, pd.Series]] = (
+            cachetools.LRUCache(maxsize=256))
         # (symbol, generation, year) -> the load under way that will bring it
         self._loading: dict[tuple[str, str, int], asyncio.Future[Series | None]] = {}
 
@@ -144,6 +147,7 @@ class PriceCatalog:
         current = {(entry.symbol, entry.generation) for entry in catalog.entries.values()}
         _keep_only(self._buckets, lambda key: key[:2] in current)
         _keep_only(self._frames, lambda key: set(key[0]) <= current)
+        _keep_only(self._benchmarks, lambda key: (BENCHMARK_SYMBOL, key[0]) in current)
 
     async def list_symbols(self) -> list[SymbolEntry]:
         """Return every stored symbol's :class:`SymbolEntry`, sorted by symbol.
@@ -216,6 +220,8 @@ class PriceCatalog:
         Returns:
             a float64 Series named ``SP500``, or None when the benchmark is not
             stored, or when ``index`` starts before its first price in the window.
+            The series aligned on ``index`` is cached (by the benchmark's
+            generation, the window and the index's dates), as the frames are.
 
         Raises:
             Unprocessable: ``end`` is before ``start``.
@@ -226,6 +232,10 @@ class PriceCatalog:
             catalog = await self.get_catalog()
             if BENCHMARK_SYMBOL not in catalog.entries:
                 return None
+            key = (catalog.entries[BENCHMARK_SYMBOL].generation, first_day, last_day)
+            cached = self._benchmarks.get(key) if index is not None else None
+            if cached is not None and cached[0].equals(index):
+                return cached[1].copy(deep=False)
             series = await self._load(catalog, [BENCHMARK_SYMBOL], first_day, last_day)
             if series is None:
                 continue
@@ -238,7 +248,8 @@ class PriceCatalog:
             if aligned.isna().any():
                 log.info("the benchmark has no price on or before %s", index[0].date())
                 return None
-            return aligned
+            self._benchmarks[key] = (index, aligned)
+            return aligned.copy(deep=False)
         raise error.ServiceUnavailable("the price store is changing too fast; try again")
 
     @staticmethod

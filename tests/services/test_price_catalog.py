@@ -97,6 +97,23 @@ class FrameTest(PricesTest):
         early = pd.DatetimeIndex(["2019-12-27", "2019-12-30"])
         self.assertIsNone(self.run_async(self.catalog.get_benchmark, start, end, early))
 
+    def test_the_aligned_benchmark_is_cached_and_follows_imports(self):
+        start, end = D(2019, 12, 1), D(2020, 1, 31)
+        self.load("index.csv", "Date,SP500\n2019-12-30,100\n2019-12-31,101\n2020-01-03,103\n")
+        frame = self.frame(["AAPL"], start, end)
+        first = self.run_async(self.catalog.get_benchmark, start, end, frame.index)
+        first.iloc[0] = -1.0  # the caller's copy: the cache keeps its own
+        again = self.run_async(self.catalog.get_benchmark, start, end, frame.index)
+        self.assertEqual(again.tolist(), [100.0, 101.0, 101.0, 103.0])
+        # Another index on the same window is aligned anew, not served the cached one.
+        fewer = frame.index[1:]
+        self.assertEqual(self.run_async(self.catalog.get_benchmark, start, end, fewer).tolist(),
+                         [101.0, 101.0, 103.0])
+        # An import of new index levels is seen by the next request.
+        self.load("index.csv", "Date,SP500\n2019-12-30,200\n2019-12-31,201\n2020-01-03,203\n")
+        changed = self.run_async(self.catalog.get_benchmark, start, end, frame.index)
+        self.assertEqual(changed.tolist(), [200.0, 201.0, 201.0, 203.0])
+
 
 class CacheTest(PricesTest):
 

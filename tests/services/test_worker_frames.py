@@ -51,6 +51,43 @@ class FrameTokensTest(unittest.TestCase):
         renamed = changed.set_axis(["AAA", "BBB", "DDD"], axis=1)
         self.assertFalse(tokens.token(renamed, None)[1])
 
+    def test_shallow_copies_share_a_token_and_a_change_to_one_does_not(self):
+        # The catalog hands out shallow copies of its cached frame: views of
+        # one buffer, recognised without comparing each price. Copy-on-write
+        # keeps that sound: a change to a copy is written to a buffer of its own.
+        tokens = FrameTokens()
+        prices, benchmark = frame(), frame(1)["AAA"]
+        first, _ = tokens.token(prices.copy(deep=False), benchmark.copy(deep=False))
+        self.assertEqual(tokens.token(prices.copy(deep=False), benchmark.copy(deep=False)),
+                         (first, True))
+        changed = prices.copy(deep=False)
+        changed.iloc[30, 1] *= 1.01
+        second, known = tokens.token(changed, benchmark.copy(deep=False))
+        self.assertFalse(known)
+        bumped = benchmark.copy(deep=False)
+        bumped.iloc[5] += 1
+        third, known = tokens.token(prices.copy(deep=False), bumped)
+        self.assertFalse(known)
+        self.assertEqual(len({first, second, third}), 3)
+        # A writeable array is compared price by price, whatever memory it shares.
+        self.assertFalse(jobs._same_buffer(prices.to_numpy().copy(), prices.to_numpy().copy()))
+        values = prices.to_numpy()
+        self.assertTrue(jobs._same_buffer(values, prices.copy(deep=False).to_numpy()))
+        self.assertFalse(jobs._same_buffer(values, values[1:]))
+        self.assertFalse(jobs._same_buffer(values, values.T))
+
+    def test_missing_prices_match_only_missing_prices(self):
+        tokens = FrameTokens()
+        prices = frame()
+        prices.iloc[3, 0] = np.nan
+        first, _ = tokens.token(prices, None)
+        self.assertEqual(tokens.token(prices.copy(), None), (first, True))
+        filled = prices.copy()
+        filled.iloc[3, 0] = 1.0
+        self.assertFalse(tokens.token(filled, None)[1])
+        self.assertFalse(tokens.token(prices, frame(1)["AAA"])[1])
+        self.assertFalse(tokens.token(prices["AAA"].to_frame(), None)[1])
+
 
 class RunOnFrameTest(unittest.TestCase):
     """The worker side, called in this process: it keeps what it is sent, by token."""
