@@ -211,6 +211,26 @@ def memory_snapshot(server_pid):
     return {"server": rss_kib(server_pid), "workers": workers, "database": database}
 
 
+def cpu_seconds(pid):
+    """User + system CPU seconds ``pid`` has used so far (0 when it is gone)."""
+    try:
+        fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_snapshot(server_pid):
+    """CPU seconds used so far by the server, its workers (summed) and the database."""
+    workers, database = 0.0, 0.0
+    for pid, command in children(server_pid):
+        if "indico.db.embedded" in command or "nx_27017" in command:
+            database += cpu_seconds(pid)
+        elif "forkserver" in command:
+            workers += sum(cpu_seconds(worker) for worker, _ in children(pid))
+    return {"server": cpu_seconds(server_pid), "workers": workers, "database": database}
+
+
 # --- the breakdown ---------------------------------------------------------------------
 
 
@@ -363,10 +383,14 @@ def main():
                          f"{one['max_us'] / 1000:.1f})", "<= 20 ms", verdict(p99 <= 20)))
 
         if "throughput" in parts:
+            before = cpu_snapshot(indico.pid)
             eight = wrk.run(indico_port, "/portfolio/optimize", args.duration, 8, body=body,
                             tokens=users)
+            after = cpu_snapshot(indico.pid)
             optimizations += eight["requests"]
             print(f"optimize 8 conn: {eight}", flush=True)
+            per = {name: 1000 * (after[name] - before[name]) / max(1, eight["requests"])
+                   for name in after}
             frame, benchmark = asyncio.run(load_frame(env, symbols))
             rate, processes = engine_alone_rate(frame, benchmark, args.engine_seconds)
             share = 100 * eight["rps"] / rate
@@ -374,6 +398,11 @@ def main():
                          f"{eight['rps']:.0f} req/s (p50 {eight['p50_us'] / 1000:.1f} ms, p99 "
                          f"{eight['p99_us'] / 1000:.1f} ms, {eight['not_200']} not 200)",
                          "(next row)", "-"))
+            cores = os.cpu_count() or 2
+            rows.append((f"CPU per request in that run, by process (ms; {cores} cores at "
+                         f"that rate = {1000 * cores / max(1.0, eight['rps']):.2f} ms a request)",
+                         "; ".join(f"{name} {value:.2f}" for name, value in per.items()),
+                         "-", "-"))
             rows.append((f"engine alone: optimize().to_dict() with shares, {processes} "
                          f"processes, frame {frame.shape[0]}x{frame.shape[1]}",
                          f"{rate:.0f} /s; the server did {share:.0f} % of it",
