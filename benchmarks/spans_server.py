@@ -12,7 +12,7 @@ pool round trip        ``WorkerPool.run`` less the engine's own time
 engine                 the work function, timed inside the worker process
                        (:func:`spans.timed_call`)
 completion write       ``indico.db.jobs.complete_job``
-serialization          ``JobPublic.from_document`` and ``BaseHandler.write_json``
+serialization          ``JobPublic.from_record`` and ``BaseHandler.write_json``
 handler                ``ActionHandler.post`` as a whole (from ``initialize``)
 =====================  ==========================================================
 
@@ -95,19 +95,19 @@ def install():
     _wrap_sync(base.BaseHandler, "write_json", "serialization")
 
     public = getattr(portfolio, "JobPublic", None)
-    original_from = getattr(getattr(public, "from_document", None), "__func__", None)
+    original_from = getattr(getattr(public, "from_record", None), "__func__", None)
     if original_from is None:
-        print("spans_server: JobPublic.from_document not found; serialization is "
+        print("spans_server: JobPublic.from_record not found; serialization is "
               "write_json only", file=sys.stderr)
     else:
-        def from_document(cls, *args, **kwargs):
+        def from_record(cls, *args, **kwargs):
             began = time.perf_counter()
             try:
                 return original_from(cls, *args, **kwargs)
             finally:
                 _add("serialization", time.perf_counter() - began)
 
-        public.from_document = classmethod(from_document)
+        public.from_record = classmethod(from_record)
 
     original_run = jobs.WorkerPool.run
 
