@@ -153,7 +153,14 @@ class BaseHandler(tornado.web.RequestHandler):
     body_complete = True
 
     def set_default_headers(self):
-        """Headers of every response, errors included."""
+        """Headers of every response, errors included.
+
+        Tornado's constructor calls this before :meth:`initialize`, which
+        calls it again at once (then ``send_error``, through ``clear``): the
+        first call is skipped, as nothing is sent in between.
+        """
+        if self.in_flight is None:
+            return
         self.clear_header("Server")
         self.set_header("Content-Type", "application/json; charset=UTF-8")
         self.set_header("X-Content-Type-Options", "nosniff")

@@ -30,3 +30,8 @@ class JsonFormatterTest(unittest.TestCase):
         self.assertEqual(line["when"], str(object))
         self.assertEqual((line["level"], line["logger"], line["message"], line["request_id"]),
                          ("INFO", "indico.access", "hello", "-"))
+
+    def test_an_integer_orjson_refuses_is_written_all_the_same(self):
+        line = json.loads(JsonFormatter().format(record(0.0, count=2 ** 70, label=b"x")))
+        self.assertEqual(line["count"], 2 ** 70)
+        self.assertEqual(line["label"], "b'x'")
