@@ -76,6 +76,36 @@ class FrameTokensTest(unittest.TestCase):
         self.assertFalse(jobs._same_buffer(values, values[1:]))
         self.assertFalse(jobs._same_buffer(values, values.T))
 
+    def test_an_equal_frame_in_other_memory_takes_the_place_of_the_one_kept(self):
+        # Two requests that build the catalog's frame at once get equal frames
+        # in two buffers, and the catalog keeps the second: from then on its
+        # copies are recognised by their buffer, not compared price by price.
+        class Counting(FrameTokens):
+            comparisons = 0
+
+            def _compare_prices(self, one, other):
+                Counting.comparisons += 1
+                return super()._compare_prices(one, other)
+
+        tokens = Counting()
+        first, second = frame(), frame()  # equal prices, two buffers
+        benchmark = frame(1)["AAA"]
+        token, _ = tokens.token(first.copy(deep=False), benchmark.copy(deep=False))
+        self.assertEqual(tokens.token(second.copy(deep=False), benchmark.copy(deep=False)),
+                         (token, True))
+        self.assertEqual(Counting.comparisons, 1)
+        for _ in range(3):
+            self.assertEqual(tokens.token(second.copy(deep=False), benchmark.copy(deep=False)),
+                             (token, True))
+        self.assertEqual(Counting.comparisons, 1)
+        # A change the caller makes to the frame it passed does not reach the one kept.
+        tokens = FrameTokens()
+        passed = first.copy(deep=False)
+        token, _ = tokens.token(passed, None)
+        passed.iloc[0, 0] *= 2
+        self.assertEqual(tokens.token(first.copy(deep=False), None), (token, True))
+        self.assertFalse(tokens.token(passed, None)[1])
+
     def test_missing_prices_match_only_missing_prices(self):
         tokens = FrameTokens()
         prices = frame()
