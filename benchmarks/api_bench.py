@@ -89,12 +89,28 @@ end
 LUA += LUA_DONE
 
 
+def cpu_ticks():
+    """The machine's CPU time so far from /proc/stat: (all ticks, ticks stolen by the host)."""
+    fields = [int(value) for value in pathlib.Path("/proc/stat").read_text().split("\n")[0]
+              .split()[1:9]]
+    return sum(fields), fields[7]
+
+
+# A virtual machine's host may run other guests on its cores; the time they
+# take from this one ("steal") slows every figure of a run alike.
+STARTED_TICKS = cpu_ticks()
+
+
 def print_results(rows, note):
-    """Print the machine line (CPUs, model, Python, ``note``) and the Markdown table of ``rows``."""
+    """Print the machine line (CPUs, model, Python, ``note``, the host's steal since
+    this module was imported) and the Markdown table of ``rows``."""
     cpu = next((line.split(":", 1)[1].strip() for line in
                 pathlib.Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor())
-    print(f"\nmachine: {os.cpu_count()} CPUs ({cpu}), Python {platform.python_version()}; {note}")
+    total, stolen = (now - then for now, then in zip(cpu_ticks(), STARTED_TICKS, strict=True))
+    steal = f"; the host took {100 * stolen / max(total, 1):.0f} % of the CPU time (steal)"
+    print(f"\nmachine: {os.cpu_count()} CPUs ({cpu}), Python {platform.python_version()}; "
+          f"{note}{steal}")
     print("\n| measurement | result | target | verdict |\n|---|---|---|---|")
     for row in rows:
         print("| " + " | ".join(row) + " |")

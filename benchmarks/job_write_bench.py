@@ -1,22 +1,23 @@
-"""What a finished job's write costs on nx-27017, by result size and by the answer asked for.
+"""What a finished job's write costs on nx-27017, by the stored shape of its result.
 
 ``.venv/bin/python benchmarks/job_write_bench.py [--writes 200]`` starts the
 embedded database in a temporary directory and times, sequentially (one
 request in flight, as in a 1-connection ``portfolio/optimize``), the write
 that completes a job (``indico.db.jobs.complete_job``'s shape: ``$set`` of the
-status, events and result, ``$unset`` of the slot, journaled) in four ways:
-with the real result of the issue-11 request (20 symbols x 5 years, 500-point
-series) or with that result without its series (or with the series as one JSON
-string), and answered by the stored
-document (``find_one_and_update``, what indico does) or by a count only
-(``update_one``). Also the job's insert. Median milliseconds of ``--writes``
-writes each, on jobs inserted beforehand; and what one look of a job runner
-(``claim_job`` with nothing to claim) costs once those jobs are stored.
+status and result, ``$unset`` of the slot, journaled) with the real result of
+the issue-11 request (20 symbols x 5 years, 500-point series): stored as its
+JSON text (``records.encode_result``) and answered by a count (``update_one``,
+what indico does); the same answered by the stored document
+(``find_one_and_update``, what indico did before); the result stored as a
+nested document (before that); and the text of the result without its series
+(what the series costs). Also the job's insert. Median milliseconds of
+``--writes`` writes each, on jobs inserted beforehand; and what one look of a
+job runner (``claim_job`` with nothing to claim) costs once those jobs are
+stored.
 """
 
 import argparse
 import asyncio
-import json
 import pathlib
 import statistics
 import sys
@@ -45,20 +46,21 @@ async def measure(uri, writes):
     from pymongo.write_concern import WriteConcern
 
     from indico.db import jobs
+    from indico.db.records import encode_result
     client = AsyncMongoClient(uri)
     db = client["bench"]
     await jobs.create_indexes(db)
     collection = db.get_collection("jobs", write_concern=WriteConcern(j=True))
     full = issue_result()
     bare = dict(full, performance={**full["performance"], "series": None})
-    text = dict(full, performance={**full["performance"],
-                                   "series": json.dumps(full["performance"]["series"])})
     params = {"symbols": list(full["allocations"]), "objective": "max_sharpe"}
-    cases = [("find_one_and_update, full result", full, True),
-             ("update_one, full result", full, False),
-             ("find_one_and_update, result without series", bare, True),
-             ("update_one, result without series", bare, False),
-             ("find_one_and_update, the series as one JSON string", text, True)]
+    # (name, stored result, answered by the stored document)
+    cases = [("update_one, the result as its JSON text (what indico does)",
+              encode_result(full), False),
+             ("find_one_and_update, the result as its JSON text", encode_result(full), True),
+             ("update_one, the result as a nested document", full, False),
+             ("update_one, the text of the result without its series",
+              encode_result(bare), False)]
     figures = {}
     inserts = []
     for number in range(len(cases) * writes):
