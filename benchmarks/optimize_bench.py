@@ -196,8 +196,8 @@ def children(pid):
     return found
 
 
-def memory_snapshot(server_pid):
-    """RSS (KiB) of the server, of its optimization workers (summed), of the database.
+def process_snapshot(server_pid, read):
+    """``read(pid)`` of the server, of its optimization workers (summed), of the database.
 
     The workers are the children of the server's forkserver (their command line
     is the forkserver's, as they are forked from it).
@@ -205,10 +205,15 @@ def memory_snapshot(server_pid):
     workers, database = 0, 0
     for pid, command in children(server_pid):
         if "indico.db.embedded" in command or "nx_27017" in command:
-            database += rss_kib(pid)
+            database += read(pid)
         elif "forkserver" in command:
-            workers += sum(rss_kib(worker) for worker, _ in children(pid))
-    return {"server": rss_kib(server_pid), "workers": workers, "database": database}
+            workers += sum(read(worker) for worker, _ in children(pid))
+    return {"server": read(server_pid), "workers": workers, "database": database}
+
+
+def memory_snapshot(server_pid):
+    """RSS (KiB) of the server, of its optimization workers (summed), of the database."""
+    return process_snapshot(server_pid, rss_kib)
 
 
 def cpu_seconds(pid):
@@ -222,13 +227,7 @@ def cpu_seconds(pid):
 
 def cpu_snapshot(server_pid):
     """CPU seconds used so far by the server, its workers (summed) and the database."""
-    workers, database = 0.0, 0.0
-    for pid, command in children(server_pid):
-        if "indico.db.embedded" in command or "nx_27017" in command:
-            database += cpu_seconds(pid)
-        elif "forkserver" in command:
-            workers += sum(cpu_seconds(worker) for worker, _ in children(pid))
-    return {"server": cpu_seconds(server_pid), "workers": workers, "database": database}
+    return process_snapshot(server_pid, cpu_seconds)
 
 
 # --- the breakdown ---------------------------------------------------------------------
