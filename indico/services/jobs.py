@@ -15,7 +15,9 @@ which validated the request with its rules and limits):
    (:mod:`indico.optimization`) under the per-task time limit
    ``INDICO_JOB_TIME_LIMIT``, while the lease is renewed. The task is sent
    to the pool as step 2 begins, so the computation and the insert overlap;
-   a job that step 2 refuses leaves its computation unused. The price frame
+   a job that step 2 refuses leaves its computation unused (an owner has at
+   most ``INDICO_MAX_ACTIVE_JOBS`` such early computations in a process; past
+   that, the task waits for the insert). The price frame
    travels to each worker once; later jobs on the same prices send only its
    token (:class:`FrameTokens`, :func:`run_on_frame`).
 4. It records how the job ended (:func:`indico.db.jobs.complete_job`, which
@@ -61,6 +63,8 @@ deleted by :mod:`indico.services.portfolio`.
 """
 
 import asyncio
+import collections
+import functools
 import itertools
 import logging
 import multiprocessing
@@ -602,6 +606,8 @@ class JobService:
         self.sleep = sleep
         self.worker = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.background: set[asyncio.Task] = set()
+        # Computations started with their job's insert, by owner, until they end.
+        self.early: collections.Counter[str] = collections.Counter()
 
     async def load_inputs(self, params: dict[str, Any], kind: JobKind = JobKind.OPTIMIZE
                           ) -> tuple[pd.DataFrame, pd.Series | None]:
@@ -703,10 +709,16 @@ class JobService:
         # round trip and the insert overlap (about 1.4 ms of nx-27017 off each
         # answer). A job refused by the quota, or whose insert failed, leaves
         # its computation to finish unused: stopping a pebble task that runs
-        # kills its worker, which costs more than the computation.
-        computing = asyncio.ensure_future(self._optimization(frame, benchmark, params))
-        self.background.add(computing)
-        computing.add_done_callback(self._settle)
+        # kills its worker, which costs more than the computation. So that
+        # refused requests cannot fill the pool, an owner has at most the
+        # quota's number of these in this process; past it, the computation
+        # starts after the insert, which the quota guards.
+        computing = None
+        if self.early[owner] < self.config.max_active_jobs:
+            self.early[owner] += 1
+            computing = asyncio.ensure_future(self._optimization(frame, benchmark, params))
+            self.background.add(computing)
+            computing.add_done_callback(functools.partial(self._settle, owner))
         job = await self._create(owner, params, JobKind.OPTIMIZE)
         seconds = self.config.job_wait if wait else 0.0
         if seconds <= 0:
@@ -783,13 +795,16 @@ class JobService:
         task.add_done_callback(lambda done: self._forget(done, waiter))
         return task
 
-    def _settle(self, task: "asyncio.Task[Any]") -> None:
-        """Forget an optimization's computation; its job's run reads its outcome.
+    def _settle(self, owner: str, task: "asyncio.Task[Any]") -> None:
+        """Forget an optimization's computation started early; its job's run reads its outcome.
 
         The exception is retrieved here too, for a computation whose job was
         never written (quota, database down), which nobody reads.
         """
         self.background.discard(task)
+        self.early[owner] -= 1
+        if self.early[owner] <= 0:
+            del self.early[owner]
         if not task.cancelled():
             task.exception()
 

@@ -1,7 +1,7 @@
 """portfolio/optimize, result, list, delete: the seed's request, ownership, jobs, limits."""
 
 import asyncio
-import functools
+import gc
 import json
 import os
 import shutil
@@ -473,13 +473,55 @@ class LimitsTest(PortfolioTest):
             with self.subTest(objective=request.get("objective", "max_sharpe")):
                 status, answer = self.optimize(request)
                 self.assertError((status, answer), 429, "TooManyRequests", "limit is 1")
-                self.io_loop.run_sync(functools.partial(
-                    asyncio.gather, *self.services.jobs.background, return_exceptions=True))
+                self.wait_for_the_computations()
                 self.assertEqual(self.services.jobs.background, set())
+                self.assertEqual(self.services.jobs.early, {})
                 self.assertEqual(self.snapshot("jobs"), before)
         self.io_loop.run_sync(lambda: self.db.jobs.delete_one({"_id": holder.id}))
         status, answer = self.optimize(body)
         self.assertEqual((status, answer["data"]["status"]), (200, "done"), answer)
+
+    def wait_for_the_computations(self):
+        """Until the background computations end, without reading their outcome.
+
+        asyncio.wait reads no result or exception; the tasks are then dropped
+        and collected, so one whose exception nobody retrieved would log
+        "Task exception was never retrieved" (an ERROR record fails the test).
+        """
+        if self.services.jobs.background:
+            self.io_loop.run_sync(lambda: asyncio.wait(set(self.services.jobs.background)),
+                                  timeout=60)
+        gc.collect()
+
+    def test_refused_requests_start_no_more_computations_than_the_quota(self):
+        # Each refused request would otherwise leave a computation for the pool:
+        # an owner at the quota could keep every worker busy. With every worker
+        # held, no computation can end during the requests.
+        from indico.db import jobs
+        from tests.workloads import hold_until
+        owner = str(self.find("users")[0]["_id"])
+        self.io_loop.run_sync(lambda: jobs.create_job(
+            self.db, owner, {}, 1, worker="elsewhere", lease=600))
+        pool = self.services.jobs.pool
+        release = os.path.join(self.data_dir, "release")
+        started = [os.path.join(self.data_dir, f"started{n}") for n in range(pool.workers)]
+        holds = [pool.pool.schedule(hold_until, args=(path, release)) for path in started]
+        try:
+            deadline = time.monotonic() + 60
+            while not all(os.path.exists(path) for path in started):
+                self.assertLess(time.monotonic(), deadline, "the workers were not all held")
+                time.sleep(0.05)
+            body = {**SEED_BODY, "endDate": "2013-01-01"}
+            for _ in range(3):
+                self.assertError(self.optimize(body), 429, "TooManyRequests", "limit is 1")
+            self.assertEqual(self.services.jobs.early, {owner: 1})
+            self.assertEqual(len(self.services.jobs.background), 1)
+        finally:
+            open(release, "w").close()
+            for hold in holds:
+                hold.result(timeout=60)
+        self.wait_for_the_computations()
+        self.assertEqual((self.services.jobs.early, self.services.jobs.background), ({}, set()))
 
     def test_symbol_and_range_limits(self):
         error = self.assertError(self.optimize({**SEED_BODY, "symbols": SYMBOLS[:4],
