@@ -98,21 +98,38 @@ class FrameTest(PricesTest):
         self.assertIsNone(self.run_async(self.catalog.get_benchmark, start, end, early))
 
     def test_the_aligned_benchmark_is_cached_and_follows_imports(self):
+        class Counting(PriceCatalog):
+            """Counts the benchmark's reads of the store (or of the bucket cache)."""
+            loads = 0
+
+            async def _load(self, catalog, symbols, first_day, last_day):
+                if symbols == ["SP500"]:
+                    Counting.loads += 1
+                return await super()._load(catalog, symbols, first_day, last_day)
+
+        catalog = Counting(self.db, self.config)
         start, end = D(2019, 12, 1), D(2020, 1, 31)
         self.load("index.csv", "Date,SP500\n2019-12-30,100\n2019-12-31,101\n2020-01-03,103\n")
-        frame = self.frame(["AAPL"], start, end)
-        first = self.run_async(self.catalog.get_benchmark, start, end, frame.index)
+        frame = self.frame(["AAPL"], start, end, catalog)
+
+        def aligned(index):
+            return self.run_async(catalog.get_benchmark, start, end, index)
+
+        first = aligned(frame.index)
+        self.assertEqual(Counting.loads, 1)
         first.iloc[0] = -1.0  # the caller's copy: the cache keeps its own
-        again = self.run_async(self.catalog.get_benchmark, start, end, frame.index)
-        self.assertEqual(again.tolist(), [100.0, 101.0, 101.0, 103.0])
+        self.assertEqual(aligned(frame.index).tolist(), [100.0, 101.0, 101.0, 103.0])
+        self.assertEqual(Counting.loads, 1)  # served from the cache
         # Another index on the same window is aligned anew, not served the cached one.
-        fewer = frame.index[1:]
-        self.assertEqual(self.run_async(self.catalog.get_benchmark, start, end, fewer).tolist(),
-                         [101.0, 101.0, 103.0])
+        self.assertEqual(aligned(frame.index[1:]).tolist(), [101.0, 101.0, 103.0])
+        self.assertEqual(Counting.loads, 2)
+        aligned(frame.index)
+        aligned(frame.index)
+        self.assertEqual(Counting.loads, 3)  # realigned once, then cached again
         # An import of new index levels is seen by the next request.
         self.load("index.csv", "Date,SP500\n2019-12-30,200\n2019-12-31,201\n2020-01-03,203\n")
-        changed = self.run_async(self.catalog.get_benchmark, start, end, frame.index)
-        self.assertEqual(changed.tolist(), [200.0, 201.0, 201.0, 203.0])
+        self.assertEqual(aligned(frame.index).tolist(), [200.0, 201.0, 201.0, 203.0])
+        self.assertEqual(Counting.loads, 4)
 
 
 class CacheTest(PricesTest):

@@ -69,8 +69,9 @@ class FrameTokensTest(unittest.TestCase):
         third, known = tokens.token(prices.copy(deep=False), bumped)
         self.assertFalse(known)
         self.assertEqual(len({first, second, third}), 3)
-        # A writeable array is compared price by price, whatever memory it shares.
-        self.assertFalse(jobs._same_buffer(prices.to_numpy().copy(), prices.to_numpy().copy()))
+        # A writeable array is compared price by price, even with itself.
+        writeable = prices.to_numpy().copy()
+        self.assertFalse(jobs._same_buffer(writeable, writeable))
         values = prices.to_numpy()
         self.assertTrue(jobs._same_buffer(values, prices.copy(deep=False).to_numpy()))
         self.assertFalse(jobs._same_buffer(values, values[1:]))
