@@ -165,7 +165,7 @@ class BaseHandler(tornado.web.RequestHandler):
         self.set_header("Content-Type", "application/json; charset=UTF-8")
         self.set_header("X-Content-Type-Options", "nosniff")
         self.set_header("Cache-Control", "no-store")
-        if self.in_flight is not None and self.in_flight.draining:
+        if self.in_flight.draining:
             # The server is stopping: the client (nginx) must not reuse this
             # connection (see indico.server.start_draining).
             self.set_header("Connection", "close")
