@@ -300,11 +300,11 @@ def _same_buffer(one: np.ndarray, other: np.ndarray) -> bool:
 
 
 def _same_frame(one: pd.Series | pd.DataFrame | None, other: pd.Series | pd.DataFrame | None,
-                compare: Callable[[np.ndarray, np.ndarray], bool]) -> bool:
+                compare: Callable[[np.ndarray, np.ndarray], bool] | None = None) -> bool:
     """True when both hold the same dates, columns and prices (NaN equal to NaN).
 
     Prices in one read-only buffer are equal (:func:`_same_buffer`); others
-    are left to ``compare``.
+    are left to ``compare``, or taken as different without it.
     """
     if one is None or other is None:
         return one is other
@@ -315,7 +315,7 @@ def _same_frame(one: pd.Series | pd.DataFrame | None, other: pd.Series | pd.Data
     if one.shape != other.shape or not one.index.equals(other.index):
         return False
     values, others = one.to_numpy(), other.to_numpy()
-    return _same_buffer(values, others) or compare(values, others)
+    return _same_buffer(values, others) or (compare is not None and compare(values, others))
 
 
 class FrameTokens:
@@ -354,17 +354,15 @@ class FrameTokens:
         """
         fingerprint = self._fingerprint(frame)
         entry = self._tokens.get(fingerprint)
-        compared = []
-
-        def compare(one: np.ndarray, other: np.ndarray) -> bool:
-            compared.append(one)
-            return self._compare_prices(one, other)
-
-        if entry is not None and _same_frame(entry[0], frame, compare) and _same_frame(
-                entry[1], benchmark, compare):
-            if compared:
-                self._keep(fingerprint, frame, benchmark, entry[2])
-            return entry[2], True
+        if entry is not None:
+            kept_frame, kept_benchmark, token = entry
+            if _same_frame(kept_frame, frame) and _same_frame(kept_benchmark, benchmark):
+                return token, True
+            compare = self._compare_prices
+            if _same_frame(kept_frame, frame, compare) and _same_frame(kept_benchmark, benchmark,
+                                                                       compare):
+                self._keep(fingerprint, frame, benchmark, token)
+                return token, True
         token = next(self._counter)
         self._keep(fingerprint, frame, benchmark, token)
         return token, False
