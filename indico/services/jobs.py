@@ -120,7 +120,7 @@ MAX_CHUNK = 256
 
 Sleep = Callable[[float], Awaitable[None]]
 Work = Callable[[pd.DataFrame, pd.Series | None, dict], dict]
-T = TypeVar("T")
+Returned = TypeVar("Returned")
 
 
 def engine_options(params: dict) -> dict:
@@ -782,8 +782,8 @@ class JobService:
         self.events.publish(job)
         return job
 
-    def spawn(self, coroutine: Coroutine[Any, Any, T],
-              waiter: Waiter | None = None) -> "asyncio.Task[T]":
+    def spawn(self, coroutine: Coroutine[Any, Any, Returned],
+              waiter: Waiter | None = None) -> "asyncio.Task[Returned]":
         """Run ``coroutine`` in the background, keeping a reference until it ends.
 
         An exception nobody waits for (``waiter`` gone or None) is logged here.

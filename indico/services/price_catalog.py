@@ -87,13 +87,16 @@ class PriceCatalog:
         config: the Config (``price_recheck``).
         cache_rows: the most prices the bucket cache keeps (12 bytes each).
         frame_cache_cells: the most cells the frame cache keeps (8 bytes each).
+        benchmark_cache_cells: the most dates the aligned-benchmark cache keeps, counting
+            the index and the series (8 bytes each).
         meta, buckets: the collection modules it reads through
             (``indico.db.price_meta`` and ``indico.db.prices``); parameters so
             that tests can make one call fail or lose a race, on the real database.
     """
 
     def __init__(self, db: AsyncDatabase, config: Config, *, cache_rows: int = 2_000_000,
-                 frame_cache_cells: int = 2_000_000, meta: ModuleType = price_meta,
+                 frame_cache_cells: int = 2_000_000, benchmark_cache_cells: int = 500_000,
+                 meta: ModuleType = price_meta,
                  buckets: ModuleType = prices) -> None:
         self.db = db
         self.config = config
@@ -107,9 +110,11 @@ class PriceCatalog:
         # (((symbol, generation), ...), first day, last day) -> frame
         self._frames: cachetools.LRUCache[Hashable, pd.DataFrame] = cachetools.LRUCache(
             maxsize=frame_cache_cells, getsizeof=lambda frame: max(frame.size, 1))
-        # (benchmark generation, first day, last day) -> (the frame index, the aligned series)
+        # (benchmark generation, first day, last day) -> (the frame index, the aligned
+        # series), sized in dates of both (about 200 five-year windows by default)
         self._benchmarks: cachetools.LRUCache[Hashable, tuple[pd.DatetimeIndex, pd.Series]] = (
-            cachetools.LRUCache(maxsize=256))
+            cachetools.LRUCache(maxsize=benchmark_cache_cells,
+                                getsizeof=lambda entry: max(2 * len(entry[1]), 1)))
         # (symbol, generation, year) -> the load under way that will bring it
         self._loading: dict[tuple[str, str, int], asyncio.Future[Series | None]] = {}
 
@@ -248,7 +253,7 @@ class PriceCatalog:
             if aligned.isna().any():
                 log.info("the benchmark has no price on or before %s", index[0].date())
                 return None
-            self._benchmarks[key] = (index, aligned)
+            _remember(self._benchmarks, key, (index, aligned))
             return aligned.copy(deep=False)
         raise error.ServiceUnavailable("the price store is changing too fast; try again")
 

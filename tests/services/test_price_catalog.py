@@ -98,15 +98,6 @@ class FrameTest(PricesTest):
         self.assertIsNone(self.run_async(self.catalog.get_benchmark, start, end, early))
 
     def test_the_aligned_benchmark_is_cached_and_follows_imports(self):
-        class Counting(PriceCatalog):
-            """Counts the benchmark's reads of the store (or of the bucket cache)."""
-            loads = 0
-
-            async def _load(self, catalog, symbols, first_day, last_day):
-                if symbols == ["SP500"]:
-                    Counting.loads += 1
-                return await super()._load(catalog, symbols, first_day, last_day)
-
         catalog = Counting(self.db, self.config)
         start, end = D(2019, 12, 1), D(2020, 1, 31)
         self.load("index.csv", "Date,SP500\n2019-12-30,100\n2019-12-31,101\n2020-01-03,103\n")
@@ -116,20 +107,44 @@ class FrameTest(PricesTest):
             return self.run_async(catalog.get_benchmark, start, end, index)
 
         first = aligned(frame.index)
-        self.assertEqual(Counting.loads, 1)
+        self.assertEqual(catalog.loads, 1)
         first.iloc[0] = -1.0  # the caller's copy: the cache keeps its own
         self.assertEqual(aligned(frame.index).tolist(), [100.0, 101.0, 101.0, 103.0])
-        self.assertEqual(Counting.loads, 1)  # served from the cache
+        self.assertEqual(catalog.loads, 1)  # served from the cache
         # Another index on the same window is aligned anew, not served the cached one.
         self.assertEqual(aligned(frame.index[1:]).tolist(), [101.0, 101.0, 103.0])
-        self.assertEqual(Counting.loads, 2)
+        self.assertEqual(catalog.loads, 2)
         aligned(frame.index)
         aligned(frame.index)
-        self.assertEqual(Counting.loads, 3)  # realigned once, then cached again
+        self.assertEqual(catalog.loads, 3)  # realigned once, then cached again
         # An import of new index levels is seen by the next request.
         self.load("index.csv", "Date,SP500\n2019-12-30,200\n2019-12-31,201\n2020-01-03,203\n")
         self.assertEqual(aligned(frame.index).tolist(), [200.0, 201.0, 201.0, 203.0])
-        self.assertEqual(Counting.loads, 4)
+        self.assertEqual(catalog.loads, 4)
+
+
+    def test_an_aligned_benchmark_larger_than_its_cache_is_not_kept(self):
+        catalog = Counting(self.db, self.config, benchmark_cache_cells=7)  # 4 dates: 8 cells
+        start, end = D(2019, 12, 1), D(2020, 1, 31)
+        self.load("index.csv", "Date,SP500\n2019-12-30,100\n2019-12-31,101\n2020-01-03,103\n")
+        frame = self.frame(["AAPL"], start, end, catalog)
+        for loads in (1, 2):
+            aligned = self.run_async(catalog.get_benchmark, start, end, frame.index)
+            self.assertEqual(aligned.tolist(), [100.0, 101.0, 101.0, 103.0])
+            self.assertEqual(catalog.loads, loads)
+
+
+class Counting(PriceCatalog):
+    """A catalog that counts the benchmark's reads of the store (or of the bucket cache)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.loads = 0
+
+    async def _load(self, catalog, symbols, first_day, last_day):
+        if symbols == ["SP500"]:
+            self.loads += 1
+        return await super()._load(catalog, symbols, first_day, last_day)
 
 
 class CacheTest(PricesTest):
