@@ -488,9 +488,13 @@ class LimitsTest(PortfolioTest):
         and collected, so one whose exception nobody retrieved would log
         "Task exception was never retrieved" (an ERROR record fails the test).
         """
-        if self.services.jobs.background:
-            self.io_loop.run_sync(lambda: asyncio.wait(set(self.services.jobs.background)),
-                                  timeout=60)
+        async def settled():
+            # Read on the loop: a computation may end between two looks from here.
+            pending = set(self.services.jobs.background)
+            if pending:
+                await asyncio.wait(pending)
+
+        self.io_loop.run_sync(settled, timeout=60)
         gc.collect()
 
     def test_refused_requests_start_no_more_computations_than_the_quota(self):
