@@ -202,6 +202,9 @@ def align_benchmark(benchmark, data):
         benchmark = benchmark.iloc[:, 0]
     if not isinstance(benchmark, pd.Series):
         raise OptimizationError("benchmark must be a pandas Series of index levels by date.")
+    aligned = _already_aligned(benchmark, data.dates)
+    if aligned is not None:
+        return aligned
     series = benchmark
     if not isinstance(series.index, pd.DatetimeIndex):
         try:
@@ -227,6 +230,25 @@ def align_benchmark(benchmark, data):
             "start date the benchmark covers."
         )
     return values
+
+
+def _already_aligned(benchmark, dates):
+    """The levels of a float ``benchmark`` on exactly ``dates``, all usable; else None.
+
+    What the general path of :func:`align_benchmark` returns for such a series
+    (its reindex and forward fill change nothing), without them: 0.17 ms a call,
+    for the series the API's price catalog hands out already aligned on the
+    frame's dates (docs/PERFORMANCE.md).
+    """
+    index = benchmark.index
+    if (benchmark.dtype != np.float64 or not isinstance(index, pd.DatetimeIndex)
+            or index.tz is not None or len(index) != len(dates)
+            or not np.array_equal(index.values, dates)):
+        return None
+    values = benchmark.to_numpy(dtype=float, copy=True)
+    if values.size and values.min() > 0 and math.isfinite(values.max()):
+        return values
+    return None
 
 
 def parse_bounds(weight_bounds, symbols):

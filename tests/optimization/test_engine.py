@@ -119,6 +119,19 @@ class ResultTest(unittest.TestCase):
         self.assertEqual(plain["portfolio"], result.series_portfolio.tolist())
         self.assertTrue(all(type(value) is float for value in plain["portfolio"]))
 
+    def test_series_dates_are_written_as_numpy_writes_them(self):
+        import dataclasses
+        result = optimize(sample_prices().loc["2019"], "min_volatility")
+        stamps = np.array(["1900-02-28T23:59:59.999", "1969-12-31T12:00", "1970-01-01",
+                           "2000-02-29T06:00", "2262-04-11"], dtype="datetime64[ns]")
+        for dates in (stamps, stamps.astype("datetime64[us]"), stamps.astype("datetime64[D]"),
+                      stamps[:0]):
+            with self.subTest(dtype=str(dates.dtype), size=dates.size):
+                expected = np.datetime_as_string(dates, unit="D").tolist()
+                for _ in range(2):  # made, then remembered
+                    document = dataclasses.replace(result, series_dates=dates).to_dict()
+                    self.assertEqual(document["performance"]["series"]["dates"], expected)
+
     def test_without_investment_or_benchmark(self):
         document = optimize(sample_prices().loc["2019"], "min_volatility").to_dict()
         self.assertEqual(document["shares"], {})

@@ -14,7 +14,7 @@ from numpy.testing import assert_allclose
 from indico.error import OptimizationError
 from indico.optimization import optimize
 from indico.optimization.allocation import AllocationMethod, allocate_shares
-from indico.optimization.data import prepare_prices
+from indico.optimization.data import align_benchmark, prepare_prices
 from indico.optimization.frontier import Frontier, kkt_residual
 from indico.optimization.risk_parity import bounded_risk_parity
 from tests.optimization.sample import sample_index, sample_prices
@@ -125,6 +125,30 @@ class InputTest(unittest.TestCase):
         with self.assertRaises(OptimizationError):
             optimize(prices, "equal_weight",
                      benchmark=index.set_axis([object()] * len(index)))
+
+    def test_a_benchmark_already_on_the_frames_dates_gives_what_the_general_path_gives(self):
+        # The catalog hands the engine benchmarks aligned on the frame's dates,
+        # which skip the reindex; anything less than that takes the general path.
+        prices = sample_prices().loc["2019", ["AAPL", "KO"]]
+        index = sample_index().loc["2019"]
+        self.assertTrue(index.index.equals(prices.index))
+        data = prepare_prices(prices)
+        general = align_benchmark(index.iloc[:-1], data)  # misses the last date: filled
+        aligned = align_benchmark(index, data)
+        assert_allclose(aligned, index.to_numpy(), rtol=0)
+        assert_allclose(general[:-1], aligned[:-1], rtol=0)
+        aligned[0] = -1.0  # a copy: the caller's series is not written
+        self.assertGreater(index.iloc[0], 0)
+        holed = index.copy()
+        holed.iloc[[3, 4]] = [np.nan, 0.0]
+        expected = index.to_numpy().copy()
+        expected[[3, 4]] = expected[2]  # forward-filled, as before
+        assert_allclose(align_benchmark(holed, data), expected, rtol=0)
+        assert_allclose(align_benchmark(index.astype("float32"), data),
+                        index.to_numpy().astype("float32"), rtol=0)
+        shifted = index.set_axis(index.index + pd.Timedelta(hours=1))
+        with self.assertRaises(OptimizationError):  # no level on any of the frame's dates
+            align_benchmark(shifted, data)
 
     def test_single_portfolio_targets(self):
         prices = sample_prices().loc["2019", ["AAPL", "KO", "XOM", "PG"]]
