@@ -184,16 +184,17 @@ class Wrk:
 def engine_rate(frame, benchmark, params, seconds, workers=2, in_flight=8):
     """Optimizations/s of the server's pool function, pool of ``workers``, ``in_flight`` queued."""
     from indico.optimization import configure_worker
-    from indico.services.jobs import run_optimization
+    from indico.services.jobs import WorkerFrame, run_optimization
+    frame = WorkerFrame(frame, benchmark)  # a new one each task: its moments made each time
     with concurrent.futures.ProcessPoolExecutor(
             max_workers=workers, initializer=configure_worker,
             mp_context=multiprocessing.get_context("forkserver")) as pool:
-        for future in [pool.submit(run_optimization, frame, benchmark, params)
+        for future in [pool.submit(run_optimization, frame, params)
                        for _ in range(2 * workers)]:
             future.result()
         began = time.perf_counter()
         deadline = began + seconds
-        pending = {pool.submit(run_optimization, frame, benchmark, params)
+        pending = {pool.submit(run_optimization, frame, params)
                    for _ in range(in_flight)}
         done_count = 0
         while True:
@@ -204,7 +205,7 @@ def engine_rate(frame, benchmark, params, seconds, workers=2, in_flight=8):
                 done_count += 1
             if time.perf_counter() >= deadline:
                 break
-            pending |= {pool.submit(run_optimization, frame, benchmark, params)
+            pending |= {pool.submit(run_optimization, frame, params)
                         for _ in range(len(done))}
         elapsed = time.perf_counter() - began
         concurrent.futures.wait(pending)

@@ -34,7 +34,7 @@ SINGULAR_PIVOT = 1e-12
 
 @dataclasses.dataclass(frozen=True)
 class MarketData:
-    """Validated prices and their annualised sample moments.
+    """Validated prices and their annualised sample moments (read-only arrays).
 
     Attributes:
         symbols: tuple of n column names, in input order.
@@ -79,7 +79,9 @@ def prepare_prices(prices):
 
     Args:
         prices: DataFrame indexed by date (DatetimeIndex, or convertible to one),
-            one float column per symbol, shape (T, n).
+            one float column per symbol, shape (T, n); or a :class:`MarketData`
+            this function made before, returned as it is (its arrays are
+            read-only, so one can serve every optimization on its frame).
 
     Returns:
         :class:`MarketData`.
@@ -89,6 +91,8 @@ def prepare_prices(prices):
             fewer than ``MIN_DATES`` dates, non-numeric, missing (NaN/inf) or
             non-positive prices, or a symbol whose price never changes.
     """
+    if isinstance(prices, MarketData):
+        return prices
     if not isinstance(prices, pd.DataFrame):
         raise OptimizationError(
             "prices must be a pandas DataFrame indexed by date with one column per symbol."
@@ -150,7 +154,7 @@ def prepare_prices(prices):
     cov *= TRADING_DAYS / (returns.shape[0] - 1)
     # Exactly symmetric, so solvers and Cholesky see the same matrix from both sides.
     cov = 0.5 * (cov + cov.T)
-    return MarketData(
+    data = MarketData(
         symbols=symbols,
         dates=index.values,
         prices=values,
@@ -158,6 +162,11 @@ def prepare_prices(prices):
         mu=TRADING_DAYS * mean,
         cov=cov,
     )
+    # Read-only, so that one MarketData can serve many optimizations (a worker
+    # keeps one per frame): code that wrote into these arrays would raise.
+    for array in (data.dates, data.prices, data.returns, data.mu, data.cov):
+        array.flags.writeable = False
+    return data
 
 
 def _check_values(values, symbols):

@@ -237,7 +237,9 @@ def optimize(
 
     Args:
         prices: aligned adjusted closes, DataFrame of shape (T, n): DatetimeIndex,
-            one float column per symbol (inner-joined by the caller).
+            one float column per symbol (inner-joined by the caller); or the
+            :class:`~indico.optimization.data.MarketData` that ``prepare_prices``
+            made of such a frame, for a caller that optimizes one frame many times.
         objective: an :class:`Objective` or its value.
         risk_free_rate: annual risk-free rate (0.02 is 2 %).
         weight_bounds: ``(low, high)`` for every asset within [0, 1], or a mapping
@@ -359,8 +361,8 @@ def efficient_frontier(
     its pieces, corners and points are exact in the same sense.
 
     Args:
-        prices: aligned adjusted closes, DataFrame (dates x symbols), as for
-            :func:`optimize`.
+        prices: aligned adjusted closes, DataFrame (dates x symbols), or its
+            ``MarketData``, as for :func:`optimize`.
         points: how many points, evenly spaced in expected return from the
             minimum-volatility portfolio to the maximum-return one (2-200).
         risk_free_rate: annual; for the Sharpe ratios and ``max_sharpe``.

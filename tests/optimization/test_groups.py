@@ -16,7 +16,7 @@ from indico.optimization.data import prepare_prices
 from indico.optimization.estimators import estimate
 from indico.optimization.groups import Constraints, parse_groups
 from indico.optimization.qp import QuadraticProgram, affine_piece
-from indico.services.jobs import run_optimization
+from indico.services.jobs import WorkerFrame, run_optimization
 from tests.optimization.sample import sample_prices
 
 
@@ -274,8 +274,8 @@ class GroupObjectivesTest(unittest.TestCase):
         params = {"symbols": SYMBOLS[:4], "objective": "min_volatility",
                   "risk_free_rate": 0.0, "weight_bounds": [0.0, 1.0], "target_return": None,
                   "target_volatility": None, "initial_investment": None}
-        old = run_optimization(window(SYMBOLS[:4]), None, params)
-        new = run_optimization(window(SYMBOLS[:4]), None, {**params, "groups": None})
+        old = run_optimization(WorkerFrame(window(SYMBOLS[:4]), None), params)
+        new = run_optimization(WorkerFrame(window(SYMBOLS[:4]), None), {**params, "groups": None})
         self.assertEqual(old["allocations"], new["allocations"])
 
 

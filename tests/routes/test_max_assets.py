@@ -11,7 +11,7 @@ import itertools
 from indico.db import jobs
 from indico.db.records import decode_result
 from indico.error import OptimizationError
-from indico.services.jobs import JobService, run_optimization
+from indico.services.jobs import JobService, WorkerFrame, run_optimization
 from tests.harness import shared_pool
 from tests.routes.test_backtest import BODY as BACKTEST_BODY
 from tests.routes.test_backtest import BacktestTest
@@ -141,7 +141,7 @@ class MaxAssetsOptimizeTest(PortfolioTest):
             SYMBOLS, "2012-01-01", "2016-03-20"))
         params = {**body["data"]["params"], "time_limit": 0.0}
         with self.assertRaises(OptimizationError) as raised:
-            run_optimization(frame, None, params)
+            run_optimization(WorkerFrame(frame, None), params)
         self.assertEqual(str(raised.exception),
                          "maxAssets 2: the search found no portfolio within the time limit; "
                          "raise maxAssets, widen weightBounds or give fewer symbols.")

@@ -14,8 +14,16 @@ import unittest
 import numpy as np
 import pandas as pd
 
+from indico.error import OptimizationError
 from indico.services import jobs
-from indico.services.jobs import FrameMissing, FrameTokens, run_on_frame, run_optimization
+from indico.services.jobs import (
+    FrameMissing,
+    FrameTokens,
+    WorkerFrame,
+    run_frontier,
+    run_on_frame,
+    run_optimization,
+)
 from indico.services.price_import import PriceImporter
 from tests.harness import ServerTest
 
@@ -133,11 +141,40 @@ class RunOnFrameTest(unittest.TestCase):
 
     def test_the_frame_sent_once_serves_the_next_tasks(self):
         prices = frame()
-        expected = run_optimization(prices, None, PARAMS)
+        expected = run_optimization(WorkerFrame(prices, None), PARAMS)
         self.assertEqual(run_on_frame(run_optimization, 7, PARAMS, prices, None), expected)
         self.assertEqual(run_on_frame(run_optimization, 7, PARAMS), expected)
         with self.assertRaises(FrameMissing):
             run_on_frame(run_optimization, 8, PARAMS)
+
+    def test_a_kept_frames_moments_are_made_once_and_serve_every_later_task(self):
+        prices, benchmark = frame(), frame(1)["AAA"]
+        fresh = run_optimization(WorkerFrame(prices, benchmark), PARAMS)
+        self.assertEqual(run_on_frame(run_optimization, 7, PARAMS, prices, benchmark), fresh)
+        kept = jobs._worker_frames[7]
+        market = kept.market()
+        self.assertFalse(market.cov.flags.writeable)  # shared by the tasks: read-only
+        for objective in ("min_volatility", "hrp", "max_sharpe"):
+            params = {**PARAMS, "objective": objective}
+            self.assertEqual(run_on_frame(run_optimization, 7, params),
+                             run_optimization(WorkerFrame(prices, benchmark), params))
+        self.assertIs(kept.market(), market)
+        self.assertIs(jobs._worker_frames[7], kept)
+        frontier = {"points": 5, "risk_free_rate": 0.0, "weight_bounds": [0.0, 1.0],
+                    "returns_model": "mean", "returns_span": 500, "risk_model": "sample",
+                    "risk_span": 180, "groups": None}
+        self.assertEqual(run_on_frame(run_frontier, 7, frontier),
+                         run_frontier(WorkerFrame(prices, None), frontier))
+        self.assertIs(kept.market(), market)
+
+    def test_prices_that_cannot_be_optimized_fail_every_task_on_them(self):
+        prices = frame()
+        prices.iloc[10, 1] = np.nan
+        for _ in range(2):
+            with self.assertRaisesRegex(OptimizationError, "Missing prices for BBB"):
+                run_on_frame(run_optimization, 9, PARAMS, prices, None)
+        with self.assertRaisesRegex(OptimizationError, "Missing prices for BBB"):
+            run_on_frame(run_optimization, 9, PARAMS)
 
 
 class PriceImportTest(ServerTest):
@@ -168,7 +205,7 @@ class PriceImportTest(ServerTest):
         after = before.copy()
         after.iloc[30:, 0] *= 1.5  # AAA jumps: same symbols, same dates, other prices
         self.import_prices(after)
-        expected = run_optimization(after, None, PARAMS)
+        expected = run_optimization(WorkerFrame(after, None), PARAMS)
         for _ in range(4):
             result = self.optimize(token)
             self.assertEqual(result["allocations"], expected["allocations"])
