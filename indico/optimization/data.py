@@ -36,6 +36,9 @@ SINGULAR_PIVOT = 1e-12
 class MarketData:
     """Validated prices and their annualised sample moments (read-only arrays).
 
+    ``prices`` and ``dates`` may be views of the frame they were made of: a
+    MarketData kept for later use needs a frame that is not written afterwards.
+
     Attributes:
         symbols: tuple of n column names, in input order.
         dates: datetime64[ns] array of shape (T,), increasing.
@@ -251,7 +254,7 @@ def _already_aligned(benchmark, dates):
     """
     index = benchmark.index
     if (benchmark.dtype != np.float64 or not isinstance(index, pd.DatetimeIndex)
-            or index.tz is not None or len(index) != len(dates)
+            or index.tz is not None or index.dtype != dates.dtype or len(index) != len(dates)
             or not np.array_equal(index.values, dates)):
         return None
     values = benchmark.to_numpy(dtype=float, copy=True)

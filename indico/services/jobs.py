@@ -124,9 +124,12 @@ Sleep = Callable[[float], Awaitable[None]]
 Returned = TypeVar("Returned")
 
 
-@dataclasses.dataclass(eq=False)
+@dataclasses.dataclass(frozen=True, eq=False)
 class WorkerFrame:
     """A price frame in a worker process, as every work function gets it (:func:`run_on_frame`).
+
+    Frozen, and its frame is never written: the moments that :meth:`market`
+    keeps are those of these prices (``MarketData.prices`` may be a view of them).
 
     Attributes:
         prices: the aligned frame, dates x symbols.
@@ -149,8 +152,8 @@ class WorkerFrame:
             OptimizationError: prices that cannot be optimized (to each work asking).
         """
         if self._market is None:
-            self._market = prepare_prices(self.prices)
-        return self._market
+            object.__setattr__(self, "_market", prepare_prices(self.prices))
+        return cast(MarketData, self._market)
 
 
 Work = Callable[[WorkerFrame, dict], dict]

@@ -1,6 +1,7 @@
 """The public interface: result shape, JSON form, allocation, series, workers."""
 
 import concurrent.futures
+import dataclasses
 import itertools
 import json
 import math
@@ -103,7 +104,6 @@ class ResultTest(unittest.TestCase):
         assert_allclose(spent + result.leftover, 10_000.0, rtol=1e-12)
 
     def test_series_points_that_are_not_finite_are_null_in_the_json_form(self):
-        import dataclasses
         result = optimize(sample_prices().loc["2019"], "max_sharpe", benchmark=sample_index())
         portfolio = result.series_portfolio.copy()
         portfolio[[1, 3]] = [np.nan, np.inf]
@@ -120,10 +120,9 @@ class ResultTest(unittest.TestCase):
         self.assertTrue(all(type(value) is float for value in plain["portfolio"]))
 
     def test_series_dates_are_written_as_numpy_writes_them(self):
-        import dataclasses
         result = optimize(sample_prices().loc["2019"], "min_volatility")
         stamps = np.array(["1900-02-28T23:59:59.999", "1969-12-31T12:00", "1970-01-01",
-                           "2000-02-29T06:00", "2262-04-11"], dtype="datetime64[ns]")
+                           "2000-02-29T06:00", "NaT", "2262-04-11"], dtype="datetime64[ns]")
         for dates in (stamps, stamps.astype("datetime64[us]"), stamps.astype("datetime64[D]"),
                       stamps[:0]):
             with self.subTest(dtype=str(dates.dtype), size=dates.size):

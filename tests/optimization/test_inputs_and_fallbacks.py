@@ -12,6 +12,7 @@ import pandas as pd
 from numpy.testing import assert_allclose
 
 from indico.error import OptimizationError
+from indico.optimization import data as data_module
 from indico.optimization import optimize
 from indico.optimization.allocation import AllocationMethod, allocate_shares
 from indico.optimization.data import align_benchmark, prepare_prices
@@ -133,6 +134,7 @@ class InputTest(unittest.TestCase):
         index = sample_index().loc["2019"]
         self.assertTrue(index.index.equals(prices.index))
         data = prepare_prices(prices)
+        self.assertIsNotNone(data_module._already_aligned(index, data.dates))
         general = align_benchmark(index.iloc[:-1], data)  # misses the last date: filled
         aligned = align_benchmark(index, data)
         assert_allclose(aligned, index.to_numpy(), rtol=0)
@@ -141,12 +143,16 @@ class InputTest(unittest.TestCase):
         self.assertGreater(index.iloc[0], 0)
         holed = index.copy()
         holed.iloc[[3, 4]] = [np.nan, 0.0]
+        shifted = index.set_axis(index.index + pd.Timedelta(hours=1))
+        in_seconds = index.set_axis(index.index.as_unit("s"))
+        for other in (holed, index.astype("float32"), shifted, in_seconds, index.iloc[:-1]):
+            self.assertIsNone(data_module._already_aligned(other, data.dates))
+        assert_allclose(align_benchmark(in_seconds, data), index.to_numpy(), rtol=0)
         expected = index.to_numpy().copy()
         expected[[3, 4]] = expected[2]  # forward-filled, as before
         assert_allclose(align_benchmark(holed, data), expected, rtol=0)
         assert_allclose(align_benchmark(index.astype("float32"), data),
                         index.to_numpy().astype("float32"), rtol=0)
-        shifted = index.set_axis(index.index + pd.Timedelta(hours=1))
         with self.assertRaises(OptimizationError):  # no level on any of the frame's dates
             align_benchmark(shifted, data)
 
