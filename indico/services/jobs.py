@@ -19,7 +19,8 @@ which validated the request with its rules and limits):
    most ``INDICO_MAX_ACTIVE_JOBS`` such early computations in a process; past
    that, the task waits for the insert). The price frame
    travels to each worker once; later jobs on the same prices send only its
-   token (:class:`FrameTokens`, :func:`run_on_frame`).
+   token (:class:`FrameTokens`, :func:`run_on_frame`), and reuse the moments
+   the worker made of it (:class:`WorkerFrame`).
 4. It records how the job ended (:func:`indico.db.jobs.complete_job`, which
    returns the stored job) and publishes the ``done`` or ``failed`` event.
 5. The request waits for steps 3–4 up to ``INDICO_JOB_WAIT`` seconds (none
