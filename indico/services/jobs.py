@@ -129,7 +129,7 @@ Returned = TypeVar("Returned")
 class WorkerFrame:
     """A price frame in a worker process, as every work function gets it (:func:`run_on_frame`).
 
-    Frozen, and its frame is never written: the moments that :meth:`market`
+    Frozen, and its frame is never written: the moments that :attr:`market`
     keeps are those of these prices (``MarketData.prices`` may be a view of them).
 
     Attributes:
@@ -139,8 +139,8 @@ class WorkerFrame:
 
     prices: pd.DataFrame
     benchmark: pd.Series | None
-    _market: MarketData | None = dataclasses.field(default=None, init=False, repr=False)
 
+    @functools.cached_property
     def market(self) -> MarketData:
         """The prices validated, with their sample moments; made once, by the first work asking.
 
@@ -150,11 +150,10 @@ class WorkerFrame:
         on the critical path of each answer). Its arrays are read-only.
 
         Raises:
-            OptimizationError: prices that cannot be optimized (to each work asking).
+            OptimizationError: prices that cannot be optimized (to each work asking:
+                a failure is not kept).
         """
-        if self._market is None:
-            object.__setattr__(self, "_market", prepare_prices(self.prices))
-        return cast(MarketData, self._market)
+        return prepare_prices(self.prices)
 
 
 Work = Callable[[WorkerFrame, dict], dict]
@@ -191,7 +190,7 @@ def run_optimization(frame: WorkerFrame, params: dict) -> dict:
     Raises:
         OptimizationError: the problem has no solution as posed.
     """
-    return optimize(frame.market(), initial_investment=params["initial_investment"],
+    return optimize(frame.market, initial_investment=params["initial_investment"],
                     benchmark=frame.benchmark, time_limit=params.get("time_limit"),
                     **engine_options(params)).to_dict()
 
@@ -272,7 +271,7 @@ def run_frontier(frame: WorkerFrame, params: dict) -> dict:
     Raises:
         OptimizationError: the problem has no solution as posed.
     """
-    return efficient_frontier(frame.market(), weight_bounds=tuple(params["weight_bounds"]),
+    return efficient_frontier(frame.market, weight_bounds=tuple(params["weight_bounds"]),
                               **{key: params[key] for key in FRONTIER_OPTIONS})
 
 

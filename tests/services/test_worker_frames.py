@@ -152,24 +152,24 @@ class RunOnFrameTest(unittest.TestCase):
         fresh = run_optimization(WorkerFrame(prices, benchmark), PARAMS)
         self.assertEqual(run_on_frame(run_optimization, 7, PARAMS, prices, benchmark), fresh)
         kept = jobs._worker_frames[7]
-        market = kept._market  # made by that optimization, kept with the frame
+        market = kept.__dict__.get("market")  # made by that optimization, kept
         self.assertIsNotNone(market)
         self.assertFalse(market.cov.flags.writeable)  # shared by the tasks: read-only
         for objective in ("min_volatility", "hrp", "max_sharpe"):
             params = {**PARAMS, "objective": objective}
             self.assertEqual(run_on_frame(run_optimization, 7, params),
                              run_optimization(WorkerFrame(prices, benchmark), params))
-        self.assertIs(kept._market, market)
+        self.assertIs(kept.market, market)
         self.assertIs(jobs._worker_frames[7], kept)
         frontier = {"points": 5, "risk_free_rate": 0.0, "weight_bounds": [0.0, 1.0],
                     "returns_model": "mean", "returns_span": 500, "risk_model": "sample",
                     "risk_span": 180, "groups": None}
         self.assertEqual(run_on_frame(run_frontier, 7, frontier),
                          run_frontier(WorkerFrame(prices, None), frontier))
-        self.assertIs(kept._market, market)
+        self.assertIs(kept.market, market)
         # A frontier makes the moments of a frame it gets first, too.
         run_on_frame(run_frontier, 11, frontier, prices, None)
-        self.assertIsNotNone(jobs._worker_frames[11]._market)
+        self.assertIn("market", jobs._worker_frames[11].__dict__)
 
     def test_prices_that_cannot_be_optimized_fail_every_task_on_them(self):
         prices = frame()
