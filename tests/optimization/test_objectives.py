@@ -1,6 +1,7 @@
 """hrp, min_cvar, inverse_volatility, max_diversification, and the new statistics.
 
-HRP against a 4-asset case worked by hand (with and without a binding bound);
+HRP against a 4-asset case worked by hand (with and without a binding bound) and
+against the bisection written out recursively, cluster by cluster;
 min_cvar against an independent LP (another formulation, another HiGHS algorithm)
 and the sorted-loss closed form of CVaR; the other two against closed forms and
 multi-start SLSQP; risk contributions against risk parity's equal shares.
@@ -43,6 +44,32 @@ def hand_covariance():
     return cov
 
 
+def recursive_hrp(cov, order, lower, upper):
+    """HRP weights by the module docstring's bisection, one cluster at a time."""
+    weights = np.zeros(len(order))
+
+    def variance(cluster):
+        block = cov[np.ix_(cluster, cluster)]
+        inverse = 1.0 / np.diag(block)
+        inverse /= inverse.sum()
+        return inverse @ block @ inverse
+
+    def cut(cluster, total):
+        if len(cluster) == 1:
+            weights[cluster[0]] = total
+            return
+        left, right = cluster[:len(cluster) // 2], cluster[len(cluster) // 2:]
+        alpha = 1.0 - variance(left) / (variance(left) + variance(right))
+        low = max(lower[left].sum(), total - upper[right].sum())
+        high = min(upper[left].sum(), total - lower[right].sum())
+        share = min(max(alpha * total, low), high)
+        cut(left, share)
+        cut(right, total - share)
+
+    cut(list(order), 1.0)
+    return weights
+
+
 class HierarchicalRiskParityTest(unittest.TestCase):
     # By hand: cluster {A, B}: inverse-variance weights (100, 25)/125 = (0.8, 0.2),
     # V = 0.64·0.01 + 0.04·0.04 + 2·0.8·0.2·(0.8·0.1·0.2) = 0.01312; cluster {C, D}:
@@ -75,6 +102,24 @@ class HierarchicalRiskParityTest(unittest.TestCase):
         # {C, D} needs at least 0.2 and gets 1 - a = 0.126 unbounded: the cut moves.
         a = 1 - 0.2
         assert_allclose(weights, [0.8 * a, 0.0, 0.2 * a, 0.2], atol=1e-15)
+
+    def test_every_cluster_as_the_recursive_bisection_weighs_it(self):
+        # hrp_weights computes every cluster's variance at once; here each cut is
+        # computed on its own, as the module docstring states it, for sizes that
+        # split evenly and unevenly, with and without binding bounds.
+        prices = sample_prices()
+        rng = np.random.default_rng(13)
+        for n in (2, 3, 5, 8, 13, 20):
+            symbols = list(rng.choice(prices.columns, n, replace=False))
+            cov = prepare_prices(prices.loc["2012":"2016", symbols]).cov
+            order = quasi_diagonal_order(cov)
+            for lower, upper in ((np.zeros(n), np.ones(n)),
+                                 (np.zeros(n), np.full(n, 1.5 / n)),
+                                 (np.full(n, 0.5 / n), np.ones(n))):
+                expected = recursive_hrp(cov, order, lower, upper)
+                with self.subTest(n=n, lower=lower[0], upper=upper[0]):
+                    assert_allclose(hrp_weights(cov, lower, upper), expected,
+                                    rtol=1e-13, atol=1e-15)
 
     def test_one_asset_gets_everything(self):
         assert_allclose(optimize(window(symbols=["KO"]), "hrp").weights, [1.0])
