@@ -6,13 +6,14 @@ reach a response.
 """
 
 import datetime
-from typing import Annotated, Literal
+from typing import Annotated
 
 import email_validator
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 from pydantic_core import PydanticCustomError
 
 from indico.db.records import User
+from indico.optimization import Objective
 from indico.services.auth import NewSession
 from indico.services.price_files import SYMBOL_RULE, normalize_symbol
 
@@ -61,10 +62,9 @@ class Request(BaseModel):
 class Preferences(Request):
     """A user's small settings object."""
 
-    default_objective: Literal[
-        "max_sharpe", "min_volatility", "efficient_return", "efficient_risk",
-        "buy_and_hold_sharpe", "risk_parity", "equal_weight",
-    ] | None = None
+    # Every objective portfolio/optimize takes (the engine's enum: a new objective
+    # is a valid default at once), given as its name.
+    default_objective: Objective | None = Field(None, strict=False)
     risk_free_rate: float | None = Field(None, ge=0, le=1)
     currency: Annotated[str, StringConstraints(pattern=r"^[A-Z]{3}$")] | None = None
 

@@ -6,6 +6,7 @@ import json
 from bson import ObjectId
 
 from indico.db.util import now
+from indico.optimization import Objective
 from tests.harness import ServerTest
 
 PASSWORD = "correct horse"
@@ -98,22 +99,30 @@ class UserTest(ServerTest):
     def test_a_preference_set_to_null_is_cleared(self):
         self.update({"preferences": {"currency": "EUR", "risk_free_rate": 0.02}})
         status, body = self.update({"preferences": {"currency": None,
-                                                    "default_objective": "hrp"}})
+                                                    "default_objective": "max_return"}})
         self.assertError((status, body), 400, "ValidationError",
                          "update_user.preferences.default_objective")
         self.assertEqual(self.stored_preferences(), {"currency": "EUR", "risk_free_rate": 0.02})
         status, body = self.update({"preferences": {"currency": None,
-                                                    "default_objective": "risk_parity"}})
+                                                    "default_objective": "hrp"}})
         self.assertEqual(status, 200, body)
         self.assertEqual(body["data"]["user"]["preferences"],
-                         {"currency": None, "default_objective": "risk_parity",
+                         {"currency": None, "default_objective": "hrp",
                           "risk_free_rate": 0.02})
-        self.assertEqual(self.stored_preferences(), {"default_objective": "risk_parity",
+        self.assertEqual(self.stored_preferences(), {"default_objective": "hrp",
                                                      "risk_free_rate": 0.02})
         status, body = self.update({"preferences": {"currency": None, "risk_free_rate": None,
                                                     "default_objective": None}})
         self.assertEqual(status, 200, body)
         self.assertEqual(self.stored_preferences(), {})
+
+    def test_every_objective_of_optimize_is_a_valid_default(self):
+        for objective in Objective:
+            status, body = self.update({"preferences": {"default_objective": objective.value}})
+            self.assertEqual(status, 200, body)
+            self.assertEqual(body["data"]["user"]["preferences"]["default_objective"],
+                             objective.value)
+            self.assertEqual(self.stored_preferences(), {"default_objective": objective.value})
 
     def test_an_unknown_preference_is_400_and_changes_nothing(self):
         self.update({"preferences": {"currency": "EUR"}})
