@@ -22,7 +22,7 @@ background (:meth:`indico.services.jobs.JobService.backtest`).
 
 import datetime
 import math
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import (
     AliasChoices,
@@ -337,6 +337,19 @@ class FrontierRequest(MarketRequest):
                         le=FRONTIER_MAX_POINTS,
                         description="how many frontier points, evenly spaced in expected "
                                     "return")
+    # optimize's field, understood but not offered here: a 422 that says so, not
+    # the 400 of an unknown field; left out of the OpenAPI document.
+    max_assets: SkipJsonSchema[Any] = Field(
+        None, exclude=True, validation_alias=AliasChoices("maxAssets", "max_assets"))
+
+    def _check_bounds(self, config: Config) -> None:
+        if self.max_assets is not None:
+            raise error.OptimizationError(
+                "maxAssets: portfolio/frontier has no limit on the number of assets (each "
+                "point is the exact minimum-volatility portfolio of all the symbols); remove "
+                "maxAssets, or ask portfolio/optimize for max_sharpe or min_volatility with "
+                "it", field="maxAssets")
+        super()._check_bounds(config)
 
     def params(self) -> dict:
         """The normalized parameters of the frontier."""

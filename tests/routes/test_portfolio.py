@@ -365,6 +365,11 @@ class FrontierTest(PortfolioTest):
              "weightBounds: with 4 symbols and an upper bound of 0.2"),
             ({**FRONTIER_BODY, "symbols": ["AAPL", "NOPE"]}, 422, "UnknownSymbols", "NOPE"),
             ({**FRONTIER_BODY, "riskModel": "moon"}, 400, "ValidationError", "riskModel"),
+            # optimize's field, understood: what to do instead, not "unknown field".
+            ({**FRONTIER_BODY, "maxAssets": 3}, 422, "OptimizationError",
+             "maxAssets: portfolio/frontier has no limit on the number of assets"),
+            ({**FRONTIER_BODY, "max_assets": 3, "weightBounds": [0, 0.2]}, 422,
+             "OptimizationError", "ask portfolio/optimize for max_sharpe or min_volatility"),
         ]
         for body, status, error_type, part in cases:
             with self.subTest(body=body):
@@ -385,6 +390,8 @@ class FrontierTest(PortfolioTest):
         schemas = document["components"]["schemas"]
         self.assertIn("points", schemas["FrontierRequest"]["properties"])
         self.assertNotIn("objective", schemas["FrontierRequest"]["properties"])
+        self.assertNotIn("maxAssets", schemas["FrontierRequest"]["properties"])
+        self.assertNotIn("max_assets", schemas["FrontierRequest"]["properties"])
         self.assertEqual(schemas["FrontierRequest"]["properties"]["points"]["maximum"], 200)
 
 
