@@ -99,11 +99,19 @@ def check_bounds(lower, upper):
             "weightBounds: each lower bound must not exceed its upper bound."
         )
     low_sum, high_sum = float(lower.sum()), float(upper.sum())
-    if low_sum > 1.0 + 1e-12 or high_sum < 1.0 - 1e-12:
+    # Each case gets the advice that can help: more symbols only raise the least
+    # total, and a higher upper bound does not lower it.
+    if low_sum > 1.0 + 1e-12:
         raise OptimizationError(
-            f"weightBounds cannot sum to 1: with {lower.size} assets the weights can only "
-            f"total between {low_sum:.6g} and {high_sum:.6g}. Raise the upper bound to at "
-            f"least {1.0 / lower.size:.6g}, lower the lower bound, or add symbols."
+            f"weightBounds cannot sum to 1: the lower bounds of the {lower.size} assets "
+            f"total {low_sum:.6g}, more than 1. Lower the lower bounds (to at most "
+            f"{1.0 / lower.size:.6g} each when they are equal), or drop symbols that have one."
+        )
+    if high_sum < 1.0 - 1e-12:
+        raise OptimizationError(
+            f"weightBounds cannot sum to 1: the upper bounds of the {lower.size} assets "
+            f"total {high_sum:.6g}, less than 1. Raise the upper bounds (to at least "
+            f"{1.0 / lower.size:.6g} each when they are equal), or add symbols."
         )
 
 

@@ -100,7 +100,7 @@ def _config(info: ValidationInfo) -> Config:
 BOUNDS_TOLERANCE = 1e-12
 
 
-def bounds_problem(count: int, low: float, high: float, max_symbols: int) -> str | None:
+def shared_bounds_problem(count: int, low: float, high: float, max_symbols: int) -> str | None:
     """Say why ``count`` weights within ``[low, high]`` cannot sum to 1, and what helps.
 
     Args:
@@ -244,7 +244,8 @@ class MarketRequest(Request):
 
     def _check_bounds(self, config: Config) -> None:
         """Refuse bounds no portfolio of the symbols fits (a subclass may relax the rule)."""
-        problem = bounds_problem(len(self.symbols), *self.weight_bounds, config.max_symbols)
+        problem = shared_bounds_problem(len(self.symbols), *self.weight_bounds,
+                                        config.max_symbols)
         if problem:
             raise error.OptimizationError(problem, field="weightBounds")
 

@@ -57,10 +57,20 @@ class ErrorsTest(unittest.TestCase):
     def test_not_a_frame(self):
         self.assert_fails("DataFrame", prices=np.ones((10, 3)))
 
-    def test_bounds_cannot_sum_to_one(self):
-        self.assert_fails("cannot sum to 1", "between 0 and 0.6",
-                          weight_bounds=(0.0, 0.2))
-        self.assert_fails("cannot sum to 1", weight_bounds=(0.4, 1.0))
+    def test_bounds_cannot_sum_to_one_with_advice_that_helps(self):
+        # Three assets: caps of 0.2 total 0.6; floors of 0.4 total 1.2, where more
+        # symbols or higher caps cannot help.
+        error = self.assert_fails("cannot sum to 1", "upper bounds of the 3 assets total 0.6",
+                                  "Raise the upper bounds (to at least 0.333333",
+                                  "or add symbols", weight_bounds=(0.0, 0.2))
+        self.assertNotIn("lower", error.message)
+        error = self.assert_fails("cannot sum to 1", "lower bounds of the 3 assets total 1.2",
+                                  "Lower the lower bounds (to at most 0.333333",
+                                  "drop symbols", weight_bounds=(0.4, 1.0))
+        self.assertNotIn("add symbols", error.message)
+        self.assertNotIn("upper", error.message)
+        self.assert_fails("lower bounds of the 3 assets total 1.05",
+                          weight_bounds={"AAPL": (0.5, 1.0), "XOM": (0.55, 1.0)})
 
     def test_bounds_outside_unit_interval_or_reversed(self):
         self.assert_fails("short selling", weight_bounds=(-0.5, 1.0))
