@@ -17,13 +17,13 @@ The time comes from a :class:`indico.db.util.Clock` given to the store, so
 tests move a clock instead of sleeping.
 """
 
-import collections
 import contextlib
 import datetime
 import hashlib
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import cachetools
 from pymongo.asynchronous.database import AsyncDatabase
 
 from indico.db import sessions, users
@@ -32,8 +32,8 @@ from indico.db.records import Account, Session, User
 from indico.db.util import SYSTEM_CLOCK, Clock
 from indico.utils.marks import ChangeMarks
 
-# An entry of a cache table: the record, its mark as read before it, its end of life.
-Entry = tuple[Any, int, float]
+# An entry of a cache table: the record and its mark as read before it.
+Entry = tuple[Any, int]
 
 
 def token_hash(token: str) -> str:
@@ -65,41 +65,42 @@ class SessionCache:
     Args:
         marks: the host's ChangeMarks.
         lifetime: seconds an entry may be used at most.
-        size: the most entries of each kind kept (the oldest go first).
+        size: the most entries of each kind kept (the least recently used go first).
         clock: the time (entry lifetimes, session expiry).
     """
 
     def __init__(self, marks: ChangeMarks, lifetime: float, size: int = 100_000,
-                 clock: Clock = SYSTEM_CLOCK, timeout: float | None = None) -> None:
+                 clock: Clock = SYSTEM_CLOCK) -> None:
         self.marks = marks
         self.lifetime = lifetime
         self.size = size
         self.clock = clock
-        self.sessions: collections.OrderedDict[str, Entry] = collections.OrderedDict()
-        self.users: collections.OrderedDict[str, Entry] = collections.OrderedDict()
+        # cachetools drops an entry ``lifetime`` seconds after it was put (on the
+        # clock given, so tests move it) and, when full, the least recently used.
+        self.sessions: cachetools.TTLCache[str, Entry] = cachetools.TTLCache(
+            size, lifetime, timer=clock.monotonic)
+        self.users: cachetools.TTLCache[str, Entry] = cachetools.TTLCache(
+            size, lifetime, timer=clock.monotonic)
 
     @property
     def enabled(self) -> bool:
         """True unless the lifetime is 0."""
         return self.lifetime > 0
 
-    def _get(self, table: collections.OrderedDict[str, Entry], key: str,
+    def _get(self, table: cachetools.TTLCache[str, Entry], key: str,
              mark_of: Callable[[Any], str]) -> Any:
         entry = table.get(key)
         if entry is None:
             return None
-        value, stamp, until = entry
-        if self.clock.monotonic() >= until or self.marks.read(mark_of(value)) != stamp:
+        value, stamp = entry
+        if self.marks.read(mark_of(value)) != stamp:
             del table[key]
             return None
         return value
 
-    def _put(self, table: collections.OrderedDict[str, Entry], key: str, value: object,
+    def _put(self, table: cachetools.TTLCache[str, Entry], key: str, value: object,
              stamp: int) -> None:
-        table[key] = (value, stamp, self.clock.monotonic() + self.lifetime)
-        table.move_to_end(key)
-        if len(table) > self.size:
-            table.popitem(last=False)
+        table[key] = (value, stamp)
 
     def get_session(self, key: str) -> Session | None:
         """The cached session under token hash ``key`` if nothing changed, else None."""

@@ -74,10 +74,14 @@ class SessionCacheTest(unittest.TestCase):
         for key in ("a", "b", "c"):
             cache.put_session(key, session("u"), 0)
         self.assertEqual(list(cache.sessions), ["b", "c"])  # the oldest went first
+        self.assertIsNotNone(cache.get_session("b"))  # ... or rather the least recently used
+        cache.put_session("d", session("u"), 0)
+        self.assertEqual(sorted(cache.sessions), ["b", "d"])
         cache.put_session("gone", session("u", seconds=-1), 0)
         self.assertIsNone(cache.get_session("gone"))  # the session itself expired
         clock.advance(0.06)
-        self.assertIsNone(cache.get_session("c"))
+        self.assertIsNone(cache.get_session("d"))
+        self.assertEqual(len(cache.sessions), 0)  # every entry outlived its lifetime
         self.assertFalse(SessionCache(self.marks, lifetime=0).enabled)
         self.assertTrue(cache.enabled)
 
