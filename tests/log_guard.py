@@ -5,8 +5,9 @@ the check is per test, so the failure names the test and shows the records.
 A test that expects an ERROR says so with ``assertLogs`` (which takes the
 records of its logger away from the root logger, where this guard listens).
 A record logged between two tests (an asyncio task garbage-collected late,
-say) fails the next test, and says so; one logged after the last test is
-printed before the closing line.
+say) fails the next test, and says so; one logged after the last test (a
+module's teardown, say) is printed before the closing line and fails the run:
+its exit status is 1 although every test passed.
 """
 
 import logging
@@ -53,6 +54,7 @@ class LogGuard(Plugin):
 
     def __init__(self) -> None:
         self.recorder = Recorder()
+        self.late: list[tuple[logging.LogRecord, bool]] = []
         logging.getLogger().addHandler(self.recorder)
 
     def startTest(self, event) -> None:
@@ -73,7 +75,20 @@ class LogGuard(Plugin):
                 f"{len(records)} unexpected log record(s) at ERROR or above (expect them "
                 f"with assertLogs):\n{describe(records)}")
 
+    def stopTestRun(self, event) -> None:
+        # Before afterTestRun, where the reporter writes the reports and asks
+        # wasSuccessful (once: nose2 keeps the answer).
+        self.late = self.recorder.take()
+
+    def wasSuccessful(self, event) -> None:
+        if self.late:
+            event.success = False
+
     def afterSummaryReport(self, event) -> None:
+        if self.late:
+            event.stream.writeln("logged at ERROR after the last test (the run fails):\n"
+                                 + describe(self.late))
         records = self.recorder.take()
-        if records:
-            event.stream.writeln("logged at ERROR after the last test:\n" + describe(records))
+        if records:  # during the reports: too late to fail the run, but shown
+            event.stream.writeln("logged at ERROR while the run was reported:\n"
+                                 + describe(records))

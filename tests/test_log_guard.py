@@ -33,17 +33,38 @@ SAMPLE = textwrap.dedent('''
 ''')
 
 
+AFTER_THE_LAST_TEST = textwrap.dedent('''
+    import logging
+    import unittest
+
+
+    def tearDownModule():
+        logging.getLogger("sample").error("a task died after the tests")
+
+
+    class Sample(unittest.TestCase):
+
+        def test_passes(self):
+            pass
+''')
+
+
+def run_sample(source):
+    """Run nose2 with the project's plugins on a module of ``source``; its CompletedProcess."""
+    with tempfile.TemporaryDirectory() as directory:
+        with open(os.path.join(directory, "test_sample.py"), "w") as handle:
+            handle.write(source)
+        return subprocess.run(
+            [sys.executable, "-m", "nose2", "-c", os.path.join(REPO, "setup.cfg"),
+             "--start-dir", directory, "--top-level-directory", directory],
+            cwd=directory, capture_output=True, text=True, timeout=120,
+            env={**os.environ, "PYTHONPATH": REPO, "SUITE_STEP": ""})
+
+
 class LogGuardTest(unittest.TestCase):
 
     def test_only_the_tests_with_unexpected_errors_fail(self):
-        with tempfile.TemporaryDirectory() as directory:
-            with open(os.path.join(directory, "test_sample.py"), "w") as handle:
-                handle.write(SAMPLE)
-            run = subprocess.run(
-                [sys.executable, "-m", "nose2", "-c", os.path.join(REPO, "setup.cfg"),
-                 "--start-dir", directory, "--top-level-directory", directory],
-                cwd=directory, capture_output=True, text=True, timeout=120,
-                env={**os.environ, "PYTHONPATH": REPO, "SUITE_STEP": ""})
+        run = run_sample(SAMPLE)
         output = run.stderr + run.stdout
         self.assertNotEqual(run.returncode, 0, output)
         self.assertIn("2 passed, 2 failed", output)
@@ -52,3 +73,11 @@ class LogGuardTest(unittest.TestCase):
         self.assertIn("unexpected log record(s) at ERROR or above", output)
         self.assertIn("ERROR sample: the disk is on fire", output)
         self.assertIn("CRITICAL sample: late and bad", output)
+
+    def test_a_record_after_the_last_test_fails_the_run(self):
+        run = run_sample(AFTER_THE_LAST_TEST)
+        output = run.stderr + run.stdout
+        self.assertEqual(run.returncode, 1, output)
+        self.assertIn("1 passed, 0 failed", output)
+        self.assertIn("logged at ERROR after the last test (the run fails)", output)
+        self.assertIn("ERROR sample: a task died after the tests", output)
