@@ -196,20 +196,6 @@ class BuyAndHoldSharpe:
             + 2 * excess * np.outer(grad_std, grad_std) / (variance * std)
         )
 
-    def derivatives(self, weights, hessian=True, block=None):
-        """Return ``(f, gradient, hessian)`` at ``weights``.
-
-        Args:
-            weights: array of shape (n,), with ``y_t · w > 0`` for every t.
-            hessian: when False the third item is None.
-            block: see :meth:`hessian`.
-
-        Returns:
-            float, array of shape (n,), array of shape (k, k) or None.
-        """
-        value, gradient = self.value(weights), self.gradient(weights)
-        return value, gradient, self.hessian(weights, block) if hessian else None
-
 
 @functools.lru_cache(maxsize=64)
 def _null_space_of_ones(size):
@@ -254,11 +240,6 @@ class Climb:
         self.gradient = problem.gradient(self.weights)
         self.converged = False
         self.iterations = 0
-
-    def face(self):
-        """Boolean mask (shape (n,)) of the assets strictly inside their bounds."""
-        gap = self.BOUND_GAP
-        return (self.weights > self.lower + gap) & (self.weights < self.upper - gap)
 
     def step(self):
         """Take one Newton step, or set ``converged`` when the KKT conditions hold.

@@ -1,4 +1,4 @@
-"""buy_and_hold_sharpe: derivatives, global search and the seed's algorithm.
+"""buy_and_hold_sharpe: its gradient and Hessian, global search and the seed's algorithm.
 
 The global search is cross-checked against many random-start SLSQP runs (with the
 analytic gradient) on windows of the sample data known to have several local
@@ -22,8 +22,7 @@ def slsqp(problem, start, upper=1.0):
     n = problem.n
 
     def negative(w):
-        value, gradient, _ = problem.derivatives(w, hessian=False)
-        return -value, -gradient
+        return -problem.value(w), -problem.gradient(w)
 
     result = minimize(
         negative, start, jac=True, method="SLSQP", bounds=[(0.0, upper)] * n,
@@ -41,18 +40,17 @@ class DerivativesTest(unittest.TestCase):
         rng = np.random.default_rng(1)
         weights = rng.dirichlet(np.ones(20))
         direction = rng.normal(size=20)
-        value, gradient, hessian = problem.derivatives(weights)
+        gradient, hessian = problem.gradient(weights), problem.hessian(weights)
         h = 1e-6
         numeric = (problem.value(weights + h * direction)
                    - problem.value(weights - h * direction)) / (2 * h)
         assert_allclose(gradient @ direction, numeric, rtol=1e-6)
-        plus = problem.derivatives(weights + h * direction, hessian=False)[1]
-        minus = problem.derivatives(weights - h * direction, hessian=False)[1]
+        plus = problem.gradient(weights + h * direction)
+        minus = problem.gradient(weights - h * direction)
         assert_allclose(hessian @ direction, (plus - minus) / (2 * h), rtol=1e-4, atol=1e-4)
         block = np.array([2, 5, 7])
-        assert_allclose(problem.derivatives(weights, block=block)[2],
-                        hessian[np.ix_(block, block)], rtol=1e-12)
-        assert_allclose(value, problem.value(weights), rtol=1e-14)
+        assert_allclose(problem.hessian(weights, block), hessian[np.ix_(block, block)],
+                        rtol=1e-12)
 
     def test_projection_onto_bounded_simplex(self):
         lower, upper = np.zeros(5), np.full(5, 0.3)
