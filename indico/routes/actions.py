@@ -11,6 +11,7 @@ An action gets its validated request model and returns its payload, or a
 :class:`Reply` when the status of its success depends on the outcome.
 """
 
+import contextlib
 import dataclasses
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import Any
@@ -22,6 +23,21 @@ from indico import error
 from indico.db.util import ensure_reachable
 from indico.routes.base import BaseHandler
 from indico.routes.body import parse_body, validate
+
+
+@contextlib.contextmanager
+def naming(field: str, *kinds: type[error.IndicoError]) -> Iterator[None]:
+    """Name the request field ``field`` in the errors of ``kinds`` raised in the block.
+
+    The services speak no wire names: the action that called them knows which
+    field of its request an error is about (the email of a sign-up, the current
+    password of a change), and says so in the error's ``field``.
+    """
+    try:
+        yield
+    except kinds as exc:
+        exc.details.setdefault("field", field)
+        raise
 
 
 class EmptyRequest(pydantic.BaseModel):

@@ -4,7 +4,8 @@ from typing import Annotated
 
 from pydantic import StringConstraints
 
-from indico.routes.actions import ActionHandler, action
+from indico import error
+from indico.routes.actions import ActionHandler, action, naming
 from indico.routes.models import (
     Email,
     Empty,
@@ -39,8 +40,9 @@ class AuthHandler(ActionHandler):
             errors=(409, 429))
     async def signup(self, body):
         """Create an account and return its first session token."""
-        session = await self.services.auth.signup(
-            body.email, body.password, body.name, self.client_address())
+        with naming("email", error.Conflict):
+            session = await self.services.auth.signup(
+                body.email, body.password, body.name, self.client_address())
         return SessionResponse.from_session(session)
 
     @action(request=LoginRequest, response=SessionResponse, auth=False, errors=(401, 429))

@@ -60,6 +60,7 @@ from indico.optimization.engine import (
 from indico.optimization.groups import MAX_GROUPS, parse_groups
 from indico.routes.actions import ActionHandler, Reply, action
 from indico.routes.models import Empty, Request, Symbol
+from indico.services.portfolio import Position, decode_cursor
 
 SEED_DATE_FORMAT = "%m-%d-%y"
 
@@ -421,6 +422,20 @@ class ListRequest(Request):
     limit: int = Field(20, ge=1, le=1000)
     cursor: Annotated[str, StringConstraints(max_length=200)] | None = None
 
+    @field_validator("cursor")
+    @classmethod
+    def _a_cursor_of_ours(cls, cursor: str | None) -> str | None:
+        if cursor:
+            try:
+                decode_cursor(cursor)
+            except ValueError as exc:
+                raise PydanticCustomError("cursor", str(exc)) from None
+        return cursor
+
+    def position(self) -> Position | None:
+        """Where the page starts: after the job the cursor names; None for the first page."""
+        return decode_cursor(self.cursor) if self.cursor else None
+
 
 class Progress(BaseModel):
     """A backtest's rebalances computed so far, of all."""
@@ -558,7 +573,7 @@ class PortfolioHandler(ActionHandler):
     async def list_results(self, body):
         """The caller's results, newest first; pass ``cursor`` for the next page."""
         page, cursor = await self.services.portfolio.list_results(self.owner, body.limit,
-                                                                  body.cursor)
+                                                                  body.position())
         return JobList(results=[JobPublic.from_record(job, summary=True) for job in page],
                        cursor=cursor)
 

@@ -2,7 +2,8 @@
 
 from pydantic import ConfigDict, model_validator
 
-from indico.routes.actions import ActionHandler, action
+from indico import error
+from indico.routes.actions import ActionHandler, action, naming
 from indico.routes.models import (
     Email,
     Empty,
@@ -65,18 +66,21 @@ class UserHandler(ActionHandler):
         """
         # Only the keys given, nulls included: a null clears its key.
         fields = body.update_user.model_dump(exclude_unset=True)
-        updated = await self.services.users.update(self.user, fields)
+        with naming("email", error.Conflict):
+            updated = await self.services.users.update(self.user, fields)
         return UserResponse(user=UserPublic.from_record(updated))
 
     @action(request=PasswordRequest, response=Empty, errors=(403, 429))
     async def password(self, body):
         """Change the password; every other session of the user is revoked."""
-        await self.services.users.change_password(
-            self.user, body.current_password, body.new_password, self.bearer_token())
+        with naming("current_password", error.Forbidden):
+            await self.services.users.change_password(
+                self.user, body.current_password, body.new_password, self.bearer_token())
         return {}
 
     @action("delete", request=DeleteRequest, response=Empty, errors=(403, 429))
     async def delete_user(self, body):
         """Delete the account, its sessions and its saved results (password required)."""
-        await self.services.users.delete(self.user, body.password)
+        with naming("password", error.Forbidden):
+            await self.services.users.delete(self.user, body.password)
         return {}

@@ -107,12 +107,12 @@ class AuthService:
                           self.config.signup_window,
                           "too many sign-ups from this address; try later")
         if await self.store.get_account_by_email(email):
-            raise error.Conflict("an account with this email exists", field="email")
+            raise error.Conflict("an account with this email exists")
         password_hash = await self.passwords.hash(password)
         try:
             user = await self.store.create_account(email, password_hash, name)
         except DuplicateKeyError:
-            raise error.Conflict("an account with this email exists", field="email") from None
+            raise error.Conflict("an account with this email exists") from None
         return await self._new_session(user)
 
     async def login(self, email: str, password: str, address: str) -> NewSession:

@@ -23,19 +23,22 @@ def encode_cursor(job: Job) -> str:
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
-def decode_cursor(cursor: str) -> tuple[datetime.datetime, str]:
-    """Return ``(created, id)`` from a cursor made by :func:`encode_cursor`.
+#: The position after a job in the newest-first order: its ``(created, id)``.
+Position = tuple[datetime.datetime, str]
+
+
+def decode_cursor(cursor: str) -> Position:
+    """Return the position in a cursor made by :func:`encode_cursor`.
 
     Raises:
-        ValidationError: not such a cursor.
+        ValueError: not such a cursor (the request model turns it into a 400).
     """
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         created, job_id = json.loads(raw)
         return datetime.datetime.fromisoformat(created), str(job_id)
     except (ValueError, TypeError) as exc:
-        raise error.ValidationError("cursor: not a cursor from portfolio/list",
-                                    field="cursor") from exc
+        raise ValueError("not a cursor from portfolio/list") from exc
 
 
 class PortfolioService:
@@ -62,21 +65,18 @@ class PortfolioService:
         return job
 
     async def list_results(self, owner: str, limit: int,
-                           cursor: str | None = None) -> tuple[list[Job], str | None]:
+                           after: Position | None = None) -> tuple[list[Job], str | None]:
         """A page of ``owner``'s jobs, newest first, and the cursor of the next page.
 
         Args:
             limit: the page size, capped at ``INDICO_LIST_LIMIT_MAX``.
-            cursor: from the previous page, or None for the first.
+            after: the position of the previous page's cursor (:func:`decode_cursor`),
+                or None for the first page.
 
         Returns:
             ``(jobs, next_cursor)``; ``next_cursor`` is None on the last page.
-
-        Raises:
-            ValidationError: a cursor that did not come from here.
         """
         limit = min(limit, self.config.list_limit_max)
-        after = decode_cursor(cursor) if cursor else None
         page = await jobs.list_jobs(self.db, owner, limit + 1, after)
         next_cursor = encode_cursor(page[limit - 1]) if len(page) > limit else None
         return page[:limit], next_cursor

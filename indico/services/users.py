@@ -54,14 +54,14 @@ class UsersService:
         try:
             await self.store.update_profile(user.id, fields)
         except DuplicateKeyError:
-            raise error.Conflict("an account with this email exists", field="email") from None
+            raise error.Conflict("an account with this email exists") from None
         updated = await self.store.get_user(user.id)
         if updated is None:
             raise error.Unauthorized("the account no longer exists",
                                      bearer_error="invalid_token")
         return updated
 
-    async def _check_password(self, user: User, password: str, field: str) -> Account:
+    async def _check_password(self, user: User, password: str) -> Account:
         """Return the stored user when ``password`` is theirs.
 
         Wrong passwords count against the account's login limit
@@ -77,18 +77,18 @@ class UsersService:
             raise error.Unauthorized("the account no longer exists",
                                      bearer_error="invalid_token")
         if not await self.auth.confirm_password(stored, password):
-            raise error.Forbidden("the password is wrong", field=field)
+            raise error.Forbidden("the password is wrong")
         return stored
 
     async def change_password(self, user: User, current_password: str, new_password: str,
                               token: str) -> None:
         """Set a new password and revoke every session but the caller's (``token``'s)."""
-        stored = await self._check_password(user, current_password, "current_password")
+        stored = await self._check_password(user, current_password)
         new_hash = await self.passwords.hash(new_password)
         await self.store.change_password(stored.id, new_hash, keep_token=token)
 
     async def delete(self, user: User, password: str) -> None:
         """Delete the user, their sessions and their results."""
-        stored = await self._check_password(user, password, "password")
+        stored = await self._check_password(user, password)
         await jobs.delete_owner_jobs(self.db, stored.id)
         await self.store.delete_account(stored.id)

@@ -434,8 +434,10 @@ class OwnershipTest(PortfolioTest):
                                  token=self.token)
         self.assertEqual([job["id"] for job in body["data"]["results"]], ids[:1])
         self.assertIsNone(body["data"]["cursor"])
-        self.assertError(self.post("/portfolio/list", {"cursor": "garbage!"}, token=self.token),
-                         400, "ValidationError", "cursor")
+        error = self.assertError(self.post("/portfolio/list", {"cursor": "garbage!"},
+                                           token=self.token),
+                                 400, "ValidationError", "cursor: not a cursor from portfolio/list")
+        self.assertEqual(error["field"], "cursor")
         self.assertError(self.post("/portfolio/list", {"limit": 0}, token=self.token),
                          400, "ValidationError", "limit")
 
