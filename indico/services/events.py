@@ -15,7 +15,7 @@ import asyncio
 import datetime
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import cachetools
@@ -46,6 +46,7 @@ POLL_BACKOFF_LIMIT = 5
 
 Message = dict[str, Any]
 Callback = Callable[[Message], None]
+Sleep = Callable[[float], Awaitable[None]]
 
 
 def job_summary(job: Job) -> dict[str, Any]:
@@ -89,14 +90,18 @@ class JobEvents:
         db: the database handle.
         interval: seconds between polls while there are subscribers.
         clock: ``clock()`` gives the time in epoch seconds, the clock events
-            are stamped with (injectable for tests).
+            are stamped with (injectable for tests); the poller reads the
+            time only through it.
+        sleep: ``await sleep(seconds)`` waits between polls (injectable for
+            tests, which advance ``clock`` there instead of waiting).
     """
 
     def __init__(self, db: AsyncDatabase, interval: float = 0.25,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, sleep: Sleep = asyncio.sleep) -> None:
         self.db = db
         self.interval = interval
         self.clock = clock
+        self.sleep = sleep
         self.subscribers: dict[str, set[Callback]] = {}
         self.sent: cachetools.TTLCache = cachetools.TTLCache(SENT_LIMIT, SENT_MEMORY,
                                                              timer=clock)
@@ -139,7 +144,7 @@ class JobEvents:
     async def _poll(self, since: float) -> None:
         failures = 0
         while self.subscribers and not self.stopping.is_set():
-            await asyncio.sleep(self.interval * 2 ** min(failures, POLL_BACKOFF_LIMIT))
+            await self.sleep(self.interval * 2 ** min(failures, POLL_BACKOFF_LIMIT))
             moment = self.clock()
             window = since - EVENT_CLOCK_SKEW
             try:

@@ -7,9 +7,10 @@ followed by a longer wait; a bug (any other exception) keeps its traceback.
 Sleeps are injected where the loop takes them, so no test waits for real.
 """
 
-import asyncio
 import logging
 import unittest
+
+from pymongo.errors import ServerSelectionTimeoutError
 
 from indico.db import ExpiryPurge, create_client
 from indico.db.embedded import _free_port
@@ -24,6 +25,19 @@ class BrokenService(JobService):
 
     async def claim_and_run(self):
         raise RuntimeError("a bug")
+
+
+class FlakyEvents(JobEvents):
+    """A job-event poller whose database reads fail or succeed as ``outcomes`` says, in turn."""
+
+    def __init__(self, outcomes, **kwargs):
+        super().__init__(None, **kwargs)
+        self.outcomes = list(outcomes)
+
+    async def changed_jobs(self, since):
+        if self.outcomes.pop(0):
+            return []
+        raise ServerSelectionTimeoutError("the database is down")
 
 
 class DatabaseDownTest(unittest.IsolatedAsyncioTestCase):
@@ -74,16 +88,28 @@ class DatabaseDownTest(unittest.IsolatedAsyncioTestCase):
         self.assertIsInstance(logs.records[0].exc_info[1], RuntimeError)
 
     async def test_event_poller_logs_one_line_per_failure_and_backs_off(self):
-        events = JobEvents(self.db, interval=0.001)
-        with self.assertLogs("indico.services.events", logging.WARNING) as logs:
+        sleep, waits = recording_sleep(4)
+        events = JobEvents(self.db, interval=1.0, sleep=sleep)
+        self.addAsyncCleanup(events.stop)
+        with (self.assertLogs("indico.services.events", logging.WARNING) as logs,
+              self.assertRaises(Stop)):
             events.subscribe("someone", lambda message: None)
-            for _ in range(200):  # up to 20 s: each failed poll takes 0.2 s
-                if len(logs.records) >= 3:
-                    break
-                await asyncio.sleep(0.1)
-            await events.stop()
-        self.assert_one_line_each(logs.records[:3], "job events: poll failed",
-                                  [0.002, 0.004, 0.008])
+            await events.task
+        self.assertEqual(waits, [1.0, 2.0, 4.0, 8.0])
+        self.assert_one_line_each(logs.records, "job events: poll failed", waits[1:])
+
+    async def test_event_poller_backs_off_at_most_32_intervals_and_recovers(self):
+        # Six failed polls, one that succeeds, then one more failure.
+        sleep, waits = recording_sleep(9)
+        events = FlakyEvents([False] * 6 + [True, False], interval=1.0, sleep=sleep)
+        self.addAsyncCleanup(events.stop)
+        with (self.assertLogs("indico.services.events", logging.WARNING) as logs,
+              self.assertRaises(Stop)):
+            events.subscribe("someone", lambda message: None)
+            await events.task
+        self.assertEqual(waits, [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 32.0, 1.0, 2.0])
+        self.assertEqual(len(logs.records), 7)
+        self.assertEqual(events.outcomes, [])
 
     async def test_purge_logs_one_line_per_failure_and_backs_off(self):
         sleep, waits = recording_sleep(6)

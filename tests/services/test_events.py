@@ -2,20 +2,25 @@
 
 Another machine's job is a document written straight into the real test
 database, with ``updated`` and the events' ``at`` stamped by a clock that is
-behind this one, as that machine's ``time.time()`` would stamp them.
+behind this one, as that machine's ``time.time()`` would stamp them. The
+poller's clock and sleep are injected: the test lets it poll one round at a
+time (:class:`SteppedSleep`), and time passes only when a round's wait ends.
 """
 
 import asyncio
 import dataclasses
 import datetime
-import time
 import unittest
 import uuid
 
 from indico.db import create_client
 from indico.db.records import Job, JobEvent
 from indico.services.events import EVENT_CLOCK_SKEW, SENT_LIMIT, SENT_MEMORY, JobEvents
-from tests.harness import database_uri
+from tests.harness import database_uri, recording_sleep
+
+# Seconds a test waits at most for the poller to reach a point it is driven
+# to: a guard against a hang, never a measurement.
+HANG_GUARD = 60
 
 
 class Clock:
@@ -26,6 +31,34 @@ class Clock:
 
     def __call__(self):
         return self.now
+
+
+class SteppedSleep:
+    """An injectable sleep that waits until the test lets the poller run another round.
+
+    Each wait is recorded in :attr:`waits` and moves ``clock`` on by its
+    length when it ends, as a real sleep would.
+    """
+
+    def __init__(self, clock):
+        self.clock = clock
+        self.waits = []
+        self.parked = asyncio.Queue()  # a future per sleep in progress: set it to wake up
+
+    async def __call__(self, seconds):
+        self.waits.append(seconds)
+        wake = asyncio.get_running_loop().create_future()
+        self.parked.put_nowait(wake)
+        await wake
+        self.clock.now += seconds
+
+    async def run_polls(self, rounds):
+        """Let the poller poll ``rounds`` times; returns once it sleeps before the next one."""
+        wake = await asyncio.wait_for(self.parked.get(), HANG_GUARD)
+        for _ in range(rounds):
+            wake.set_result(None)
+            wake = await asyncio.wait_for(self.parked.get(), HANG_GUARD)
+        self.parked.put_nowait(wake)  # still asleep: the next call wakes it
 
 
 CREATED = datetime.datetime(2026, 1, 2, tzinfo=datetime.UTC)
@@ -91,7 +124,12 @@ class SentMemoryTest(unittest.TestCase):
 class SwallowingEvents(JobEvents):
     """A poller whose database read swallows a cancellation, as 3.11's wait_for can."""
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.reading = asyncio.Event()
+
     async def changed_jobs(self, since):
+        self.reading.set()
         try:
             await asyncio.sleep(3600)
         except asyncio.CancelledError:
@@ -112,9 +150,9 @@ class ClockSkewTest(unittest.IsolatedAsyncioTestCase):
         await self.client.drop_database(self.db.name)
         await self.client.close()
 
-    async def write_remote_job(self, owner, behind):
-        """Insert a finished job as a machine whose clock is ``behind`` seconds late would."""
-        stamp = time.time() - behind
+    async def write_remote_job(self, owner, clock, behind):
+        """Insert a finished job as a machine whose clock is ``behind`` ``clock`` would."""
+        stamp = clock() - behind
         job = {"_id": uuid.uuid4().hex[:24], "owner": owner, "status": "failed",
                "error": f"{behind} s behind", "updated": stamp, "params": {},
                "created": CREATED,
@@ -123,19 +161,20 @@ class ClockSkewTest(unittest.IsolatedAsyncioTestCase):
         return job["_id"]
 
     async def test_events_of_a_machine_whose_clock_is_behind_are_delivered(self):
-        events = JobEvents(self.db, interval=0.01)
+        clock = Clock()
+        sleep = SteppedSleep(clock)
+        events = JobEvents(self.db, interval=1.0, clock=clock, sleep=sleep)
         received = []
         events.subscribe("remote-owner", received.append)
         self.addAsyncCleanup(events.stop)
-        await asyncio.sleep(0.05)  # a few polls: the next ones look back from later
-        # Beyond the tolerance first, so the poll that finds the second one saw both.
-        lost = await self.write_remote_job("remote-owner", behind=EVENT_CLOCK_SKEW + 20)
-        kept = await self.write_remote_job("remote-owner", behind=EVENT_CLOCK_SKEW / 2)
-        for _ in range(500):  # up to 5 s
-            if received:
-                break
-            await asyncio.sleep(0.01)
-        await asyncio.sleep(0.05)  # more polls: nothing more, and nothing twice
+        await sleep.run_polls(3)  # the next poll looks back from the last one's moment
+        # Both written before the next poll, so the poll that finds the second saw both.
+        lost = await self.write_remote_job("remote-owner", clock, behind=EVENT_CLOCK_SKEW + 20)
+        kept = await self.write_remote_job("remote-owner", clock, behind=EVENT_CLOCK_SKEW / 2)
+        await sleep.run_polls(1)
+        self.assertEqual(len(received), 1)
+        await sleep.run_polls(3)  # more polls: nothing more, and nothing twice
+        self.assertEqual(sleep.waits, [1.0] * 8)
         self.assertEqual([(message["id"], message["event"], message["error"])
                           for message in received],
                          [(kept, "failed", f"{EVENT_CLOCK_SKEW / 2} s behind")])
@@ -147,7 +186,8 @@ class ClockSkewTest(unittest.IsolatedAsyncioTestCase):
 
     async def test_each_event_of_the_stored_job_is_sent_once(self):
         clock = Clock()
-        events = JobEvents(self.db, interval=0.01, clock=clock)
+        # The poller stays asleep: only these publish calls send.
+        events = JobEvents(self.db, interval=1.0, clock=clock, sleep=SteppedSleep(clock))
         received = []
         events.subscribe("ada", received.append)
         self.addAsyncCleanup(events.stop)
@@ -173,9 +213,10 @@ class ClockSkewTest(unittest.IsolatedAsyncioTestCase):
         self.assertEqual(len(received), 3)
 
     async def test_stop_returns_although_a_cancellation_was_swallowed(self):
-        events = SwallowingEvents(self.db, interval=0.001)
+        sleep, _ = recording_sleep(1000)  # no wait before the read
+        events = SwallowingEvents(self.db, interval=1.0, sleep=sleep)
         events.subscribe("someone", lambda message: None)
-        await asyncio.sleep(0.05)  # the poller is in its database read
+        await asyncio.wait_for(events.reading.wait(), HANG_GUARD)  # in its database read
         await asyncio.wait_for(events.stop(), 60)
         self.assertTrue(events.task.done())
         self.assertEqual(events.subscribers, {})
