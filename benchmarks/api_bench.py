@@ -184,7 +184,7 @@ class Wrk:
 def engine_rate(frame, benchmark, params, seconds, workers=2, in_flight=8):
     """Optimizations/s of the server's pool function, pool of ``workers``, ``in_flight`` queued."""
     from indico.optimization import configure_worker
-    from indico.services.jobs import WorkerFrame, run_optimization
+    from indico.services.pool import WorkerFrame, run_optimization
     frame = WorkerFrame(frame, benchmark)  # a new one each task: its moments made each time
     with concurrent.futures.ProcessPoolExecutor(
             max_workers=workers, initializer=configure_worker,

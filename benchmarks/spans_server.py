@@ -86,7 +86,7 @@ def _wrap_sync(owner, attribute, name, static=False):
 def install():
     from indico.db import jobs as job_records
     from indico.routes import actions, base, portfolio
-    from indico.services import auth, jobs
+    from indico.services import auth, jobs, pool
 
     _wrap_async(auth.AuthService, "authenticate", "authentication")
     _wrap_async(jobs.JobService, "load_inputs", "price frame")
@@ -109,7 +109,7 @@ def install():
 
         public.from_record = classmethod(from_record)
 
-    original_run = jobs.WorkerPool.run
+    original_run = pool.WorkerPool.run
 
     async def run(self, function, *args, **kwargs):
         began = time.perf_counter()
@@ -119,7 +119,7 @@ def install():
         _add("pool round trip", total - engine)
         return result
 
-    jobs.WorkerPool.run = run
+    pool.WorkerPool.run = run
 
     original_post = actions.ActionHandler.post
 

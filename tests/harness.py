@@ -62,7 +62,7 @@ CPU_EXECUTOR = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_
 def shared_pool():
     """One optimization process pool for the whole run (worker start-up is slow)."""
     if "pool" not in _server:
-        from indico.services.jobs import create_pool
+        from indico.services.pool import create_pool
         _server["pool"] = create_pool(2)
         _server["pool"].start()  # the workers import the engine while the first tests run
         atexit.register(_server["pool"].shutdown, wait=False, cancel_futures=True)

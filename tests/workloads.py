@@ -4,7 +4,7 @@ import os
 import signal
 import time
 
-from indico.services.jobs import run_backtest_chunk, run_frontier, run_optimization
+from indico.services.pool import run_backtest_chunk, run_frontier, run_optimization
 
 
 def stall_on_min_volatility(frame, params):

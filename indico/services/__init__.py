@@ -21,16 +21,9 @@ from config import Config
 from indico.db.util import SYSTEM_CLOCK, Clock
 from indico.services.auth import AuthService
 from indico.services.events import JobEvents
-from indico.services.jobs import (
-    JobRunner,
-    JobService,
-    Work,
-    WorkerPool,
-    create_pool,
-    run_frontier,
-    run_optimization,
-)
+from indico.services.jobs import JobRunner, JobService
 from indico.services.passwords import Passwords
+from indico.services.pool import Work, WorkerPool, create_pool, run_frontier, run_optimization
 from indico.services.portfolio import PortfolioService
 from indico.services.price_catalog import PriceCatalog
 from indico.services.sessions import SessionStore

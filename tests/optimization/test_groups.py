@@ -16,7 +16,7 @@ from indico.optimization.data import prepare_prices
 from indico.optimization.estimators import estimate
 from indico.optimization.groups import Constraints, parse_groups
 from indico.optimization.qp import QuadraticProgram, affine_piece
-from indico.services.jobs import WorkerFrame, run_optimization
+from indico.services.pool import WorkerFrame, run_optimization
 from tests.optimization.sample import sample_prices
 
 

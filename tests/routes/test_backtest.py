@@ -24,7 +24,8 @@ import pandas
 from indico.db import jobs
 from indico.db.records import JobKind
 from indico.optimization.backtest import walk_forward
-from indico.services.jobs import JobService, engine_options
+from indico.services.jobs import JobService
+from indico.services.pool import engine_options
 from indico.services.price_import import PriceImporter
 from tests.harness import REPO, shared_pool
 from tests.routes.test_portfolio import PortfolioTest, WebSocketClient, sample_file
@@ -403,7 +404,8 @@ class KilledProcessTest(BacktestTest):
             "from config import Config\n"
             "from indico.db import create_client\n"
             "from indico.services import build_services\n"
-            "from indico.services.jobs import JobService, create_pool\n"
+            "from indico.services.jobs import JobService\n"
+            "from indico.services.pool import create_pool\n"
             "from tests.workloads import chunk_stalled_after_the_first\n"
             "async def main():\n"
             "    config = Config.from_environ({}, mongodb_uri=sys.argv[1],\n"

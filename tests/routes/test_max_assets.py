@@ -11,7 +11,8 @@ import itertools
 from indico.db import jobs
 from indico.db.records import decode_result
 from indico.error import OptimizationError
-from indico.services.jobs import JobService, WorkerFrame, run_optimization
+from indico.services.jobs import JobService
+from indico.services.pool import WorkerFrame, run_optimization
 from tests.harness import shared_pool
 from tests.routes.test_backtest import BODY as BACKTEST_BODY
 from tests.routes.test_backtest import BacktestTest

@@ -1,4 +1,4 @@
-"""The job service's own machinery: lease renewal, stopping the runner, the worker pool.
+"""The job service's own machinery: lease renewal, stopping the runner.
 
 The HTTP path of a job (create, run, wait, finish, 202 and 422) is tested in
 tests/routes/test_portfolio.py; here are the parts no request reaches.
@@ -6,16 +6,13 @@ tests/routes/test_portfolio.py; here are the parts no request reaches.
 
 import asyncio
 import logging
-import os
-import signal
-import time
 import unittest
 import uuid
 
 from indico.db import create_client
 from indico.db.embedded import _free_port
 from indico.services import build_services
-from indico.services.jobs import JobRunner, JobService, WorkerPool
+from indico.services.jobs import JobRunner, JobService
 from tests.harness import (
     CPU_EXECUTOR,
     Stop,
@@ -111,32 +108,6 @@ class RunnerStopTest(unittest.IsolatedAsyncioTestCase):
         # With one cancel() the loop went on to a 3600 s sleep and stop never returned.
         await asyncio.wait_for(runner.stop(), 60)
         self.assertTrue(runner.task.done())
-
-
-class WorkerPoolTest(unittest.IsolatedAsyncioTestCase):
-
-    async def test_a_pool_whose_idle_worker_died_is_replaced(self):
-        pool = WorkerPool(1)
-        self.addCleanup(pool.shutdown, wait=True)
-        pid = await pool.run(os.getpid)
-        broken = pool.pool
-        os.kill(pid, signal.SIGKILL)
-        deadline = time.monotonic() + 60
-        while broken.active:  # pebble gives such a pool up within a tenth of a second
-            self.assertLess(time.monotonic(), deadline, "pebble never noticed")
-            await asyncio.sleep(0.05)
-        with self.assertLogs("indico.services.jobs", logging.WARNING) as logs:
-            new_pid = await pool.run(os.getpid)
-        self.assertNotEqual(new_pid, pid)
-        self.assertIsNot(pool.pool, broken)
-        self.assertEqual([record.getMessage() for record in logs.records],
-                         ["the worker pool broke; starting a new one"])
-
-    async def test_a_shut_down_pool_refuses_work(self):
-        pool = WorkerPool(1)
-        pool.shutdown(wait=True)
-        with self.assertRaises(RuntimeError):
-            await pool.run(os.getpid)
 
 
 if __name__ == "__main__":

@@ -1,25 +1,35 @@
-"""The workers' frame cache (indico.services.jobs: FrameTokens, run_on_frame,
-WorkerPool.run_on_frame).
+"""The worker processes (indico.services.pool): the pool, and the workers' frame cache.
 
-A frame travels to the optimization workers once; later tasks carry only its
+``WorkerPool``: a pool whose idle worker died is replaced, a shut-down pool
+refuses work. (A task over its time limit has only its own worker killed: the
+route tests show it, tests/routes/test_portfolio.py ``TimeLimitTest``.)
+
+The frame cache (``FrameTokens``, ``run_on_frame``, ``WorkerPool.run_on_frame``):
+a frame travels to the optimization workers once; later tasks carry only its
 token. These tests check that a token always means the same prices: a price
 import that changes a frame (same symbols, same dates) gives the next job the
 new prices, never the frame a worker kept.
 """
 
+import asyncio
+import logging
 import os
+import signal
 import tempfile
+import time
 import unittest
 
 import numpy as np
 import pandas as pd
 
 from indico.error import OptimizationError
-from indico.services import jobs
-from indico.services.jobs import (
+from indico.services.pool import (
     FrameMissing,
     FrameTokens,
     WorkerFrame,
+    WorkerPool,
+    _same_buffer,
+    _worker_frames,
     run_frontier,
     run_on_frame,
     run_optimization,
@@ -79,11 +89,11 @@ class FrameTokensTest(unittest.TestCase):
         self.assertEqual(len({first, second, third}), 3)
         # A writeable array is compared price by price, even with itself.
         writeable = prices.to_numpy().copy()
-        self.assertFalse(jobs._same_buffer(writeable, writeable))
+        self.assertFalse(_same_buffer(writeable, writeable))
         values = prices.to_numpy()
-        self.assertTrue(jobs._same_buffer(values, prices.copy(deep=False).to_numpy()))
-        self.assertFalse(jobs._same_buffer(values, values[1:]))
-        self.assertFalse(jobs._same_buffer(values, values.T))
+        self.assertTrue(_same_buffer(values, prices.copy(deep=False).to_numpy()))
+        self.assertFalse(_same_buffer(values, values[1:]))
+        self.assertFalse(_same_buffer(values, values.T))
 
     def test_an_equal_frame_in_other_memory_takes_the_place_of_the_one_kept(self):
         # Two requests that build the catalog's frame at once get equal frames
@@ -132,8 +142,8 @@ class RunOnFrameTest(unittest.TestCase):
     """The worker side, called in this process: it keeps what it is sent, by token."""
 
     def setUp(self):
-        jobs._worker_frames.clear()
-        self.addCleanup(jobs._worker_frames.clear)
+        _worker_frames.clear()
+        self.addCleanup(_worker_frames.clear)
 
     def test_a_token_without_its_frame_asks_for_the_frame(self):
         with self.assertRaises(FrameMissing):
@@ -151,7 +161,7 @@ class RunOnFrameTest(unittest.TestCase):
         prices, benchmark = frame(), frame(1)["AAA"]
         fresh = run_optimization(WorkerFrame(prices, benchmark), PARAMS)
         self.assertEqual(run_on_frame(run_optimization, 7, PARAMS, prices, benchmark), fresh)
-        kept = jobs._worker_frames[7]
+        kept = _worker_frames[7]
         market = kept.__dict__.get("market")  # made by that optimization, kept
         self.assertIsNotNone(market)
         self.assertFalse(market.cov.flags.writeable)  # shared by the tasks: read-only
@@ -160,7 +170,7 @@ class RunOnFrameTest(unittest.TestCase):
             self.assertEqual(run_on_frame(run_optimization, 7, params),
                              run_optimization(WorkerFrame(prices, benchmark), params))
         self.assertIs(kept.market, market)
-        self.assertIs(jobs._worker_frames[7], kept)
+        self.assertIs(_worker_frames[7], kept)
         frontier = {"points": 5, "risk_free_rate": 0.0, "weight_bounds": [0.0, 1.0],
                     "returns_model": "mean", "returns_span": 500, "risk_model": "sample",
                     "risk_span": 180, "groups": None}
@@ -169,7 +179,7 @@ class RunOnFrameTest(unittest.TestCase):
         self.assertIs(kept.market, market)
         # A frontier makes the moments of a frame it gets first, too.
         run_on_frame(run_frontier, 11, frontier, prices, None)
-        self.assertIn("market", jobs._worker_frames[11].__dict__)
+        self.assertIn("market", _worker_frames[11].__dict__)
 
     def test_prices_that_cannot_be_optimized_fail_every_task_on_them(self):
         prices = frame()
@@ -217,3 +227,33 @@ class PriceImportTest(ServerTest):
             self.assertEqual(result["performance"]["series"],
                              expected["performance"]["series"])
         self.assertNotEqual(first[0]["allocations"], expected["allocations"])
+
+
+class WorkerPoolTest(unittest.IsolatedAsyncioTestCase):
+
+    async def test_a_pool_whose_idle_worker_died_is_replaced(self):
+        pool = WorkerPool(1)
+        self.addCleanup(pool.shutdown, wait=True)
+        pid = await pool.run(os.getpid)
+        broken = pool.pool
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        while broken.active:  # pebble gives such a pool up within a tenth of a second
+            self.assertLess(time.monotonic(), deadline, "pebble never noticed")
+            await asyncio.sleep(0.05)
+        with self.assertLogs("indico.services.pool", logging.WARNING) as logs:
+            new_pid = await pool.run(os.getpid)
+        self.assertNotEqual(new_pid, pid)
+        self.assertIsNot(pool.pool, broken)
+        self.assertEqual([record.getMessage() for record in logs.records],
+                         ["the worker pool broke; starting a new one"])
+
+    async def test_a_shut_down_pool_refuses_work(self):
+        pool = WorkerPool(1)
+        pool.shutdown(wait=True)
+        with self.assertRaises(RuntimeError):
+            await pool.run(os.getpid)
+
+
+if __name__ == "__main__":
+    unittest.main()
