@@ -33,7 +33,7 @@ from config import Config
 from indico import error
 from indico.db import price_meta, prices
 from indico.db.records import SymbolEntry
-from indico.services.price_files import DateLike, Series, date_to_day, day_to_date, normalize_symbol
+from indico.services.price_files import DateLike, Series, date_to_day, day_to_date
 from indico.services.price_records import ATTEMPTS, Catalog, head_version, read_catalog
 
 log = logging.getLogger(__name__)
@@ -41,24 +41,6 @@ log = logging.getLogger(__name__)
 BENCHMARK_SYMBOL = "SP500"
 EMPTY = (np.empty(0, dtype=np.int32), np.empty(0, dtype=np.float64))
 
-
-
-def validate_symbols(symbols: Sequence[str]) -> list[str]:
-    """Return ``symbols`` stripped and upper-cased, or raise ValidationError.
-
-    Repeats are left to the callers' rules (``OptimizeRequest`` refuses them,
-    once, naming its field); a repeated symbol is a repeated column here.
-
-    Raises:
-        ValidationError: not a non-empty list, or a symbol that is not 1 to 10
-            upper-case letters, digits, '.' or '-'.
-    """
-    if isinstance(symbols, str) or not symbols:
-        raise error.ValidationError("give a list of at least one symbol")
-    try:
-        return [normalize_symbol(value) for value in symbols]
-    except ValueError as exc:
-        raise error.ValidationError(str(exc)) from None
 
 
 def _year(day: int) -> int:
@@ -177,7 +159,8 @@ class PriceCatalog:
         """Return the adjusted closes of ``symbols`` on the dates all of them have.
 
         Args:
-            symbols: the symbols (case-insensitive).
+            symbols: the symbols as stored: upper case, each once (the request
+                models normalize and check them; the catalog does not again).
             start, end: the first and last date of the window, inclusive
                 (``datetime.date``, ``datetime``, Timestamp or ISO string).
 
@@ -188,13 +171,12 @@ class PriceCatalog:
             symbol in the order given. Callers may modify it.
 
         Raises:
-            ValidationError: a malformed symbol, or none.
             UnknownSymbols: symbols without prices (422); ``symbols`` lists them.
             Unprocessable: ``end`` is before ``start``, or fewer than 2 dates
                 in the window have a price for every symbol.
             ServiceUnavailable: the store kept changing during every attempt.
         """
-        symbols = validate_symbols(symbols)
+        symbols = list(symbols)
         first_day, last_day = self._window(start, end)
         for _ in range(ATTEMPTS):
             catalog = await self.get_catalog()

@@ -13,7 +13,7 @@ from indico import error
 from indico.db import price_meta, prices
 from indico.db.records import Head
 from indico.db.util import now
-from indico.services.price_catalog import PriceCatalog, validate_symbols
+from indico.services.price_catalog import PriceCatalog
 from indico.services.price_import import PriceImporter
 from indico.services.price_records import Catalog
 from tests.harness import test_config
@@ -48,16 +48,9 @@ class FrameTest(PricesTest):
         self.assertEqual(caught.exception.status, 422)
         self.assertEqual(caught.exception.to_dict()["symbols"], ["NOPE", "ZZZ"])
         self.assertIn("no prices for NOPE, ZZZ", caught.exception.message)
-        for symbols, message in ((["bad symbol"], "'bad symbol' is not a valid symbol"),
-                                 ([], "at least one symbol"), ("AAPL", "at least one symbol")):
-            with self.subTest(symbols=symbols), self.assertRaises(error.ValidationError) as caught:
-                self.frame(symbols, D(2019, 1, 1), D(2020, 12, 31))
-            self.assertIn(message, caught.exception.message)
-            # The service speaks no wire names: the request model names the field.
-            self.assertNotIn("field", caught.exception.to_dict())
-            self.assertNotIn("symbols:", caught.exception.message)
-        # A repeated symbol is the request model's rule (OptimizeRequest), checked once there.
-        frame = self.frame(["AAPL", "aapl"], D(2019, 1, 1), D(2020, 12, 31))
+        # The form of a symbol and repeats are the request models' rules, checked
+        # once there: here a repeated symbol is a repeated column.
+        frame = self.frame(["AAPL", "AAPL"], D(2019, 1, 1), D(2020, 12, 31))
         self.assertEqual(list(frame.columns), ["AAPL", "AAPL"])
         with self.assertRaises(error.Unprocessable) as caught:
             self.frame(["AAPL"], D(2020, 1, 2), D(2020, 1, 1))
@@ -75,13 +68,15 @@ class FrameTest(PricesTest):
         self.assertIn("no prices for AAPL, MSFT between 2021-01-01 and 2021-06-01 (AAPL is stored "
                       "from 2019-12-30 to 2020-01-03", caught.exception.message)
 
-    def test_symbols_are_normalized_and_must_be_stored(self):
-        # What the removed check_symbols (called by tests only) checked, through get_frame.
-        frame = self.frame([" aapl", "MSFT"], D(2019, 1, 1), D(2020, 12, 31))
-        self.assertEqual(list(frame.columns), ["AAPL", "MSFT"])
-        with self.assertRaises(error.UnknownSymbols):
-            self.frame(["KO"], D(2019, 1, 1), D(2020, 12, 31))
-        self.assertEqual(validate_symbols(["brk.b"]), ["BRK.B"])
+    def test_symbols_must_be_stored_as_given(self):
+        # The request models normalize symbols (upper case, each once); the catalog
+        # takes them as stored and does not check their form again.
+        frame = self.frame(["MSFT", "AAPL"], D(2019, 1, 1), D(2020, 12, 31))
+        self.assertEqual(list(frame.columns), ["MSFT", "AAPL"])
+        for symbols in (["KO"], ["aapl"], ["AAPL", "not a symbol"]):
+            with self.subTest(symbols=symbols), self.assertRaises(error.UnknownSymbols) as caught:
+                self.frame(symbols, D(2019, 1, 1), D(2020, 12, 31))
+            self.assertEqual(caught.exception.details["symbols"], [symbols[-1]])
 
     def test_benchmark(self):
         start, end = D(2019, 12, 1), D(2020, 1, 31)
