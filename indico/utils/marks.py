@@ -32,7 +32,7 @@ FILE_SIZE = SLOTS * SLOT_SIZE
 class ChangeMarks:
     """Shared change marks, in the file at ``path`` (or private to this process if None)."""
 
-    def __init__(self, path=None):
+    def __init__(self, path: str | None = None) -> None:
         if path is None:
             self.map = mmap.mmap(-1, FILE_SIZE)
             return
@@ -46,19 +46,19 @@ class ChangeMarks:
             os.close(descriptor)
 
     @staticmethod
-    def _offset(key):
+    def _offset(key: str) -> int:
         return zlib.crc32(key.encode()) % SLOTS * SLOT_SIZE
 
-    def read(self, key):
+    def read(self, key: str) -> int:
         """The current mark of ``key``: an integer that changes whenever the key is bumped."""
         offset = self._offset(key)
         return int.from_bytes(self.map[offset:offset + SLOT_SIZE], "little")
 
-    def bump(self, key):
+    def bump(self, key: str) -> None:
         """Tell every process that what ``key`` stands for has changed."""
         offset = self._offset(key)
         self.map[offset:offset + SLOT_SIZE] = os.urandom(SLOT_SIZE)
 
-    def close(self):
+    def close(self) -> None:
         """Unmap the file (the marks stay in it for the other processes)."""
         self.map.close()
