@@ -52,10 +52,14 @@ Objectives (:class:`Objective`)
     Minimum historical CVaR of the daily returns at ``cvar_level``, a linear
     program (see :mod:`indico.optimization.cvar`).
 ``inverse_volatility``
-    ``w_i ∝ 1/σ_i``, projected (Euclidean) onto the bounded simplex.
+    ``w_i = (1/σ_i) / Σ_j (1/σ_j)`` with ``σ_i = √Σ_ii``, projected (Euclidean) onto
+    the bounded simplex; the equal-risk-contribution portfolio when every pairwise
+    correlation is the same (Maillard, Roncalli & Teïletche 2010, *J. Portfolio
+    Management* 36(4)).
 ``max_diversification``
-    Maximum diversification ratio ``w'σ / √(w'Σw)`` (Choueifaty & Coignard 2008),
-    exact: the maximum-Sharpe solver with ``μ = σ`` and ``rf = 0``.
+    Maximum diversification ratio ``w'σ / √(w'Σw)`` (Choueifaty & Coignard 2008,
+    *J. Portfolio Management* 35(1)), exact: the maximum-Sharpe solver with ``μ = σ``
+    and ``rf = 0``.
 
 Estimators
 ----------
