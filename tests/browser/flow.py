@@ -21,10 +21,13 @@ Run with ``python -m nose2 -c setup.cfg --top-level-directory . tests.browser.fl
 (``make test`` does, as a step of its own).
 """
 
+import itertools
 import json
+import math
 import os
 import re
 import shutil
+import statistics
 import tempfile
 import unittest
 import urllib.error
@@ -82,6 +85,34 @@ def tearDownModule():
 
 def new_email() -> str:
     return f"person-{uuid.uuid4().hex[:12]}@example.com"
+
+
+def polyline_points(points: str) -> list[tuple[float, float]]:
+    """An SVG ``points`` attribute ("x,y x,y ...") as pairs of floats."""
+    return [tuple(float(v) for v in pair.split(",")) for pair in points.split()]
+
+
+def linear_scale(values: list[float], pixels: list[float]) -> tuple[float, float, float]:
+    """The straight line pixel = offset + slope * value through the pairs.
+
+    Returns:
+        (offset, slope, the largest distance in pixels of a pair from the line).
+    """
+    slope, offset = statistics.linear_regression(values, pixels)
+    worst = max(abs(offset + slope * v - p) for v, p in zip(values, pixels, strict=True))
+    return offset, slope, worst
+
+
+def distance_to_polyline(point: tuple[float, float],
+                         line: list[tuple[float, float]]) -> float:
+    """The shortest distance from ``point`` to any segment of ``line``."""
+    (px, py), best = point, math.inf
+    for (ax, ay), (bx, by) in itertools.pairwise(line):
+        dx, dy = bx - ax, by - ay
+        along = ((px - ax) * dx + (py - ay) * dy) / ((dx * dx + dy * dy) or 1.0)
+        along = min(1.0, max(0.0, along))
+        best = min(best, math.hypot(px - ax - along * dx, py - ay - along * dy))
+    return best
 
 
 class PageTest(unittest.TestCase):
@@ -172,6 +203,9 @@ class WholeFlowTest(PageTest):
 
     def test_sign_up_optimize_watch_reload_reopen_delete_log_out(self):
         page, expect = self.page, self.expect
+        # Every portfolio/frontier answer the page receives, to check its chart against.
+        self.frontier_answers = []
+        page.on("response", self.keep_frontier_answer)
         self.open_page()
         email = new_email()
         self.sign_up(email)
@@ -260,6 +294,44 @@ class WholeFlowTest(PageTest):
         curve = page.locator("#frontier-chart svg polyline.frontier").get_attribute("points")
         self.assertEqual(len(curve.split()), 50)
         self.assertGreaterEqual(page.locator("#frontier-chart svg circle.corner").count(), 2)
+        self.check_chosen_dot(expected)
+
+    def keep_frontier_answer(self, response) -> None:
+        if response.url.endswith("/portfolio/frontier") and response.request.method == "POST":
+            self.frontier_answers.append(response)
+
+    def check_chosen_dot(self, expected: dict) -> None:
+        """The chosen dot sits at the result's (volatility, expected return).
+
+        The chart sets no data attributes, so its two linear scales are recovered
+        from the polyline: its 50 points are the frontier answer's points, drawn
+        at 0.1 px. A max_sharpe result is a frontier portfolio, so its dot is also
+        on the polyline (to a pixel: the chord between two of the 50 points).
+        """
+        chart = self.page.locator("#frontier-chart svg")
+        line = polyline_points(chart.locator("polyline.frontier").get_attribute("points"))
+        # The chart is drawn from the last answer; the dot's presence says it has come.
+        frontier = self.frontier_answers[-1].json()["data"]
+        volatilities = [p["volatility"] for p in frontier["points"]]
+        returns = [p["expected_return"] for p in frontier["points"]]
+        x_offset, x_slope, x_worst = linear_scale(volatilities, [x for x, _ in line])
+        y_offset, y_slope, y_worst = linear_scale(returns, [y for _, y in line])
+        # Rounding to 0.1 px leaves about 0.05 px (0.06 seen) off the fitted line; far
+        # more would mean the line is not these points.
+        self.assertLess(max(x_worst, y_worst), 0.1, "the polyline is not the frontier's points")
+        self.assertGreater(x_slope, 0, "volatility should grow to the right")
+        self.assertLess(y_slope, 0, "expected return should grow upwards")
+        dot = chart.locator("circle.chosen")
+        drawn = (float(dot.get_attribute("cx")), float(dot.get_attribute("cy")))
+        stats = expected["stats"]
+        wanted = (x_offset + x_slope * stats["volatility"],
+                  y_offset + y_slope * stats["expected_return"])
+        self.assertLessEqual(math.dist(drawn, wanted), 1.0,
+                             f"the chosen dot is at {drawn}, the result's stats put it at "
+                             f"{wanted}")
+        if expected["objective"] == "max_sharpe":
+            self.assertLessEqual(distance_to_polyline(drawn, line), 1.0,
+                                 "a max_sharpe result's dot is off the frontier")
 
 
 class FieldErrorTest(PageTest):
