@@ -10,8 +10,12 @@ runtime dependencies of indico, and never in req.txt)::
     .venv-bench/bin/python benchmarks/optimization_bench.py --quick    # about 25 s
 
 ``pyscipopt`` brings SCIP, the mixed-integer solver cvxpy uses for the cardinality
-peer; without it those rows say so and are skipped. It prints Markdown tables (the
-ones in docs/PERFORMANCE.md) and exits non-zero when a required check fails.
+peer, and the run needs it: without it the script stops at once, exit status 1, saying
+to run ``.venv-bench/bin/pip install pyscipopt``. ``--no-cardinality`` runs without
+SCIP and without the ``max_assets`` agreement rows; it prints that they were skipped,
+and the speed table's two ``maxAssets`` rows then time the engine alone. It prints
+Markdown tables (the ones in docs/PERFORMANCE.md) and exits non-zero when a required
+check fails.
 
 Agreement, required (PyPortfolioOpt's cvxpy solves with Clarabel at tolerances 1e-12,
 :data:`TIGHT_CLARABEL`, so that the reference is as exact as its solver allows):
@@ -128,6 +132,11 @@ def load_prices():
 
 def has_scip():
     return "SCIP" in cvxpy.installed_solvers()
+
+
+NO_SCIP = ("SCIP is missing: cvxpy lists no SCIP solver, which the max_assets agreement "
+           "rows need. Install it with `.venv-bench/bin/pip install pyscipopt`, or pass "
+           "--no-cardinality to skip those rows.")
 
 
 # --- references ---------------------------------------------------------------------
@@ -385,9 +394,6 @@ class Checks:
         self.rows.append((window, case, f"{difference:.1e}", f"<= {tolerance:g}",
                           "ok" if ok else "FAIL", note))
 
-    def report(self, window, case, text, note=""):
-        self.rows.append((window, case, text, "reported", "-", note))
-
 
 def check_estimators(prices):
     checks = Checks()
@@ -548,11 +554,8 @@ def check_frontier(checks, period, window, points=50):
 
 
 def check_cardinality(max_assets=5, n_assets=30):
+    """max_assets against skfolio's MeanRisk with SCIP (main has made sure it is there)."""
     checks = Checks()
-    if not has_scip():
-        checks.report(f"{n_assets} synthetic", "max_assets", "not run",
-                      "no MIQP solver for cvxpy (pip install pyscipopt)")
-        return checks
     prices = synthetic_prices(n_assets)
     returns = prices.pct_change().dropna()
     data = prepare_prices(prices)
@@ -583,7 +586,7 @@ def check_cardinality(max_assets=5, n_assets=30):
 # --- speed --------------------------------------------------------------------------
 
 
-def speed_rows(prices, repeat, thread_limits):
+def speed_rows(prices, repeat, thread_limits, with_scip):
     five_years = prices.loc["2015":"2019"]
     last = prices.iloc[-1259:]
     synthetic = synthetic_prices(200)
@@ -618,13 +621,14 @@ def speed_rows(prices, repeat, thread_limits):
                     median_seconds(lambda o=objective: optimize(thirty, o, max_assets=5),
                                    max(repeat // 20, 3)),
                     median_seconds(lambda o=objective: skfolio_cardinality(thirty_returns, o, 5),
-                                   max(repeat // 100, 1), warmup=0) if has_scip() else None)
+                                   max(repeat // 100, 1), warmup=0) if with_scip else None)
                 for objective in ("min_volatility", "max_sharpe")
             }
             bh = median_seconds(lambda: optimize(five_years, "buy_and_hold_sharpe"), few)
             seed_slow = median_seconds(lambda: seed_pandas(five_years), 3, warmup=1)
             seed_fast = median_seconds(lambda: seed_numpy(five_years), 10)
-        no_scip = "skfolio cardinality: no MIQP solver installed"
+        peer = "skfolio MeanRisk cardinality 5, SCIP" if with_scip else (
+            "skfolio cardinality: skipped (--no-cardinality)")
         rows += [
             (label, "max_sharpe, 20 assets x 5 y", ours_20, "PyPortfolioOpt max_sharpe",
              theirs_20, "max_sharpe"),
@@ -642,11 +646,9 @@ def speed_rows(prices, repeat, thread_limits):
             (label, "min_cvar, 20 x 1,258 returns", cvar, "PyPortfolioOpt EfficientCVaR",
              their_cvar, "min_cvar"),
             (label, "min_volatility, maxAssets 5 of 30 synthetic", cardinality["min_volatility"][0],
-             "skfolio MeanRisk cardinality 5, SCIP" if has_scip() else no_scip,
-             cardinality["min_volatility"][1], "max_assets"),
+             peer, cardinality["min_volatility"][1], "max_assets"),
             (label, "max_sharpe, maxAssets 5 of 30 synthetic", cardinality["max_sharpe"][0],
-             "skfolio MeanRisk cardinality 5, SCIP" if has_scip() else no_scip,
-             cardinality["max_sharpe"][1], "max_assets"),
+             peer, cardinality["max_sharpe"][1], "max_assets"),
             (label, "max_sharpe + shares (milp) + to_dict, 20 x 5 y", full_20, "-", None, None),
             (label, "buy_and_hold_sharpe, 20 x 5 y", bh, "seed as written (pandas)", seed_slow,
              None),
@@ -698,7 +700,13 @@ def main():
     parser.add_argument("--quick", action="store_true",
                         help="fewer windows and repeats, BLAS at 1 thread only")
     parser.add_argument("--skip-correctness", action="store_true")
+    parser.add_argument("--no-cardinality", action="store_true",
+                        help="run without SCIP: skip the max_assets rows against skfolio "
+                             "(without this flag a missing SCIP fails the run)")
     arguments = parser.parse_args()
+    # Before minutes of work, and never quietly: the agreement rows need SCIP.
+    if not arguments.no_cardinality and not has_scip():
+        sys.exit(NO_SCIP)
     warnings.filterwarnings("ignore")  # PyPortfolioOpt warns about spans below 10
     repeat = min(arguments.repeat, 50) if arguments.quick else arguments.repeat
     prices = load_prices()
@@ -720,9 +728,14 @@ def main():
         weights = check_weights(prices)
         print_checks("Weights vs PyPortfolioOpt (max |Δw|; Clarabel at tolerances 1e-12)",
                      weights)
-        cardinality = check_cardinality()
-        print_checks("maxAssets vs skfolio MeanRisk(cardinality) with SCIP "
-                     "(gap 0, feastol 1e-9)", cardinality)
+        title = "maxAssets vs skfolio MeanRisk(cardinality) with SCIP (gap 0, feastol 1e-9)"
+        cardinality_failed = 0
+        if arguments.no_cardinality:
+            print(f"### {title}\n\nSkipped (--no-cardinality): these rows were not run.\n")
+        else:
+            cardinality = check_cardinality()
+            print_checks(title, cardinality)
+            cardinality_failed = cardinality.failed
         bh_rows, worse, better = check_buy_and_hold(prices, arguments.quick)
         print("### buy_and_hold_sharpe vs the seed's SLSQP from 1/n\n")
         print(table(("assets", "days", "from", "seed Sharpe", "ours", "gain"), bh_rows))
@@ -732,9 +745,9 @@ def main():
         print(table(("assets", "windows", "worse than seed (< -1e-7)", "equal (within 1e-6)",
                      "better (> 1e-6)", "largest gain"), summarise_buy_and_hold(bh_rows)))
         print()
-        failed = failures + checks.failed + weights.failed + cardinality.failed + worse
+        failed = failures + checks.failed + weights.failed + cardinality_failed + worse
     thread_limits = (("1", 1),) if arguments.quick else (("default", None), ("1", 1))
-    rows = speed_rows(prices, repeat, thread_limits)
+    rows = speed_rows(prices, repeat, thread_limits, not arguments.no_cardinality)
     print("### Speed (median wall time per call, from the aligned price frame)\n")
     formatted = []
     for blas_threads, case, ours, other, theirs, target in rows:
