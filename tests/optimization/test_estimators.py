@@ -6,14 +6,17 @@ paper, small cases worked by hand; and the engine is checked to use the chosen
 models everywhere while the defaults change nothing.
 """
 
+import dataclasses
+import itertools
 import unittest
 
 import numpy as np
 from numpy.testing import assert_allclose
 
 from indico.error import OptimizationError
-from indico.optimization import estimators, optimize
+from indico.optimization import efficient_frontier, estimators, optimize
 from indico.optimization.data import prepare_prices
+from indico.optimization.hrp import hrp_weights
 from tests.optimization.sample import sample_prices
 
 SYMBOLS = ["AAPL", "JNJ", "XOM", "MSFT", "KO"]
@@ -171,3 +174,167 @@ class EngineUsesTheModelsTest(unittest.TestCase):
         plain = optimize(prices, "max_sharpe")
         self.assertGreater(np.abs(sharpe.weights - plain.weights).max(), 1e-3)
         assert_allclose(sharpe.stats["expected_return"], mu @ sharpe.weights, rtol=1e-12)
+
+    # Each objective below is run under riskModel ledoit_wolf and exp_cov (returnsModel
+    # ema where it reads μ) and checked against an independent computation on the
+    # estimators' own μ and Σ, and against its result under the default models: an
+    # objective that read the sample moments would fail both.
+    RISK_MODELS = ({"risk_model": "ledoit_wolf"}, {"risk_model": "exp_cov", "risk_span": 60})
+    RETURNS_MODEL = {"returns_model": "ema", "returns_span": 250}
+
+    def moments(self, prices, **models):
+        """The μ and Σ of the chosen models, from the estimators themselves."""
+        data = estimators.estimate(prepare_prices(prices), **models)
+        return data.mu, data.cov
+
+    def assert_differs(self, found, default):
+        # The chosen models move these weights by 1e-3 or more here; the checks are
+        # exact to 1e-10, so an objective reading the sample moments cannot pass.
+        self.assertGreater(np.abs(found - default).max(), 1e-4)
+
+    def test_hrp_is_hrp_of_the_chosen_sigma(self):
+        prices = window()
+        default = optimize(prices, "hrp").weights
+        for models in self.RISK_MODELS:
+            with self.subTest(**models):
+                _, cov = self.moments(prices, **models)
+                found = optimize(prices, "hrp", **models).weights
+                assert_allclose(found, hrp_weights(cov, np.zeros(5), np.ones(5)),
+                                rtol=1e-12, atol=1e-15)
+                self.assert_differs(found, default)
+
+    def test_inverse_volatility_is_one_over_the_chosen_sigmas(self):
+        prices = window()
+        default = optimize(prices, "inverse_volatility").weights
+        for models in self.RISK_MODELS:
+            with self.subTest(**models):
+                _, cov = self.moments(prices, **models)
+                inverse = 1 / np.sqrt(np.diag(cov))
+                found = optimize(prices, "inverse_volatility", **models).weights
+                assert_allclose(found, inverse / inverse.sum(), rtol=1e-12)
+                self.assert_differs(found, default)
+
+    def test_risk_parity_equalises_contributions_to_the_chosen_sigma(self):
+        prices = window()
+        default = optimize(prices, "risk_parity").weights
+        for models in self.RISK_MODELS:
+            with self.subTest(**models):
+                _, cov = self.moments(prices, **models)
+                found = optimize(prices, "risk_parity", **models).weights
+                assert_allclose(found * (cov @ found) / (found @ cov @ found), np.full(5, 0.2),
+                                rtol=1e-9)
+                self.assert_differs(found, default)
+
+    def test_max_diversification_is_the_closed_form_of_the_chosen_sigma(self):
+        prices = window()
+        default = optimize(prices, "max_diversification").weights
+        for models in self.RISK_MODELS:
+            with self.subTest(**models):
+                _, cov = self.moments(prices, **models)
+                # Budget-only optimum Σ^-1 σ / 1'Σ^-1 σ; positive here, so no bound binds.
+                raw = np.linalg.solve(cov, np.sqrt(np.diag(cov)))
+                self.assertTrue(np.all(raw > 0))
+                found = optimize(prices, "max_diversification", **models).weights
+                assert_allclose(found, raw / raw.sum(), rtol=1e-10)
+                self.assert_differs(found, default)
+
+    def assert_efficient(self, weights, mu, cov):
+        """KKT of min w'Σw s.t. μ'w = r, 1'w = 1, 0 <= w <= 1 on the upper frontier.
+
+        (Σw)_i = λ + γ μ_i with γ >= 0 where 0 < w_i < 1, and >= where w_i = 0; at
+        least three free assets, so the equalities are not met by any (λ, γ).
+        """
+        free = (weights > 1e-9) & (weights < 1 - 1e-9)
+        self.assertGreaterEqual(free.sum(), 3)
+        gradient = cov @ weights
+        basis = np.column_stack((np.ones(5), mu))
+        (level, slope), *_ = np.linalg.lstsq(basis[free], gradient[free], rcond=None)
+        residual = gradient - basis @ (level, slope)
+        scale = np.abs(gradient).max()
+        assert_allclose(residual[free], 0, atol=1e-10 * scale)
+        self.assertTrue(np.all(residual[weights <= 1e-9] >= -1e-10 * scale))
+        self.assertGreater(slope, 0)
+
+    def test_efficient_return_is_efficient_for_the_chosen_mu_and_sigma(self):
+        prices = window()
+        target = 0.25
+        for models in self.RISK_MODELS:
+            with self.subTest(**models):
+                mu, cov = self.moments(prices, **self.RETURNS_MODEL, **models)
+                result = optimize(prices, "efficient_return", target_return=target,
+                                  **self.RETURNS_MODEL, **models)
+                weights = result.weights
+                self.assert_efficient(weights, mu, cov)
+                assert_allclose(mu @ weights, target, rtol=1e-10)
+                assert_allclose(result.stats["expected_return"], mu @ weights, rtol=1e-12)
+                assert_allclose(result.stats["volatility"], np.sqrt(weights @ cov @ weights),
+                                rtol=1e-12)
+                # The frontier of the same models holds it: its point at some return
+                # is the efficient_return portfolio of that return.
+                point = efficient_frontier(prices, points=5, **self.RETURNS_MODEL,
+                                           **models)["points"][2]
+                at_point = optimize(prices, "efficient_return",
+                                    target_return=point["expected_return"],
+                                    **self.RETURNS_MODEL, **models).weights
+                assert_allclose(at_point, list(point["weights"].values()), atol=1e-10)
+                self.assert_differs(weights, optimize(prices, "efficient_return",
+                                                      target_return=target,
+                                                      **self.RETURNS_MODEL).weights)
+                self.assert_differs(weights, optimize(prices, "efficient_return",
+                                                      target_return=target, **models).weights)
+
+    def test_efficient_risk_is_efficient_for_the_chosen_mu_and_sigma(self):
+        prices = window()
+        target = 0.13
+        for models in self.RISK_MODELS:
+            with self.subTest(**models):
+                mu, cov = self.moments(prices, **self.RETURNS_MODEL, **models)
+                result = optimize(prices, "efficient_risk", target_volatility=target,
+                                  **self.RETURNS_MODEL, **models)
+                weights = result.weights
+                self.assert_efficient(weights, mu, cov)
+                assert_allclose(np.sqrt(weights @ cov @ weights), target, rtol=1e-10)
+                assert_allclose(result.stats["volatility"], target, rtol=1e-10)
+                assert_allclose(result.stats["expected_return"], mu @ weights, rtol=1e-12)
+                self.assert_differs(weights, optimize(prices, "efficient_risk",
+                                                      target_volatility=target,
+                                                      **self.RETURNS_MODEL).weights)
+                self.assert_differs(weights, optimize(prices, "efficient_risk",
+                                                      target_volatility=target,
+                                                      **models).weights)
+
+    def test_max_assets_searches_with_the_chosen_mu_and_sigma(self):
+        # Against every 3 of the 5 assets solved without the count on the model's
+        # moments restricted to them (the engine on a MarketData carrying them).
+        prices = window()
+        data = prepare_prices(prices)
+
+        def variance(weights, mu, cov):
+            return weights @ cov @ weights
+
+        def minus_sharpe(weights, mu, cov):
+            return -(mu @ weights) / np.sqrt(weights @ cov @ weights)
+
+        for objective, loss in (("min_volatility", variance), ("max_sharpe", minus_sharpe)):
+            for models in self.RISK_MODELS:
+                with self.subTest(objective=objective, **models):
+                    mu, cov = self.moments(prices, **self.RETURNS_MODEL, **models)
+                    candidates = []
+                    for keep in itertools.combinations(range(5), 3):
+                        keep = list(keep)
+                        subset = dataclasses.replace(
+                            data, symbols=tuple(data.symbols[i] for i in keep),
+                            prices=data.prices[:, keep], returns=data.returns[:, keep],
+                            mu=mu[keep], cov=cov[np.ix_(keep, keep)])
+                        weights = np.zeros(5)
+                        weights[keep] = optimize(subset, objective).weights
+                        candidates.append(weights)
+                    best = min(candidates, key=lambda w: loss(w, mu, cov))
+                    result = optimize(prices, objective, max_assets=3, **self.RETURNS_MODEL,
+                                      **models)
+                    self.assertTrue(result.stats["optimal"])
+                    unlimited = optimize(prices, objective, **self.RETURNS_MODEL, **models)
+                    self.assertGreater(np.count_nonzero(unlimited.weights), 3)  # it binds
+                    assert_allclose(result.weights, best, atol=1e-10)
+                    self.assert_differs(result.weights,
+                                        optimize(prices, objective, max_assets=3).weights)

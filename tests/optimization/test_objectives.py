@@ -2,9 +2,10 @@
 
 HRP against a 4-asset case worked by hand (with and without a binding bound) and
 against the bisection written out recursively, cluster by cluster;
-min_cvar against an independent LP (another formulation, another HiGHS algorithm)
-and the sorted-loss closed form of CVaR; the other two against closed forms and
-multi-start SLSQP; risk contributions against risk parity's equal shares.
+min_cvar against an independent LP (another formulation, another HiGHS algorithm),
+weights included once a third LP certifies that they are unique, and the sorted-loss
+closed form of CVaR; the other two against closed forms and multi-start SLSQP;
+risk contributions against risk parity's equal shares.
 """
 
 import math
@@ -156,6 +157,39 @@ def independent_min_cvar(returns, lower, upper, level):
     return solution.x[:n], solution.fun
 
 
+def optimal_weight_spread(returns, lower, upper, level, ceiling):
+    """Per asset, max w_i - min w_i over the portfolios whose CVaR is at most ``ceiling``.
+
+    The primal LP of indico.optimization.cvar in (w, a, u), its objective made a row
+    ``<= ceiling``, maximised and minimised in each w_i by HiGHS's dual simplex with
+    feasibility tolerances 1e-10. As a function of the ceiling each maximum is concave
+    and each minimum convex (LP values in a right-hand side), so the spread is concave.
+    """
+    count, n = returns.shape
+    cost = np.concatenate((np.zeros(n), [1.0], np.full(count, 1 / ((1 - level) * count))))
+    inequality = sparse.vstack((
+        sparse.hstack((sparse.csr_matrix(-returns), sparse.csr_matrix(-np.ones((count, 1))),
+                       -sparse.identity(count))),
+        sparse.csr_matrix(cost[None, :]),
+    ), format="csr")
+    limits = np.concatenate((np.zeros(count), [ceiling]))
+    budget = np.concatenate((np.ones(n), np.zeros(1 + count)))[None, :]
+    bounds = [*zip(lower, upper, strict=True), (None, None)] + [(0, None)] * count
+    options = {"primal_feasibility_tolerance": 1e-10, "dual_feasibility_tolerance": 1e-10}
+    spread = np.empty(n)
+    for i in range(n):
+        extremes = []
+        for sign in (1.0, -1.0):
+            direction = np.zeros(n + 1 + count)
+            direction[i] = sign
+            solution = linprog(direction, A_ub=inequality, b_ub=limits, A_eq=budget, b_eq=[1.0],
+                               bounds=bounds, method="highs-ds", options=options)
+            assert solution.status == 0, solution.message
+            extremes.append(solution.x[i])
+        spread[i] = extremes[1] - extremes[0]
+    return spread
+
+
 class MinimumCVaRTest(unittest.TestCase):
     def test_historical_cvar_by_hand(self):
         returns = np.array([0.01, -0.05, 0.02, -0.03])
@@ -180,13 +214,23 @@ class MinimumCVaRTest(unittest.TestCase):
         for level, bounds in ((0.95, (0.0, 1.0)), (0.99, (0.0, 0.3)), (0.6, (0.1, 0.4))):
             with self.subTest(level=level, bounds=bounds):
                 lower, upper = np.full(6, bounds[0]), np.full(6, bounds[1])
-                _, optimum = independent_min_cvar(returns, lower, upper, level)
+                weights, optimum = independent_min_cvar(returns, lower, upper, level)
                 result = optimize(prices, "min_cvar", cvar_level=level, weight_bounds=bounds)
                 self.assertTrue(np.all(result.weights >= lower - 1e-12))
                 self.assertTrue(np.all(result.weights <= upper + 1e-12))
                 assert_allclose(result.stats["cvar"], optimum, rtol=1e-8)
                 assert_allclose(historical_cvar(returns @ result.weights, level), optimum,
                                 rtol=1e-8)
+                # The optimal weights are unique here, so the two LPs must agree on
+                # them: the spread s(e) of the weights with CVaR <= optimum + e is
+                # concave in e, so s(0) <= (s(e) - s(10 e) / 10) / 0.9, which is 0
+                # when s grows linearly from e to 10 e (it does: about 1e3 e here).
+                slack = 1e-9 * abs(optimum)
+                near = optimal_weight_spread(returns, lower, upper, level, optimum + slack)
+                far = optimal_weight_spread(returns, lower, upper, level, optimum + 10 * slack)
+                self.assertGreater(near.max(), 1e-9)  # well above the solver's tolerances
+                self.assertTrue(np.all((near - far / 10) / 0.9 <= 1e-11))
+                assert_allclose(result.weights, weights, atol=1e-9)
 
     def test_min_cvar_beats_the_other_objectives_on_cvar(self):
         prices = window()
