@@ -4,7 +4,9 @@
 dispatches to one objective (all share the signature ``(data, context) -> weights``,
 see ``_OBJECTIVES``), then computes statistics, the buy-and-hold path, the chart
 series and the discrete allocation. Everything it returns is plain data, so results
-cross process boundaries (``ProcessPoolExecutor``) and serialise to JSON.
+cross process boundaries (``ProcessPoolExecutor``) and serialise to JSON. Each
+objective's formula and reference is in the package docstring
+(:mod:`indico.optimization`), or in the module that solves it.
 """
 
 import dataclasses
@@ -946,7 +948,7 @@ def _clean_weights(weights, lower, upper, tolerance=WEIGHT_CLEAN_TOLERANCE):
     if weights.ndim == 1:
         weights = simplex.fix_budget(weights, lower, upper)
     else:
-        weights = np.array([simplex.fix_budget(row, lower, upper) for row in weights])
+        weights = simplex.fix_budget_rows(weights, lower, upper)
     # Array methods rather than np.any: its dispatch cost more than the checks.
     if (np.abs(weights.sum(axis=-1) - 1.0) > 1e-9).any() or (
         weights < lower - 1e-12
