@@ -28,7 +28,8 @@ from indico.services.jobs import JobService
 from indico.services.pool import engine_options
 from indico.services.price_import import PriceImporter
 from tests.harness import REPO, shared_pool
-from tests.routes.test_portfolio import PortfolioTest, WebSocketClient, sample_file
+from tests.routes.test_portfolio import PortfolioTest, sample_file
+from tests.routes.test_ws import WebSocketClient
 from tests.workloads import chunk_held_by_files
 
 BODY = {"symbols": ["AAPL", "MSFT", "JPM"], "startDate": "2012-01-01",

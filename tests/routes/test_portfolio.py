@@ -4,13 +4,11 @@ import asyncio
 import gc
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 
 import numpy
 import pandas
@@ -708,77 +706,6 @@ class LeaseTakeoverTest(PortfolioTest):
         self.assertIn("GONE", stored["error"])
 
 
-class WebSocketClient:
-    """Connect to /ws/jobs and read its messages (for a ServerTest)."""
-
-    def connect(self, headers=None):
-        from tornado.httpclient import HTTPRequest
-        from tornado.websocket import websocket_connect
-        url = self.get_url("/ws/jobs").replace("http://", "ws://")
-        return self.io_loop.run_sync(lambda: websocket_connect(HTTPRequest(url, headers=headers)))
-
-    def read(self, connection, timeout=20):
-        message = self.io_loop.run_sync(connection.read_message, timeout=timeout)
-        return None if message is None else json.loads(message)
-
-
-class WebSocketTest(WebSocketClient, PortfolioTest):
-
-    def test_events_of_a_job_run_by_a_second_server_process(self):
-        data_dir = tempfile.mkdtemp(prefix="indico-second-")
-        self.addCleanup(shutil.rmtree, data_dir, True)
-        base = self.start_second_server(data_dir)
-        connection = self.connect({"Authorization": f"Bearer {self.token}"})
-        self.assertEqual(self.read(connection)["event"], "subscribed")
-        request = urllib.request.Request(
-            base + "/portfolio/optimize", data=json.dumps(SEED_BODY).encode(), method="POST",
-            headers={"Content-Type": "application/json", "Authorization": f"Bearer {self.token}"})
-        with urllib.request.urlopen(request, timeout=60) as response:
-            job_id = json.loads(response.read())["data"]["id"]
-        events = []
-        while not events or events[-1]["event"] not in ("done", "failed"):
-            message = self.read(connection)
-            self.assertIsNotNone(message, "the WebSocket closed")
-            events.append(message)
-        self.assertEqual([(event["event"], event["id"]) for event in events],
-                         [("queued", job_id), ("running", job_id), ("done", job_id)])
-        self.assertEqual(set(events[-1]["summary"]["allocations"]), {"AAPL", "MSFT", "JPM"})
-        connection.close()
-
-    def test_events_of_a_local_job_and_token_in_the_first_message(self):
-        connection = self.connect()
-        connection.write_message(json.dumps({"token": self.token}))
-        self.assertEqual(self.read(connection)["event"], "subscribed")
-        status, body = self.optimize({**SEED_BODY, "wait": False})
-        job_id = body["data"]["id"]
-        events = [self.read(connection) for _ in range(3)]
-        self.assertEqual([event["event"] for event in events], ["queued", "running", "done"])
-        self.assertTrue(all(event["id"] == job_id for event in events))
-        other = self.signup(email="bob@example.com")
-        self.post("/portfolio/optimize", SEED_BODY, token=other)  # Bob's job: not for Ada
-        self.optimize({**SEED_BODY, "objective": "equal_weight", "initialInvestment": 1,
-                       "symbols": ["AAPL", "MSFT", "JPM", "KO", "XOM", "AMD"]})
-        mine = self.read(connection)
-        self.assertEqual(mine["event"], "queued")
-        status, body = self.post("/portfolio/list", {"limit": 1}, token=self.token)
-        self.assertEqual(mine["id"], body["data"]["results"][0]["id"])
-
-    def test_bad_tokens_and_foreign_origins_are_refused(self):
-        connection = self.connect({"Authorization": "Bearer " + "A" * 43})
-        message = self.read(connection)
-        self.assertEqual(message["event"], "error")
-        self.assertEqual(message["error"]["type"], "Unauthorized")
-        self.assertIsNone(self.read(connection))
-        self.assertEqual(connection.close_code, 4401)
-        connection = self.connect()
-        connection.write_message("not json")
-        self.assertEqual(self.read(connection)["error"]["type"], "Unauthorized")
-        from tornado.httpclient import HTTPClientError
-        with self.assertRaises(HTTPClientError) as caught:
-            self.connect({"Origin": "https://evil.example"})
-        self.assertEqual(caught.exception.code, 403)
-
-
 class OutlastsTheWaitTest(PortfolioTest):
 
     settings = {"job_wait": 0.0}
@@ -790,29 +717,3 @@ class OutlastsTheWaitTest(PortfolioTest):
         done = self.wait_done(body["data"]["id"])
         self.assertEqual(done["status"], "done")
         self.assertEqual(set(done["allocations"]), {"AAPL", "MSFT", "JPM"})
-
-
-class AnsweredJobTest(WebSocketClient, PortfolioTest):
-    """A job whose request has answered 202 ends failed with the message; it never vanishes."""
-
-    settings = {"job_wait": 0.0}
-
-    def test_an_impossible_job_answered_202_ends_failed_and_its_event_is_sent(self):
-        connection = self.connect({"Authorization": f"Bearer {self.token}"})
-        self.assertEqual(self.read(connection)["event"], "subscribed")
-        status, body = self.optimize({**SEED_BODY, "objective": "efficient_return",
-                                      "targetReturn": 5})
-        self.assertEqual(status, 202, body)
-        job_id = body["data"]["id"]
-        failed = self.wait_done(job_id)
-        self.assertEqual(failed["status"], "failed")
-        self.assertTrue(failed["error"].startswith("targetReturn"), failed["error"])
-        events = [self.read(connection) for _ in range(3)]
-        self.assertEqual([(event["event"], event["id"]) for event in events],
-                         [("queued", job_id), ("running", job_id), ("failed", job_id)])
-        self.assertEqual(events[-1]["error"], failed["error"])
-        [job] = self.find("jobs")
-        self.assertEqual((job["_id"], job["status"], job["error"]),
-                         (job_id, "failed", failed["error"]))
-        self.assertNotIn("slot", job)  # its slot of the quota is free again
-        connection.close()
