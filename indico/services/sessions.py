@@ -94,7 +94,8 @@ class SessionCache:
             return None
         value, stamp = entry
         if self.marks.read(mark_of(value)) != stamp:
-            del table[key]
+            # It may have expired since the get (cachetools then refuses the del).
+            table.pop(key, None)
             return None
         return value
 
@@ -107,7 +108,7 @@ class SessionCache:
         session: Session | None = self._get(self.sessions, key,
                                             lambda value: sessions_mark(value.user_id))
         if session is not None and session.expires <= self.clock.now():
-            del self.sessions[key]
+            self.sessions.pop(key, None)
             return None
         return session
 

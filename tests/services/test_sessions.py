@@ -85,6 +85,24 @@ class SessionCacheTest(unittest.TestCase):
         self.assertFalse(SessionCache(self.marks, lifetime=0).enabled)
         self.assertTrue(cache.enabled)
 
+    def test_an_entry_that_expires_while_it_is_checked_is_just_gone(self):
+        # The stale entry's lifetime ends between the read and the removal: the
+        # cache must answer None, not raise (cachetools refuses to delete it then).
+        class Stepping(FakeClock):
+            def monotonic(self):
+                self.advance(0.6)  # each look at the time is 0.6 s later
+                return super().monotonic()
+
+        # Put at t, read at t + 0.6 (within the lifetime of 1 s), removed at t + 1.2.
+        cache = SessionCache(self.marks, lifetime=1.0, clock=Stepping())
+        cache.put_user("u1", user("Ada"), self.marks.read(profile_mark("u1")))
+        self.marks.bump(profile_mark("u1"))
+        self.assertIsNone(cache.get_user("u1"))
+        cache = SessionCache(self.marks, lifetime=1.0, clock=Stepping())
+        cache.put_session("t1", session("u1"), self.marks.read(sessions_mark("u1")))
+        self.marks.bump(sessions_mark("u1"))
+        self.assertIsNone(cache.get_session("t1"))
+
     def test_a_cached_session_expires_on_the_clock(self):
         clock = FakeClock()
         cache = SessionCache(self.marks, lifetime=300, clock=clock)
