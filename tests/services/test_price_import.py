@@ -51,7 +51,7 @@ class ImportTest(PricesTest):
                          [("AAPL", 2019, 2), ("AAPL", 2020, 2),
                           ("MSFT", 2019, 2), ("MSFT", 2020, 1)])
         assert_array_equal(prices.decode_bucket(buckets[1]).closes, [12.0, 13.0])
-        frame = self.frame(["msft", "AAPL"], D(2019, 1, 1), D(2020, 12, 31))
+        frame = self.frame(["MSFT", "AAPL"], D(2019, 1, 1), D(2020, 12, 31))
         expected = pd.DataFrame({"MSFT": [20.0, 21.0, 23.0], "AAPL": [10.0, 11.0, 13.0]},
                                 index=pd.DatetimeIndex(["2019-12-30", "2019-12-31", "2020-01-03"],
                                                        name="date").astype("datetime64[ns]"))
