@@ -140,7 +140,7 @@ async def open_services(config: Config, db: AsyncDatabase, *,
         services = build_services(config, db, cpu_executor, pool, passwords, clock=clock,
                                   sessions=sessions, work=work,
                                   frontier_work=frontier_work)
-        stack.push_async_callback(services.jobs.stop, shutdown_pool=False)
+        stack.push_async_callback(services.jobs.stop)
         stack.push_async_callback(services.events.stop)
         if run_jobs:
             services.runner = JobRunner(services.jobs)

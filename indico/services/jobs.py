@@ -77,7 +77,7 @@ import logging
 import os
 import socket
 import uuid
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Coroutine
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, TypeVar, cast
 
@@ -90,6 +90,7 @@ from config import Config
 from indico import error
 from indico.db import jobs
 from indico.db.records import Job, JobKind
+from indico.db.util import Sleep
 from indico.optimization.backtest import BacktestPlan
 from indico.services.events import JobEvents, stop_task
 from indico.services.pool import (
@@ -122,7 +123,6 @@ CHUNK_SECONDS = 0.1
 FIRST_CHUNK = 2
 MAX_CHUNK = 256
 
-Sleep = Callable[[float], Awaitable[None]]
 Returned = TypeVar("Returned")
 
 
@@ -641,18 +641,17 @@ class JobService:
         await self.run(job, frame, benchmark)
         return True
 
-    async def stop(self, shutdown_pool: bool = True) -> None:
-        """Let background jobs finish for a moment, cancel the rest, let go of the pool.
+    async def stop(self) -> None:
+        """Let background jobs finish for a moment, then cancel the rest.
 
         A job cut short here keeps its lease, and another process claims it
-        once the lease expires.
+        once the lease expires. The pool is its owner's to shut down
+        (:func:`indico.services.open_services`).
         """
         if self.background:
             await asyncio.wait(set(self.background), timeout=STOP_GRACE)
         for task in list(self.background):
             await stop_task(task)
-        if shutdown_pool:
-            self.pool.shutdown(wait=False)
 
 
 class JobRunner:
