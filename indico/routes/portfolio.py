@@ -344,14 +344,16 @@ class FrontierRequest(MarketRequest):
     max_assets: SkipJsonSchema[Any] = Field(
         None, exclude=True, validation_alias=AliasChoices("maxAssets", "max_assets"))
 
-    def _check_bounds(self, config: Config) -> None:
+    @model_validator(mode="after")
+    def _no_max_assets(self):
+        """Refuse ``maxAssets`` (once the request's other rules hold), saying what to do instead."""
         if self.max_assets is not None:
+            goals = " or ".join(goal.value for goal in cardinality.Goal)
             raise error.OptimizationError(
                 "maxAssets: portfolio/frontier has no limit on the number of assets (each "
                 "point is the exact minimum-volatility portfolio of all the symbols); remove "
-                "maxAssets, or ask portfolio/optimize for max_sharpe or min_volatility with "
-                "it", field="maxAssets")
-        super()._check_bounds(config)
+                f"maxAssets, or ask portfolio/optimize for {goals} with it", field="maxAssets")
+        return self
 
     def params(self) -> dict:
         """The normalized parameters of the frontier."""

@@ -366,12 +366,17 @@ class FrontierTest(PortfolioTest):
             # optimize's field, understood: what to do instead, not "unknown field".
             ({**FRONTIER_BODY, "maxAssets": 3}, 422, "OptimizationError",
              "maxAssets: portfolio/frontier has no limit on the number of assets"),
-            ({**FRONTIER_BODY, "max_assets": 3, "weightBounds": [0, 0.2]}, 422,
+            ({**FRONTIER_BODY, "max_assets": 3}, 422,
              "OptimizationError", "ask portfolio/optimize for max_sharpe or min_volatility"),
+            # The request's other rules first: impossible bounds are what to fix first.
+            ({**FRONTIER_BODY, "maxAssets": 3, "weightBounds": [0, 0.2]}, 422,
+             "OptimizationError", "weightBounds: with 4 symbols and an upper bound of 0.2"),
         ]
         for body, status, error_type, part in cases:
             with self.subTest(body=body):
-                self.assertError(self.frontier(body), status, error_type, part)
+                error = self.assertError(self.frontier(body), status, error_type, part)
+                if "maxAssets" in part or "portfolio/optimize" in part:
+                    self.assertEqual(error["field"], "maxAssets")
 
     def test_no_portfolio_beating_the_risk_free_rate_answers_a_null_max_sharpe(self):
         status, body = self.frontier({**FRONTIER_BODY, "riskFreeRate": 0.9, "points": 2})

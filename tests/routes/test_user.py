@@ -206,8 +206,10 @@ class UserTest(ServerTest):
             {"owner": user_id, "created": now(), "status": "done"},
             {"owner": str(ObjectId()), "created": now(), "status": "done"}]))
         before = self.snapshot("users", "sessions", "jobs")
-        self.assertError(self.post("/user/delete", {"password": "wrong password"},
-                                   token=self.token), 403, "Forbidden")
+        error = self.assertError(self.post("/user/delete", {"password": "wrong password"},
+                                           token=self.token), 403, "Forbidden",
+                                 "the password is wrong")
+        self.assertEqual(error["field"], "password")
         self.assertError(self.post("/user/delete", {}, token=self.token), 400, "ValidationError",
                          "password")
         self.assertEqual(self.snapshot("users", "sessions", "jobs"), before)

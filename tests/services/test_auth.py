@@ -56,9 +56,10 @@ class ServiceTest(unittest.IsolatedAsyncioTestCase):
         return await self.db[collection].count_documents(query or {})
 
     def assertServiceError(self, caught, error_class, status, message):
-        """Assert the error of ``assertRaises``: its class, status, message and no details.
+        """Assert the error of ``assertRaises``: its class, status, message and no ``field``.
 
         A service names no request field: the route that called it adds ``field``.
+        Other details (a 429's ``retry_after``) are the service's to give.
         """
         exc = caught.exception
         self.assertIs(type(exc), error_class)
