@@ -68,8 +68,9 @@ def fix_budget(weights, lower, upper, total=1.0):
 def fix_budget_rows(weights, lower, upper, total=1.0):
     """:func:`fix_budget` of every row of ``weights`` at once (the same operations).
 
-    A frontier cleans its 76 portfolios together: one call a row cost more than
-    the critical-line walk that found them (docs/PERFORMANCE.md).
+    A frontier cleans all its portfolios together (76 for 50 points of 20 assets):
+    one call a row cost more than the critical-line walk that found them
+    (docs/PERFORMANCE.md).
 
     Args:
         weights: array of shape (k, n); lower, upper: arrays of shape (n,).
