@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 from pymongo import AsyncMongoClient
@@ -29,7 +29,14 @@ from pymongo.errors import PyMongoError
 from config import Config
 from indico.db import jobs, price_meta, prices, rate_limits, sessions, users
 from indico.db.embedded import EmbeddedServer
-from indico.db.util import DURABLE, create_expiry_index, is_embedded, long_operation, purge_expired
+from indico.db.util import (
+    DURABLE,
+    Sleep,
+    create_expiry_index,
+    is_embedded,
+    long_operation,
+    purge_expired,
+)
 from indico.utils.logs import describe_database_error
 
 log = logging.getLogger(__name__)
@@ -44,7 +51,6 @@ PURGE_INTERVAL = 60.0
 # PURGE_INTERVAL, instead of logging the same failure every round.
 PURGE_RETRY = 5.0
 
-Sleep = Callable[[float], Awaitable[Any]]
 
 
 def create_client(uri: str, timeout: float = 2.0, selection_timeout: float | None = None,

@@ -26,18 +26,18 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 
 from pymongo import MongoClient
 from pymongo.errors import PyMongoError
 
+from indico.db.util import Sleep
 from indico.error import StartupError
 
 log = logging.getLogger(__name__)
 
 STATE_FILE = "server.json"
 
-Sleep = Callable[[float], Awaitable[None]]
 
 
 def _free_port(address: str = "127.0.0.1") -> int:

@@ -16,7 +16,7 @@ import contextlib
 import datetime
 import time
 import weakref
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any
 
 import pymongo
@@ -98,6 +98,9 @@ def now() -> datetime.datetime:
 
 #: What the collection functions accept as the time: a callable like :func:`now`.
 Now = Callable[[], datetime.datetime]
+
+#: An injectable wait, ``await sleep(seconds)``: ``asyncio.sleep`` outside tests.
+Sleep = Callable[[float], Awaitable[Any]]
 
 
 class Clock:

@@ -15,7 +15,7 @@ import asyncio
 import datetime
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import cachetools
@@ -24,6 +24,7 @@ from pymongo.errors import PyMongoError
 
 from indico.db import jobs
 from indico.db.records import Job, JobEvent, JobKind
+from indico.db.util import Sleep
 from indico.utils.logs import describe_database_error
 
 log = logging.getLogger(__name__)
@@ -46,7 +47,6 @@ POLL_BACKOFF_LIMIT = 5
 
 Message = dict[str, Any]
 Callback = Callable[[Message], None]
-Sleep = Callable[[float], Awaitable[None]]
 
 
 def job_summary(job: Job) -> dict[str, Any]:
