@@ -16,7 +16,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 
 import numpy
 import pandas
@@ -365,17 +364,10 @@ class SecondProcessTest(WebSocketClient, BacktestTest):
         connection = self.connect({"Authorization": f"Bearer {self.token}"})
         self.assertEqual(self.read(connection)["event"], "subscribed")
         body = {**BODY, "rebalance": "monthly"}
-        request = urllib.request.Request(
-            base + "/portfolio/backtest", data=json.dumps(body).encode(), method="POST",
-            headers={"Content-Type": "application/json", "Authorization": f"Bearer {self.token}"})
-        with urllib.request.urlopen(request, timeout=60) as response:
-            self.assertEqual(response.status, 202)
-            job_id = json.loads(response.read())["data"]["id"]
-        events = []
-        while not events or events[-1]["event"] not in ("done", "failed"):
-            message = self.read(connection, timeout=60)
-            self.assertIsNotNone(message, "the WebSocket closed")
-            events.append(message)
+        status, answer = self.post_to(base, "/portfolio/backtest", body)
+        self.assertEqual(status, 202)
+        job_id = answer["data"]["id"]
+        events = self.read_until_finished(connection, timeout=60)
         self.assertEqual({(event["id"], event["kind"]) for event in events},
                          {(job_id, "backtest")})
         names = [event["event"] for event in events]

@@ -71,6 +71,23 @@ class WebSocketClient:
         message = self.io_loop.run_sync(connection.read_message, timeout=timeout)
         return None if message is None else json.loads(message)
 
+    def read_until_finished(self, connection, timeout=20):
+        """The messages up to and with the first ``done`` or ``failed`` event."""
+        events = []
+        while not events or events[-1]["event"] not in ("done", "failed"):
+            message = self.read(connection, timeout=timeout)
+            self.assertIsNotNone(message, "the WebSocket closed")
+            events.append(message)
+        return events
+
+    def post_to(self, base, path, body):
+        """POST ``body`` to another server at ``base`` as this test's user: (status, body)."""
+        request = urllib.request.Request(
+            base + path, data=json.dumps(body).encode(), method="POST",
+            headers={"Content-Type": "application/json", "Authorization": f"Bearer {self.token}"})
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read())
+
 
 class BearerHeaderTest(WebSocketClient, ServerTest):
     """The ``Authorization`` header of the handshake takes the scheme in any case."""
@@ -111,16 +128,8 @@ class WebSocketTest(WebSocketClient, PortfolioTest):
         base = self.start_second_server(data_dir)
         connection = self.connect({"Authorization": f"Bearer {self.token}"})
         self.assertEqual(self.read(connection)["event"], "subscribed")
-        request = urllib.request.Request(
-            base + "/portfolio/optimize", data=json.dumps(SEED_BODY).encode(), method="POST",
-            headers={"Content-Type": "application/json", "Authorization": f"Bearer {self.token}"})
-        with urllib.request.urlopen(request, timeout=60) as response:
-            job_id = json.loads(response.read())["data"]["id"]
-        events = []
-        while not events or events[-1]["event"] not in ("done", "failed"):
-            message = self.read(connection)
-            self.assertIsNotNone(message, "the WebSocket closed")
-            events.append(message)
+        job_id = self.post_to(base, "/portfolio/optimize", SEED_BODY)[1]["data"]["id"]
+        events = self.read_until_finished(connection)
         self.assertEqual([(event["event"], event["id"]) for event in events],
                          [("queued", job_id), ("running", job_id), ("done", job_id)])
         self.assertEqual(set(events[-1]["summary"]["allocations"]), {"AAPL", "MSFT", "JPM"})
