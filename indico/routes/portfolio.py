@@ -30,6 +30,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PrivateAttr,
     StringConstraints,
     ValidationInfo,
     WithJsonSchema,
@@ -424,19 +425,21 @@ class ListRequest(Request):
     limit: int = Field(20, ge=1, le=1000)
     cursor: Annotated[str, StringConstraints(max_length=200)] | None = None
 
-    @field_validator("cursor")
-    @classmethod
-    def _a_cursor_of_ours(cls, cursor: str | None) -> str | None:
-        if cursor:
+    # The cursor decoded, once, by the validator below.
+    _position: Position | None = PrivateAttr(None)
+
+    @model_validator(mode="after")
+    def _a_cursor_of_ours(self):
+        if self.cursor:
             try:
-                decode_cursor(cursor)
+                self._position = decode_cursor(self.cursor)
             except ValueError as exc:
-                raise PydanticCustomError("cursor", str(exc)) from None
-        return cursor
+                raise error.ValidationError(f"cursor: {exc}", field="cursor") from None
+        return self
 
     def position(self) -> Position | None:
         """Where the page starts: after the job the cursor names; None for the first page."""
-        return decode_cursor(self.cursor) if self.cursor else None
+        return self._position
 
 
 class Progress(BaseModel):
