@@ -101,16 +101,61 @@ def cpu_ticks():
 STARTED_TICKS = cpu_ticks()
 
 
+def loopback_round_trips(spaced=300, back_to_back=1000, size=1000):
+    """Median microseconds of a 1 KB message's round trip between two processes over
+    loopback TCP: ``(spaced, back_to_back)``, one message a millisecond and one after
+    the other.
+
+    Every request to indico crosses processes several times (client, server,
+    database, worker), so this price of the machine's wakeups bounds its latency:
+    about 20-30 µs on an idle bare-metal Linux host; 90-300 µs were measured on
+    the Firecracker guest of docs/PERFORMANCE.md.
+    """
+    listener = socket.create_server(("127.0.0.1", 0))
+    child = os.fork()
+    if child == 0:  # the echo: one byte back for every message
+        try:
+            with socket.create_connection(listener.getsockname()) as echo:
+                echo.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                while echo.recv(65536):
+                    echo.sendall(b"k")
+        finally:
+            os._exit(0)
+    connection, _ = listener.accept()
+    listener.close()
+    connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    payload = b"x" * size
+    medians = []
+    try:
+        for count, pause in ((spaced, 0.001), (back_to_back, 0.0)):
+            times = []
+            for _ in range(count):
+                began = time.perf_counter()
+                connection.sendall(payload)
+                connection.recv(16)
+                times.append(time.perf_counter() - began)
+                if pause:
+                    time.sleep(pause)
+            medians.append(1e6 * sorted(times)[len(times) // 2])
+    finally:
+        connection.close()
+        os.waitpid(child, 0)
+    return tuple(medians)
+
+
 def print_results(rows, note):
     """Print the machine line (CPUs, model, Python, ``note``, the host's steal since
-    this module was imported) and the Markdown table of ``rows``."""
+    this module was imported, the loopback round trip) and the Markdown table of
+    ``rows``."""
     cpu = next((line.split(":", 1)[1].strip() for line in
                 pathlib.Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor())
     total, stolen = (now - then for now, then in zip(cpu_ticks(), STARTED_TICKS, strict=True))
     steal = f"; the host took {100 * stolen / max(total, 1):.0f} % of the CPU time (steal)"
+    spaced, back_to_back = loopback_round_trips()
     print(f"\nmachine: {os.cpu_count()} CPUs ({cpu}), Python {platform.python_version()}; "
-          f"{note}{steal}")
+          f"{note}{steal}; loopback TCP round trip between two processes (1 KB, median): "
+          f"{spaced:.0f} µs one a millisecond, {back_to_back:.0f} µs back to back")
     print("\n| measurement | result | target | verdict |\n|---|---|---|---|")
     for row in rows:
         print("| " + " | ".join(row) + " |")
