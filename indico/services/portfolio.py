@@ -36,8 +36,13 @@ def decode_cursor(cursor: str) -> Position:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         created, job_id = json.loads(raw)
-        return datetime.datetime.fromisoformat(created), str(job_id)
-    except (ValueError, TypeError) as exc:
+        moment = datetime.datetime.fromisoformat(created)
+        if moment.tzinfo is None:
+            raise ValueError("no UTC offset")  # encode_cursor always writes one
+        # In UTC, as stored: an offset that moves the moment past year 1 or 9999
+        # raises OverflowError here, and not in the driver's encoder later.
+        return moment.astimezone(datetime.UTC), str(job_id)
+    except (ValueError, TypeError, OverflowError) as exc:
         raise ValueError("not a cursor from portfolio/list") from exc
 
 

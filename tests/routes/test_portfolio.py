@@ -1,6 +1,7 @@
 """portfolio/optimize, result, list, delete: the seed's request, ownership, jobs, limits."""
 
 import asyncio
+import base64
 import gc
 import json
 import os
@@ -441,6 +442,11 @@ class OwnershipTest(PortfolioTest):
                                            token=self.token),
                                  400, "ValidationError", "cursor: not a cursor from portfolio/list")
         self.assertEqual(error["field"], "cursor")
+        # A well-formed cursor whose date leaves the driver's range in UTC (500 before).
+        beyond = base64.urlsafe_b64encode(
+            json.dumps(["0001-01-01T00:00:00+05:00", ids[0]]).encode()).decode()
+        self.assertError(self.post("/portfolio/list", {"cursor": beyond}, token=self.token),
+                         400, "ValidationError", "cursor: not a cursor from portfolio/list")
         self.assertError(self.post("/portfolio/list", {"limit": 0}, token=self.token),
                          400, "ValidationError", "limit")
 

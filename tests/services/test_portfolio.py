@@ -98,7 +98,12 @@ class CursorTest(unittest.TestCase):
     def test_garbage_is_a_value_error(self):
         garbage = ["", "not a cursor!", "e30", cursor_of(5), cursor_of(["2020-01-01"]),
                    cursor_of(["yesterday", "x"]), cursor_of([123, "x"]),
-                   cursor_of({"created": "2020-01-01", "id": "x"}), "\u00e9"]
+                   cursor_of({"created": "2020-01-01", "id": "x"}), "\u00e9",
+                   # Dates the driver cannot encode once in UTC, and one without
+                   # an offset (each answered 500 before).
+                   cursor_of(["0001-01-01T00:00:00+05:00", "x"]),
+                   cursor_of(["9999-12-31T23:59:59-05:00", "x"]),
+                   cursor_of(["2020-01-01T00:00:00", "x"])]
         for cursor in garbage:
             with self.subTest(cursor=cursor):
                 with self.assertRaisesRegex(ValueError, "^not a cursor from portfolio/list$"):
