@@ -1,7 +1,6 @@
 """portfolio/optimize, result, list, delete: the seed's request, ownership, jobs, limits."""
 
 import asyncio
-import base64
 import gc
 import json
 import os
@@ -16,6 +15,7 @@ import pandas
 
 from indico.services.price_import import PriceImporter
 from tests.harness import ServerTest
+from tests.services.test_portfolio import cursor_of
 
 DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(__file__))), "indico", "data")
 SYMBOLS = ["AAPL", "MSFT", "JPM", "KO", "XOM", "AMD"]
@@ -443,8 +443,7 @@ class OwnershipTest(PortfolioTest):
                                  400, "ValidationError", "cursor: not a cursor from portfolio/list")
         self.assertEqual(error["field"], "cursor")
         # A well-formed cursor whose date leaves the driver's range in UTC (500 before).
-        beyond = base64.urlsafe_b64encode(
-            json.dumps(["0001-01-01T00:00:00+05:00", ids[0]]).encode()).decode()
+        beyond = cursor_of(["0001-01-01T00:00:00+05:00", ids[0]])
         self.assertError(self.post("/portfolio/list", {"cursor": beyond}, token=self.token),
                          400, "ValidationError", "cursor: not a cursor from portfolio/list")
         self.assertError(self.post("/portfolio/list", {"limit": 0}, token=self.token),

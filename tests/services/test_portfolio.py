@@ -99,8 +99,8 @@ class CursorTest(unittest.TestCase):
         garbage = ["", "not a cursor!", "e30", cursor_of(5), cursor_of(["2020-01-01"]),
                    cursor_of(["yesterday", "x"]), cursor_of([123, "x"]),
                    cursor_of({"created": "2020-01-01", "id": "x"}), "\u00e9",
-                   # Dates the driver cannot encode once in UTC, and one without
-                   # an offset (each answered 500 before).
+                   # Dates the driver cannot encode once in UTC (the route answered
+                   # 500 for these), and one without the offset encode_cursor writes.
                    cursor_of(["0001-01-01T00:00:00+05:00", "x"]),
                    cursor_of(["9999-12-31T23:59:59-05:00", "x"]),
                    cursor_of(["2020-01-01T00:00:00", "x"])]
